@@ -1,0 +1,35 @@
+# Everything runs from a project-local virtualenv that `make setup` creates once.
+# A machine whose python3 already has torch (e.g. a CUDA build) shares it with the venv;
+# otherwise torch==2.13.0 resolves to the local CPU wheel on our dev/CI machines.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test lint demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "setup: reusing the system torch"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
+	$(VENV)/bin/python -m pytest
+
+demo: setup
+	$(VENV)/bin/diamusic demo
+
+clean:
+	rm -rf $(VENV) runs/demo

@@ -1,0 +1,196 @@
+"""Codebook delay patterns: presets, parsing, validation, apply/revert.
+
+A delay pattern shifts codebook c right by ``delays[c]`` frames so a decoder that emits one
+column of all codebooks per step sees coarse codebooks before the finer ones of the same frame.
+
+Layout (identical to transformers' ``DiaProcessor`` for the same pattern): for codes of T frames,
+``apply`` returns ``T + max_delay`` steps where step s of codebook c holds frame ``s - delays[c]``,
+BOS before that codebook starts and PAD after it ends. ``revert`` is its exact inverse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+PRESETS: dict[str, tuple[int, ...]] = {
+    "dia": (0, 8, 9, 10, 11, 12, 13, 14, 15),
+    "musicgen": (0, 1, 2, 3, 4, 5, 6, 7, 8),
+    "compressed": (0, 0, 1, 1, 2, 2, 3, 3, 4),
+    "parallel": (0, 0, 0, 0, 0, 0, 0, 0, 0),
+}
+
+
+class PatternError(ValueError):
+    """A delay pattern that cannot be used; the message is a one-line explanation for the user."""
+
+
+@dataclass(frozen=True)
+class DelayPattern:
+    delays: tuple[int, ...]
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if len(self.delays) == 0:
+            raise PatternError("delay pattern is empty: give one delay per codebook")
+        for d in self.delays:
+            # bool is an int subclass; True as a delay is almost certainly a bug upstream
+            if isinstance(d, bool) or not isinstance(d, int):
+                raise PatternError(f"delay pattern {list(self.delays)}: delays must be integers, got {d!r}")
+            if d < 0:
+                raise PatternError(f"delay pattern {list(self.delays)}: delays must be >= 0, got {d}")
+        if self.delays[0] != 0:
+            # Dia's generation uses channel 0 as the reference for length and EOS
+            raise PatternError(
+                f"delay pattern {list(self.delays)}: channel 0 must have delay 0 "
+                f"(Dia uses it as the reference for length and EOS), got {self.delays[0]}"
+            )
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[int] | DelayPattern, num_codebooks: int | None = None) -> DelayPattern:
+        """A preset name, a string like ``0,1,2`` or ``[0, 1, 2]``, a sequence of ints, or a pattern."""
+        if isinstance(spec, DelayPattern):
+            pattern = spec
+        elif isinstance(spec, str):
+            text = spec.strip()
+            if text.lower() in PRESETS:
+                pattern = cls(PRESETS[text.lower()], name=text.lower())
+            else:
+                body = text.strip("[]() ")
+                parts = [p for p in re.split(r"[,\s]+", body) if p]
+                if not parts or not all(re.fullmatch(r"[+-]?\d+", p) for p in parts):
+                    raise PatternError(
+                        f"unknown delay pattern {spec!r}: use a preset ({', '.join(PRESETS)}) "
+                        "or comma-separated integers like 0,1,2,3,4,5,6,7,8"
+                    )
+                pattern = cls._named(tuple(int(p) for p in parts))
+        else:
+            values = list(spec)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise PatternError(f"delay pattern {values}: delays must be integers")
+            pattern = cls._named(tuple(values))
+        if num_codebooks is not None and pattern.num_codebooks != num_codebooks:
+            raise PatternError(
+                f"delay pattern {list(pattern.delays)} has {pattern.num_codebooks} delays "
+                f"but the codec has {num_codebooks} codebooks"
+            )
+        return pattern
+
+    @classmethod
+    def _named(cls, delays: tuple[int, ...]) -> DelayPattern:
+        # a custom list equal to a preset gets the preset's name, so runs group by pattern in tables
+        name = next((n for n, d in PRESETS.items() if d == delays), "custom")
+        return cls(delays, name=name)
+
+    # --- derived facts ------------------------------------------------------------------------
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.delays)
+
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays)
+
+    @property
+    def extra_steps(self) -> int:
+        """Decode steps this pattern adds over ``parallel`` for any clip length."""
+        return self.max_delay
+
+    def decode_steps(self, num_frames: int) -> int:
+        """Decoder steps to emit ``num_frames`` frames on every codebook, each channel's EOS included."""
+        return num_frames + self.max_delay + 1
+
+    def __str__(self) -> str:
+        return f"{self.name} [{','.join(map(str, self.delays))}]"
+
+    def to_list(self) -> list[int]:
+        return list(self.delays)
+
+    # --- apply / revert -----------------------------------------------------------------------
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or x.shape[-1] != self.num_codebooks:
+            raise PatternError(
+                f"expected codes shaped (batch, time, {self.num_codebooks}), got {tuple(x.shape)}"
+            )
+
+    def apply(self, codes: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
+        """(B, T, C) frames -> (B, T + max_delay, C) steps, BOS before and PAD after each codebook."""
+        self._check(codes)
+        batch, frames, channels = codes.shape
+        steps = frames + self.max_delay
+        delays = torch.tensor(self.delays, device=codes.device)
+        source = torch.arange(steps, device=codes.device)[:, None] - delays[None, :]  # (S, C)
+        index = source.clamp(0, max(frames - 1, 0)).expand(batch, steps, channels)
+        if frames == 0:
+            gathered = torch.full((batch, steps, channels), pad, dtype=codes.dtype, device=codes.device)
+        else:
+            gathered = codes.gather(1, index)
+        out = torch.where(source < 0, torch.as_tensor(bos, dtype=codes.dtype, device=codes.device), gathered)
+        return torch.where(source >= frames, torch.as_tensor(pad, dtype=codes.dtype, device=codes.device), out)
+
+    def revert(self, delayed: torch.Tensor) -> torch.Tensor:
+        """(B, S, C) steps -> (B, S - max_delay, C) frames; the exact inverse of ``apply``."""
+        self._check(delayed)
+        batch, steps, channels = delayed.shape
+        frames = steps - self.max_delay
+        if frames < 0:
+            raise PatternError(f"{steps} steps are fewer than the pattern's max delay {self.max_delay}")
+        delays = torch.tensor(self.delays, device=delayed.device)
+        index = torch.arange(frames, device=delayed.device)[:, None] + delays[None, :]
+        return delayed.gather(1, index.expand(batch, frames, channels))
+
+    # --- description --------------------------------------------------------------------------
+
+    def grid(self, steps: int) -> list[list[int | None]]:
+        """For each codebook, the frame it holds at decode steps 0..steps-1 (None before it starts)."""
+        return [[s - d if s >= d else None for s in range(steps)] for d in self.delays]
+
+    def describe(self, steps: int = 20, frame_rate: float | None = None) -> str:
+        width = max(2, len(str(steps)))
+        lines = [f"pattern   {self}", f"max delay {self.max_delay}",
+                 f"extra decode steps vs parallel: {self.extra_steps}"]
+        if frame_rate:
+            seconds = 10.0
+            n = round(seconds * frame_rate)
+            lines.append(
+                f"{seconds:.0f} s at {frame_rate:.2f} frames/s: {self.decode_steps(n)} decode steps "
+                f"(parallel: {n + 1}, +{100 * self.extra_steps / (n + 1):.1f}%)"
+            )
+        lines.append("")
+        lines.append(f"frame held by each codebook at decode step (first {steps} steps, '.' = not started):")
+        lines.append("step " + " ".join(f"{s:>{width}}" for s in range(steps)))
+        for c, row in enumerate(self.grid(steps)):
+            cells = " ".join(f"{'.' if f is None else f:>{width}}" for f in row)
+            lines.append(f"cb{c:<2} {cells}")
+        return "\n".join(lines)
+
+    def plot(self, path: str, steps: int = 24) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        grid = np.array([[-1 if f is None else f for f in row] for row in self.grid(steps)], dtype=float)
+        masked = np.ma.masked_less(grid, 0)
+        fig, ax = plt.subplots(figsize=(max(6, steps * 0.35), 0.4 * self.num_codebooks + 1.5))
+        ax.imshow(masked, aspect="auto", cmap="viridis", interpolation="nearest")
+        for c in range(self.num_codebooks):
+            for s in range(steps):
+                if grid[c, s] >= 0:
+                    ax.text(s, c, int(grid[c, s]), ha="center", va="center", fontsize=7, color="white")
+        ax.set_xticks(range(0, steps, max(1, steps // 12)))
+        ax.set_xlabel("decode step")
+        ax.set_ylabel("codebook")
+        ax.set_yticks(range(self.num_codebooks))
+        ax.set_title(f"delay pattern {self} — max delay {self.max_delay}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)

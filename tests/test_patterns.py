@@ -1,0 +1,157 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers.models.dia.processing_dia import DiaProcessor
+
+from diamusic.patterns import PRESETS, DelayPattern, PatternError
+
+BOS, PAD = 1026, 1025
+
+
+@st.composite
+def patterns(draw, max_codebooks: int = 9, max_delay: int = 16) -> DelayPattern:
+    n = draw(st.integers(1, max_codebooks))
+    rest = draw(st.lists(st.integers(0, max_delay), min_size=n - 1, max_size=n - 1))
+    return DelayPattern((0, *rest))
+
+
+@st.composite
+def pattern_and_codes(draw):
+    pattern = draw(patterns())
+    batch = draw(st.integers(1, 4))
+    frames = draw(st.integers(0, 40))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 1024, (batch, frames, pattern.num_codebooks), generator=g)
+    return pattern, codes
+
+
+def hf_apply(codes: torch.Tensor, delays: list[int]) -> torch.Tensor:
+    """transformers' own delay: DiaProcessor pads with max_delay PAD frames, then shifts in place."""
+    batch, frames, channels = codes.shape
+    steps = frames + max(delays)
+    prefill = torch.full((batch, steps, channels), PAD, dtype=codes.dtype)
+    prefill[:, :frames] = codes
+    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays)
+    return DiaProcessor.apply_audio_delay(prefill, pad_token_id=PAD, bos_token_id=BOS, precomputed_idx=idx)
+
+
+def hf_revert(delayed: torch.Tensor, delays: list[int]) -> torch.Tensor:
+    batch, steps, channels = delayed.shape
+    idx = DiaProcessor.build_indices(
+        bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays, revert=True
+    )
+    out = DiaProcessor.apply_audio_delay(delayed, pad_token_id=-1, bos_token_id=-1, precomputed_idx=idx)
+    return out[:, : steps - max(delays)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(pattern_and_codes())
+def test_revert_inverts_apply(case):
+    pattern, codes = case
+    delayed = pattern.apply(codes, bos=BOS, pad=PAD)
+    assert delayed.shape == (codes.shape[0], codes.shape[1] + pattern.max_delay, codes.shape[2])
+    assert torch.equal(pattern.revert(delayed), codes)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pattern_and_codes())
+def test_apply_matches_transformers(case):
+    pattern, codes = case
+    if codes.shape[1] == 0:
+        return  # transformers' helper cannot index an empty sequence; our empty case is tested below
+    delayed = pattern.apply(codes, bos=BOS, pad=PAD)
+    assert torch.equal(delayed, hf_apply(codes, pattern.to_list()))
+    assert torch.equal(pattern.revert(delayed), hf_revert(delayed, pattern.to_list()))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_match_transformers(name):
+    pattern = DelayPattern.parse(name)
+    codes = torch.randint(0, 1024, (3, 50, 9), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pattern.apply(codes, BOS, PAD), hf_apply(codes, list(PRESETS[name])))
+
+
+def test_layout_bos_before_and_pad_after_each_codebook():
+    pattern = DelayPattern.parse("musicgen")
+    codes = torch.arange(5)[None, :, None].repeat(1, 1, 9)  # frame index as the code
+    delayed = pattern.apply(codes, BOS, PAD)[0]
+    for c, d in enumerate(pattern.delays):
+        column = delayed[:, c].tolist()
+        assert column[:d] == [BOS] * d
+        assert column[d : d + 5] == [0, 1, 2, 3, 4]
+        assert column[d + 5 :] == [PAD] * (pattern.max_delay - d)
+
+
+def test_empty_codes():
+    pattern = DelayPattern.parse("dia")
+    delayed = pattern.apply(torch.zeros(2, 0, 9, dtype=torch.long), BOS, PAD)
+    assert delayed.shape == (2, 15, 9)
+    assert pattern.revert(delayed).shape == (2, 0, 9)
+
+
+def test_presets_and_derived_facts():
+    assert DelayPattern.parse("dia").delays == (0, 8, 9, 10, 11, 12, 13, 14, 15)
+    assert DelayPattern.parse("musicgen").max_delay == 8
+    assert DelayPattern.parse("compressed").max_delay == 4
+    assert DelayPattern.parse("parallel").extra_steps == 0
+    assert DelayPattern.parse("dia").extra_steps == 15
+    assert DelayPattern.parse("musicgen").decode_steps(100) == 109
+    assert DelayPattern.parse("parallel").decode_steps(100) == 101
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("0,1,2,3,4,5,6,7,8", "musicgen"), ("[0, 8, 9, 10, 11, 12, 13, 14, 15]", "dia"), ("0 0 1", "custom")],
+)
+def test_parse_strings_and_names(spec, expected):
+    assert DelayPattern.parse(spec).name == expected
+
+
+def test_parse_lists_and_patterns():
+    p = DelayPattern.parse([0, 2, 1])
+    assert p.delays == (0, 2, 1) and DelayPattern.parse(p) is p
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("0,2,1", "has 3 delays but the codec has 9 codebooks"),
+        ("1,2,3,4,5,6,7,8,9", "channel 0 must have delay 0"),
+        ("0,-1,2,3,4,5,6,7,8", "must be >= 0"),
+        ("0,1.5,2", "comma-separated integers"),
+        ("wobbly", "unknown delay pattern"),
+        ("", "unknown delay pattern"),
+    ],
+)
+def test_invalid_patterns_name_the_problem(spec, fragment):
+    with pytest.raises(PatternError, match=fragment.replace("(", r"\(")):
+        DelayPattern.parse(spec, num_codebooks=9)
+
+
+def test_non_integer_list_rejected():
+    with pytest.raises(PatternError, match="integers"):
+        DelayPattern.parse([0, 1.0, 2])
+    with pytest.raises(PatternError, match="integers"):
+        DelayPattern((0, True))
+
+
+def test_wrong_shape_rejected():
+    with pytest.raises(PatternError, match="expected codes shaped"):
+        DelayPattern.parse("musicgen").apply(torch.zeros(2, 5, 4, dtype=torch.long), BOS, PAD)
+
+
+def test_grid_and_describe():
+    p = DelayPattern.parse("dia")
+    grid = p.grid(10)
+    assert grid[0] == list(range(10))
+    assert grid[1][:8] == [None] * 8 and grid[1][8:] == [0, 1]
+    text = p.describe(steps=12, frame_rate=86.13)
+    assert "max delay 15" in text and "extra decode steps vs parallel: 15" in text
+
+
+def test_plot_writes_png(tmp_path):
+    out = tmp_path / "grid.png"
+    DelayPattern.parse("musicgen").plot(str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
