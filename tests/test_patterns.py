@@ -39,9 +39,7 @@ def hf_apply(codes: torch.Tensor, delays: list[int]) -> torch.Tensor:
 
 def hf_revert(delayed: torch.Tensor, delays: list[int]) -> torch.Tensor:
     batch, steps, channels = delayed.shape
-    idx = DiaProcessor.build_indices(
-        bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays, revert=True
-    )
+    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays, revert=True)
     out = DiaProcessor.apply_audio_delay(delayed, pad_token_id=-1, bos_token_id=-1, precomputed_idx=idx)
     return out[:, : steps - max(delays)]
 

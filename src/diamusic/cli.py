@@ -29,6 +29,178 @@ def cmd_patterns_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit():
+        raise argparse.ArgumentTypeError(f"expected i/n like 0/4, got {text!r}")
+    return int(i), int(n)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from diamusic.data import prepare
+
+    options = {"codebook_size": args.codebook_size, "dac_model": args.dac_model}
+    result = prepare(
+        args.source,
+        args.codec,
+        args.out,
+        limit=args.limit,
+        max_seconds=args.max_seconds,
+        seed=args.seed,
+        shard=args.shard,
+        codec_options=options,
+        progress=not args.quiet,
+    )
+    rate = result.audio_seconds_encoded / max(result.seconds, 1e-9)
+    if result.complete:
+        print(
+            f"{args.out}: {result.clips} clips, {result.hours:.2f} h, {result.rejected} rejected "
+            f"(see rejected.jsonl); {rate:.0f} audio-seconds encoded per second"
+        )
+    else:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done ({rate:.0f} audio-s/s); other shards still to run")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from diamusic.data import inspect
+
+    report = inspect(args.dataset, png=args.png)
+    print(
+        f"{args.dataset}: {report['clips']} clips ({report['train_clips']} train, {report['eval_clips']} eval), "
+        f"{report['hours']:.2f} h, {report['rejected']} rejected, codec {report['codec']}, "
+        f"fingerprint {report['fingerprint']}"
+    )
+    print("durations: " + ", ".join(f"{k}: {v}" for k, v in report["duration_histogram"].items()))
+    print("code perplexity per codebook: " + " ".join(f"{p:.0f}" for p in report["codebook_perplexity"]))
+    print("codes used per codebook:      " + " ".join(str(u) for u in report["codebook_used"]))
+    if args.png:
+        print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from diamusic.config import load_config
+    from diamusic.train import train
+
+    overrides = {
+        "data.path": args.data,
+        "model.preset": args.model,
+        "delay_pattern": args.delay_pattern,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "optim.lr": args.lr,
+        "seed": args.seed,
+        "tracker": args.tracker,
+    }
+    config = load_config(args.config, overrides, args.set)
+    result = train(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
+    summary = ", ".join(
+        f"{k} {v:.4f}"
+        for k, v in {**result.last_train, **result.last_eval}.items()
+        if k in ("train/loss", "train/entropy", "eval/loss", "eval/entropy")
+    )
+    print(
+        f"{result.run_dir}: step {result.step}{' (interrupted, checkpoint saved)' if result.interrupted else ''}"
+        f"{': ' + summary if summary else ''}"
+    )
+    return 130 if result.interrupted else 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from diamusic.generate import SamplingConfig, generate_codes, load_run, write_outputs
+
+    out = Path(args.out)
+    if out.exists() and any(out.glob("gen_*")) and not args.overwrite:
+        raise FileExistsError(f"{out} already holds generations: choose another --out or pass --overwrite")
+    run = load_run(args.run, args.checkpoint, device=args.device)
+    texts = [text for text in args.text for _ in range(args.num)]
+    sampling = SamplingConfig(
+        max_frames=max(1, round(args.seconds * run.codec.frame_rate)),
+        cfg_scale=args.cfg_scale,
+        cfg_filter_top_k=args.cfg_filter_top_k or None,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    result = generate_codes(run.model, texts, run.pattern, run.vocab, sampling)
+    settings = {
+        "run": str(Path(args.run).resolve()),
+        "checkpoint": run.checkpoint.name,
+        "pattern": run.pattern.to_list(),
+        "codec": run.info["codec"],
+        **asdict(sampling),
+    }
+    paths = write_outputs(result, texts, run.codec, out, "gen", settings)
+    audio_seconds = sum(result.frames) / run.codec.frame_rate
+    print(
+        f"wrote {len(paths)} clips to {out} ({audio_seconds:.1f} s of audio, "
+        f"{sum(result.stopped_on_eos)} ended on EOS) from {run.checkpoint.name}"
+    )
+    print(
+        f"speed: {result.frames_per_second:.0f} frames/s, {audio_seconds / result.seconds:.2f}x real time; "
+        f"{result.steps} decode steps, {run.pattern.extra_steps} of them added by pattern {run.pattern}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: melodies -> codes -> one tiny model per pattern -> table."""
+    import shutil
+    from pathlib import Path
+
+    from diamusic.ablate import markdown_table, parse_patterns, run_name, run_pattern, write_comparison
+    from diamusic.codecs import SpectralConfig
+    from diamusic.config import load_config
+    from diamusic.data import CodesDataset, prepare
+
+    # checked before anything is prepared or trained, so a typo costs nothing
+    patterns = parse_patterns(args.patterns, SpectralConfig.levels)
+    out = Path(args.out)
+    data = out / "data"
+    # a small codebook so a few hundred CPU steps show real learning; 1024 is the codec default
+    prepare(
+        "melodies",
+        "spectral-rvq",
+        data,
+        limit=args.melodies,
+        max_seconds=8.0,
+        eval_fraction=0.1,
+        codec_options={"codebook_size": 256},
+        progress=not args.quiet,
+    )
+    eval_data = CodesDataset(data, "eval")
+    overrides = {
+        "data.path": str(data),
+        "steps": args.steps,
+        "data.max_frames": 86,
+        "eval_every": args.steps,
+        "demo_every": max(1, args.steps // 2),
+    }
+    config = load_config("tiny-cpu", overrides=overrides, sets=args.set)
+    prompts = [eval_data.text(i) for i in range(min(2, len(eval_data)))]
+    runs = out / "runs"
+    shutil.rmtree(runs, ignore_errors=True)  # the demo's own runs; the prepared data is kept and reused
+    rows = []
+    for pattern in patterns:
+        print(f"\n== training {pattern} for {config.steps} steps ==", file=sys.stderr)
+        rows.append(run_pattern(config, pattern, runs / run_name(pattern), prompts, 4.0, not args.quiet))
+    path = write_comparison(rows, out)
+    print(markdown_table(rows))
+    print(f"\nwrote {path}; generated audio in {runs}/<pattern>/generated/, demos at checkpoints in */demos/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diamusic", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -43,6 +215,71 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--steps", type=int, default=20, help="decode steps to show")
     show.add_argument("--png", help="also draw the grid to this PNG file")
     show.set_defaults(func=cmd_patterns_show)
+
+    prep = sub.add_parser("prepare", help="encode audio + captions (or the built-in melodies) to codec tokens")
+    prep.add_argument("--source", required=True, help="'melodies' (built-in corpus) or a folder of audio")
+    prep.add_argument("--codec", default="spectral-rvq", help="dac | spectral-rvq (offline, not DAC quality)")
+    prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
+    prep.add_argument("--limit", type=int, help="use at most N inputs")
+    prep.add_argument("--max-seconds", type=float, default=30.0, help="split longer audio into clips")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: this process's share of the job")
+    prep.add_argument("--codebook-size", type=int, default=1024, help="spectral-rvq codebook size")
+    prep.add_argument("--dac-model", default="descript/dac_44khz", help="DAC hub id or local directory")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(func=cmd_prepare)
+
+    data = sub.add_parser("data", help="look at prepared datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    insp = dsub.add_parser("inspect", help="counts, durations and per-codebook code usage")
+    insp.add_argument("dataset")
+    insp.add_argument("--png", help="also plot to this PNG file")
+    insp.set_defaults(func=cmd_data_inspect)
+
+    tr = sub.add_parser("train", help="fine-tune Dia on a prepared dataset")
+    tr.add_argument("--data", help="dataset directory from `diamusic prepare`")
+    tr.add_argument("--out", required=True, help="run directory")
+    tr.add_argument("--config", default="tiny-cpu", help="a preset in configs/ or a YAML file")
+    tr.add_argument("--model", help="model preset: tiny | small | dia-1.6b")
+    tr.add_argument("--delay-pattern", help="a preset name or comma-separated delays")
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--grad-accum", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--tracker", action="append", choices=["wandb", "tensorboard"], help="repeatable")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--force", action="store_true", help="resume even if pattern, model or dataset changed")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="text to music from a trained run")
+    gen.add_argument("--run", required=True, help="run directory from `diamusic train`")
+    gen.add_argument("--checkpoint", default="latest", help="a step number or 'latest'")
+    gen.add_argument("--text", action="append", required=True, help="a caption, repeatable")
+    gen.add_argument("--num", type=_positive, default=1, help="samples per text")
+    gen.add_argument("--seconds", type=float, default=10.0, help="length cap; generation stops earlier at EOS")
+    gen.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance (1 = off)")
+    gen.add_argument(
+        "--cfg-filter-top-k", type=int, default=45, help="Dia's CFG filter candidates; 0 = plain CFG sampling"
+    )
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; values below 1 are honoured")
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", help="cpu | cuda (default: cuda when present)")
+    gen.add_argument("--out", required=True, help="directory for WAV, .npy codes and JSON sidecars")
+    gen.add_argument("--overwrite", action="store_true", help="replace earlier generations in --out")
+    gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="offline end to end: melodies -> codes -> a tiny Dia per pattern -> table")
+    demo.add_argument("--out", default="runs/demo", help="demo directory (its data is reused on re-runs)")
+    demo.add_argument("--patterns", nargs="+", default=["musicgen", "dia", "compressed"])
+    demo.add_argument("--melodies", type=_positive, default=80, help="melodies from the built-in corpus")
+    demo.add_argument("--steps", type=_positive, default=200, help="training steps per pattern")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

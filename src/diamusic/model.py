@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from diamusic.patterns import DelayPattern
+
+if TYPE_CHECKING:  # transformers is imported lazily: data.py imports this module for AudioVocab
+    from transformers import DiaConfig, DiaForConditionalGeneration
 
 MAX_TEXT_BYTES = 1024  # Dia's encoder has 1024 positions
 
@@ -41,9 +48,7 @@ def text_to_bytes(text: str, max_bytes: int = MAX_TEXT_BYTES) -> list[int]:
     return list(raw[:max_bytes])
 
 
-def encode_text(
-    texts: Sequence[str | None], max_bytes: int = MAX_TEXT_BYTES
-) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_text(texts: Sequence[str | None], max_bytes: int = MAX_TEXT_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> (input_ids, attention_mask), both (B, L) long, right-padded with byte 0.
 
     ``None`` is the unconditional input for classifier-free guidance: all-zero ids with only the
@@ -61,3 +66,196 @@ def encode_text(
         else:
             mask[i, 0] = 1
     return ids, mask
+
+
+# --- model presets ------------------------------------------------------------------------------
+
+PRETRAINED_DIA = "nari-labs/Dia-1.6B-0626"
+TEXT_VOCAB = 256  # the encoder reads UTF-8 bytes
+
+
+class ModelError(ValueError):
+    """A model that cannot be used with this run; the message is one line the user can act on."""
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Architecture only: the codebook count and size come from the dataset's codec."""
+
+    encoder_layers: int
+    encoder_hidden: int
+    encoder_heads: int
+    encoder_head_dim: int
+    encoder_ffn: int
+    decoder_layers: int
+    decoder_hidden: int
+    decoder_heads: int
+    decoder_kv_heads: int  # grouped-query attention: fewer key/value heads than query heads
+    decoder_head_dim: int
+    decoder_ffn: int
+    cross_heads: int
+    cross_head_dim: int
+    text_positions: int = MAX_TEXT_BYTES
+    audio_positions: int = 3072  # Dia's longest clip, ~35.7 s of DAC frames
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    # ~4.2M parameters with Dia's 9 x 1028 vocabulary (half of it the embedding and the head),
+    # so a CPU trains it at a few steps/s with batch 8 x 200 frames
+    "tiny": ModelPreset(
+        encoder_layers=2, encoder_hidden=128, encoder_heads=4, encoder_head_dim=32, encoder_ffn=512,
+        decoder_layers=4, decoder_hidden=128, decoder_heads=4, decoder_kv_heads=2, decoder_head_dim=32,
+        decoder_ffn=512, cross_heads=4, cross_head_dim=32,
+    ),
+    # ~50M parameters with Dia's vocabulary: a single consumer GPU
+    "small": ModelPreset(
+        encoder_layers=4, encoder_hidden=384, encoder_heads=6, encoder_head_dim=64, encoder_ffn=1536,
+        decoder_layers=8, decoder_hidden=512, decoder_heads=8, decoder_kv_heads=2, decoder_head_dim=64,
+        decoder_ffn=1536, cross_heads=8, cross_head_dim=64,
+    ),
+    # Dia-1.6B's own shape (1.61B parameters with 9 x 1028): scratch runs at full size
+    "dia-1.6b": ModelPreset(
+        encoder_layers=12, encoder_hidden=1024, encoder_heads=16, encoder_head_dim=128, encoder_ffn=4096,
+        decoder_layers=18, decoder_hidden=2048, decoder_heads=16, decoder_kv_heads=4, decoder_head_dim=128,
+        decoder_ffn=8192, cross_heads=16, cross_head_dim=128,
+    ),
+}  # fmt: skip
+
+
+def model_config(preset: str | ModelPreset, pattern: DelayPattern, vocab: AudioVocab) -> DiaConfig:
+    """The DiaConfig for a preset, with the run's delay pattern and the codec's vocabulary."""
+    from transformers import DiaConfig, DiaDecoderConfig, DiaEncoderConfig
+
+    p = _preset(preset) if isinstance(preset, str) else preset
+    _check_pattern_vocab(pattern, vocab)
+    encoder = DiaEncoderConfig(
+        num_hidden_layers=p.encoder_layers,
+        hidden_size=p.encoder_hidden,
+        num_attention_heads=p.encoder_heads,
+        num_key_value_heads=p.encoder_heads,
+        head_dim=p.encoder_head_dim,
+        intermediate_size=p.encoder_ffn,
+        max_position_embeddings=p.text_positions,
+        vocab_size=TEXT_VOCAB,
+    )
+    decoder = DiaDecoderConfig(
+        num_hidden_layers=p.decoder_layers,
+        hidden_size=p.decoder_hidden,
+        num_attention_heads=p.decoder_heads,
+        num_key_value_heads=p.decoder_kv_heads,
+        head_dim=p.decoder_head_dim,
+        intermediate_size=p.decoder_ffn,
+        cross_num_attention_heads=p.cross_heads,
+        cross_head_dim=p.cross_head_dim,
+        cross_num_key_value_heads=p.cross_heads,
+        cross_hidden_size=p.encoder_hidden,
+        max_position_embeddings=p.audio_positions,
+        vocab_size=vocab.vocab_size,
+        num_channels=vocab.num_codebooks,
+        eos_token_id=vocab.eos,
+        pad_token_id=vocab.pad,
+        bos_token_id=vocab.bos,
+    )
+    return DiaConfig(encoder_config=encoder, decoder_config=decoder, delay_pattern=pattern.to_list())
+
+
+def build_model(preset: str, pattern: DelayPattern, vocab: AudioVocab, seed: int = 0) -> DiaForConditionalGeneration:
+    """A scratch-initialised Dia; the same seed gives the same weights, without touching global RNG."""
+    from transformers import DiaForConditionalGeneration
+
+    config = model_config(preset, pattern, vocab)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # fork_rng so building a model does not shift the caller's random stream (data order, dropout)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = DiaForConditionalGeneration(config)
+    return model
+
+
+def load_pretrained(
+    name_or_path: str, pattern: DelayPattern, vocab: AudioVocab, dtype: torch.dtype | None = None
+) -> tuple[DiaForConditionalGeneration, list[str]]:
+    """Load a Dia checkpoint (hub id or local dir) for this run; returns (model, notes to log).
+
+    The checkpoint's channels and vocabulary must match the dataset's codec (its embeddings and
+    head are laid out per code). The delay pattern is only a data layout, so the run's pattern
+    replaces the checkpoint's, with a note: the model then fine-tunes into the new layout.
+    """
+    from transformers import DiaForConditionalGeneration
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = DiaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+    dec = model.config.decoder_config
+    theirs = (dec.num_channels, dec.vocab_size)
+    if theirs != (vocab.num_codebooks, vocab.vocab_size):
+        raise ModelError(
+            f"checkpoint {name_or_path} has {dec.num_channels} codebooks x vocab {dec.vocab_size} "
+            f"(codebook size {dec.vocab_size - 4}), but the dataset's codec has {vocab.num_codebooks} "
+            f"codebooks x {vocab.codebook_size} codes: prepare the data with the codec the checkpoint "
+            "was trained on (DAC 44.1 kHz for Dia), or train from scratch with a model preset"
+        )
+    specials = (dec.eos_token_id, dec.pad_token_id, dec.bos_token_id)
+    if specials != (vocab.eos, vocab.pad, vocab.bos):
+        raise ModelError(
+            f"checkpoint {name_or_path} uses EOS/PAD/BOS ids {specials}, expected "
+            f"{(vocab.eos, vocab.pad, vocab.bos)} (codebook_size + 0/1/2)"
+        )
+    notes = []
+    old = pattern_of(model)
+    if old.delays != pattern.delays:
+        model.config.delay_pattern = pattern.to_list()
+        notes.append(
+            f"delay pattern switched from {old} to {pattern}: the checkpoint was trained with {old.name}, "
+            "so expect a higher loss at first while it adapts"
+        )
+    return model, notes
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def add_lora(model: DiaForConditionalGeneration, rank: int, alpha: float) -> torch.nn.Module:
+    """Wrap the model with peft LoRA adapters on every attention projection."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS))
+
+
+def load_lora_checkpoint(checkpoint: str | Path, rank: int, alpha: float) -> DiaForConditionalGeneration:
+    """A training checkpoint of a LoRA run (peft key names) as a plain Dia model, adapters merged."""
+    from safetensors.torch import load_file
+    from transformers import DiaConfig, DiaForConditionalGeneration
+
+    checkpoint = Path(checkpoint)
+    wrapped = add_lora(DiaForConditionalGeneration(DiaConfig.from_pretrained(checkpoint)), rank, alpha)
+    wrapped.load_state_dict(load_file(checkpoint / "model.safetensors"))
+    return wrapped.merge_and_unload()
+
+
+def pattern_of(model: DiaForConditionalGeneration) -> DelayPattern:
+    """The delay pattern stored in a model's config."""
+    return DelayPattern.parse(list(model.config.delay_pattern))
+
+
+def vocab_of(model: DiaForConditionalGeneration) -> AudioVocab:
+    """The audio vocabulary a model's decoder was built for."""
+    dec = model.config.decoder_config
+    return AudioVocab(codebook_size=dec.vocab_size - 4, num_codebooks=dec.num_channels)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _preset(name: str) -> ModelPreset:
+    if name not in MODEL_PRESETS:
+        raise ModelError(f"unknown model preset {name!r}: use one of {', '.join(MODEL_PRESETS)}")
+    return MODEL_PRESETS[name]
+
+
+def _check_pattern_vocab(pattern: DelayPattern, vocab: AudioVocab) -> None:
+    if pattern.num_codebooks != vocab.num_codebooks:
+        raise ModelError(
+            f"delay pattern {pattern} has {pattern.num_codebooks} delays but the codec has "
+            f"{vocab.num_codebooks} codebooks"
+        )

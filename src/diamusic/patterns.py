@@ -116,9 +116,7 @@ class DelayPattern:
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[-1] != self.num_codebooks:
-            raise PatternError(
-                f"expected codes shaped (batch, time, {self.num_codebooks}), got {tuple(x.shape)}"
-            )
+            raise PatternError(f"expected codes shaped (batch, time, {self.num_codebooks}), got {tuple(x.shape)}")
 
     def apply(self, codes: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
         """(B, T, C) frames -> (B, T + max_delay, C) steps, BOS before and PAD after each codebook."""
@@ -154,8 +152,11 @@ class DelayPattern:
 
     def describe(self, steps: int = 20, frame_rate: float | None = None) -> str:
         width = max(2, len(str(steps)))
-        lines = [f"pattern   {self}", f"max delay {self.max_delay}",
-                 f"extra decode steps vs parallel: {self.extra_steps}"]
+        lines = [
+            f"pattern   {self}",
+            f"max delay {self.max_delay}",
+            f"extra decode steps vs parallel: {self.extra_steps}",
+        ]
         if frame_rate:
             seconds = 10.0
             n = round(seconds * frame_rate)

@@ -1,0 +1,84 @@
+"""Metrics and audio logging: metrics.jsonl always, wandb and TensorBoard behind the same calls."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Tracker:
+    def __init__(
+        self,
+        run_dir: Path,
+        backends: list[str],
+        config: dict[str, Any],
+        project: str = "diamusic",
+        group: str | None = None,
+        name: str | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled  # only the main process writes
+        self.path = run_dir / "metrics.jsonl"
+        self._wandb = self._tb = None
+        if not enabled:
+            return
+        if "wandb" in backends:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise RuntimeError("--tracker wandb needs the wandb package: pip install wandb") from exc
+            self._wandb = wandb.init(
+                project=project, group=group, name=name or run_dir.name, dir=str(run_dir), config=config
+            )
+        if "tensorboard" in backends:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise RuntimeError("--tracker tensorboard needs the tensorboard package") from exc
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint so the file reads like one run."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
+        if self._tb is not None:
+            for key, value in numbers.items():
+                self._tb.add_scalar(key, value, step)
+
+    def log_audio(self, key: str, wave: np.ndarray, sample_rate: int, step: int, caption: str = "") -> None:
+        if not self.enabled:
+            return
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Audio(wave, sample_rate=sample_rate, caption=caption)}, step=step)
+        if self._tb is not None:
+            self._tb.add_audio(key, wave[None, :], step, sample_rate=sample_rate)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -1,0 +1,59 @@
+"""The CLI as a user meets it: real console script, exit codes, one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DIAMUSIC, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_patterns_show_musicgen():
+    result = run("patterns", "show", "musicgen")
+    assert result.returncode == 0
+    assert "max delay 8" in result.stdout and "extra decode steps vs parallel: 8" in result.stdout
+
+
+def test_patterns_list_has_presets():
+    result = run("patterns", "list")
+    assert result.returncode == 0
+    for name in ("dia", "musicgen", "compressed", "parallel"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fragment"),
+    [("0,2,1", "has 3 delays but the codec has 9 codebooks"), ("1,2,3,4,5,6,7,8,9", "channel 0 must have delay 0")],
+)
+def test_bad_pattern_is_one_line_and_nonzero(pattern, fragment):
+    result = run("patterns", "show", pattern)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+
+
+def test_debug_shows_traceback():
+    result = run("--debug", "patterns", "show", "0,2,1")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_patterns_png(tmp_path):
+    result = run("patterns", "show", "dia", "--png", str(tmp_path / "g.png"))
+    assert result.returncode == 0 and (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_train_without_dataset_is_one_line(tmp_path):
+    result = run("train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"))
+    assert result.returncode != 0
+    assert "not a prepared dataset" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_set_is_one_line(tmp_path):
+    result = run("train", "--out", str(tmp_path / "run"), "--set", "optim.lrr=3")
+    assert result.returncode != 0 and "unknown config key 'optim.lrr'" in result.stderr

@@ -1,0 +1,53 @@
+import pytest
+
+from diamusic.config import ConfigError, from_dict, load_config, to_dict
+
+
+def test_presets_load_and_match_the_research_log():
+    tiny = load_config("tiny-cpu")
+    assert tiny.model.preset == "tiny" and tiny.precision == "fp32"
+    big = load_config("dia-1.6b-music")
+    assert big.batch_size == 20 and big.precision == "bf16" and big.model.init == "pretrained"
+    assert big.model.pretrained == "nari-labs/Dia-1.6B-0626"
+
+
+def test_overrides_and_sets_apply_in_order():
+    config = load_config(
+        "tiny-cpu",
+        overrides={"steps": 7, "optim.lr": None},  # None means "not given on the command line"
+        sets=["optim.lr=1e-4", "delay_pattern=0,1,2,3,4,5,6,7,8", "tracker=[tensorboard]", "steps=9"],
+    )
+    assert config.steps == 9 and config.optim.lr == 1e-4
+    assert config.delay_pattern == "0,1,2,3,4,5,6,7,8" and config.tracker == ["tensorboard"]
+
+
+def test_round_trip_through_dict():
+    config = load_config("tiny-cpu", sets=["codebook_weights=[1,1,1,1,1,1,1,1,2]"])
+    assert from_dict(to_dict(config)) == config
+    assert config.codebook_weights[-1] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+        (["steps=abc"], "steps: expected an integer"),
+        (["steps=0"], "steps must be > 0"),
+        (["cfg_dropout=1.5"], "cfg_dropout must be in"),
+        (["model.init=magic"], "model.init must be"),
+        (["tracker=[mlflow]"], "tracker entries"),
+        (["noequals"], "expected key=value"),
+    ],
+)
+def test_bad_config_names_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config("tiny-cpu", sets=sets)
+
+
+def test_unknown_preset_lists_the_presets(tmp_path):
+    with pytest.raises(ConfigError, match="tiny-cpu"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))

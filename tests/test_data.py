@@ -1,0 +1,317 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers.models.dia.processing_dia import DiaProcessor
+
+from diamusic import data as data_module
+from diamusic.data import (
+    IGNORE_INDEX,
+    BatchPlan,
+    CodesDataset,
+    DataError,
+    StepBatches,
+    build_decoder_batch,
+    inspect,
+    prepare,
+    split_of,
+)
+from diamusic.model import AudioVocab
+from diamusic.patterns import PRESETS, DelayPattern
+
+VOCAB = AudioVocab(codebook_size=1024, num_codebooks=9)
+SMALL_CODEC = {"codebook_size": 16}
+
+
+def processor_training_layout(codes: torch.Tensor, delays: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiaProcessor's training path (output_labels=True) for equal-length clips, via its own helpers."""
+    batch, frames, channels = codes.shape
+    seq = torch.nn.functional.pad(codes, (0, 0, 0, 1), value=VOCAB.eos)
+    seq = torch.nn.functional.pad(seq, (0, 0, 1, 0), value=VOCAB.bos)
+    steps = seq.shape[1] + max(delays)
+    prefill = torch.full((batch, steps, channels), VOCAB.pad, dtype=torch.long)
+    prefill[:, : seq.shape[1]] = seq
+    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays)
+    delayed = DiaProcessor.apply_audio_delay(prefill, VOCAB.pad, VOCAB.bos, idx)
+    labels = delayed[:, 1:].clone()
+    labels[(labels == VOCAB.pad) | (labels == VOCAB.bos)] = IGNORE_INDEX
+    return delayed[:, :-1], labels.transpose(1, 2)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_decoder_batch_matches_dia_processor(name):
+    codes = torch.randint(0, 1024, (2, 30, 9), generator=torch.Generator().manual_seed(1))
+    inputs, labels = build_decoder_batch(list(codes), DelayPattern.parse(name), VOCAB)
+    ref_inputs, ref_labels = processor_training_layout(codes, list(PRESETS[name]))
+    assert torch.equal(inputs, ref_inputs)
+    assert torch.equal(labels, ref_labels)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_loss_mask_position_by_position(name):
+    pattern = DelayPattern.parse(name)
+    lengths = [12, 7]  # the shorter clip is padded: its tail must never count
+    codes = [torch.randint(0, 1024, (n, 9)) for n in lengths]
+    inputs, labels = build_decoder_batch(codes, pattern, VOCAB)
+    assert labels.shape == (2, 9, max(lengths) + 1 + pattern.max_delay)
+    for i, n in enumerate(lengths):
+        for c, d in enumerate(pattern.delays):
+            row = labels[i, c].tolist()
+            for s, target in enumerate(row):
+                # label s is the token at step s+1; channel c holds frame (s+1) - d - 1 there
+                frame = s - d
+                if 0 <= frame < n:
+                    assert target == int(codes[i][frame, c]), (i, c, s)
+                elif frame == n:
+                    assert target == VOCAB.eos, (i, c, s)
+                else:
+                    assert target == IGNORE_INDEX, (i, c, s)
+            assert row.count(VOCAB.eos) == 1
+            # the step that predicts this channel's first code reads BOS on that channel
+            assert int(inputs[i, d, c]) == VOCAB.bos
+    assert not ((labels == VOCAB.pad) | (labels == VOCAB.bos)).any()
+    assert inputs.max() <= VOCAB.bos and inputs.min() >= 0
+
+
+def test_crop_that_does_not_end_gets_no_eos_and_option_excludes_eos():
+    codes = [torch.randint(0, 1024, (10, 9)) for _ in range(2)]
+    _, labels = build_decoder_batch(codes, DelayPattern.parse("dia"), VOCAB, ends=[True, False])
+    assert (labels[0] == VOCAB.eos).sum() == 9
+    assert (labels[1] == VOCAB.eos).sum() == 0
+    assert (labels[1] != IGNORE_INDEX).sum() == 10 * 9
+    _, labels = build_decoder_batch(codes, DelayPattern.parse("dia"), VOCAB, eos_in_loss=False)
+    assert (labels == VOCAB.eos).sum() == 0
+
+
+def test_batch_plan_is_a_pure_function_of_step():
+    plan = BatchPlan(seed=3, batch_size=4, grad_accum=2, max_frames=50, cfg_dropout=0.5)
+    assert plan.samples(7, 1, 37) == plan.samples(7, 1, 37)
+    assert plan.samples(7, 0, 37) != plan.samples(7, 1, 37)
+    assert plan.crop(11, 200) == plan.crop(11, 200)
+    assert 0 <= plan.crop(11, 200) <= 150 and plan.crop(11, 40) == 0
+    # one epoch visits every clip exactly once
+    clips = [clip for step in range(5) for m in range(2) for _, clip, _ in plan.samples(step, m, 40)]
+    assert sorted(clips) == list(range(40))
+
+
+def test_batch_plan_ranks_partition_the_global_batch():
+    single = BatchPlan(seed=0, batch_size=6, grad_accum=1, max_frames=50, cfg_dropout=0.3)
+    ranks = [BatchPlan(0, 3, 1, 50, 0.3, rank=r, world_size=2) for r in range(2)]
+    for step in range(4):
+        assert single.samples(step, 0, 17) == ranks[0].samples(step, 0, 17) + ranks[1].samples(step, 0, 17)
+
+
+def test_cfg_dropout_rate_and_determinism():
+    plan = BatchPlan(seed=0, batch_size=50, grad_accum=1, max_frames=50, cfg_dropout=0.15)
+    drops = [drop for step in range(80) for _, _, drop in plan.samples(step, 0, 97)]
+    assert abs(np.mean(drops) - 0.15) < 0.02
+    other = BatchPlan(seed=1, batch_size=50, grad_accum=1, max_frames=50, cfg_dropout=0.15)
+    assert [d for _, _, d in plan.samples(0, 0, 97)] != [d for _, _, d in other.samples(0, 0, 97)]
+    never = BatchPlan(seed=0, batch_size=50, grad_accum=1, max_frames=50, cfg_dropout=0.0)
+    assert not any(d for _, _, d in never.samples(0, 0, 97))
+
+
+def test_split_is_deterministic_and_has_an_eval_item():
+    ids = [f"f{i}" for i in range(40)]
+    a, b = split_of(ids, 0, 0.05), split_of(list(reversed(ids)), 0, 0.05)
+    assert a == b
+    assert sum(v == "eval" for v in a.values()) == 2
+    assert split_of(["x", "y"], 0, 0.0)["x"] != split_of(["x", "y"], 0, 0.0)["y"]
+
+
+# --- prepare on a folder with good and bad inputs ---------------------------------------------
+
+
+def tone(seconds: float, freq: float, rate: int = 22050, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+@pytest.fixture
+def audio_folder(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    meta = []
+    for i in range(6):
+        name = f"good{i}.wav"
+        sf.write(folder / name, tone(1.5 + 0.2 * i, 220 * 2 ** (i / 12)), 22050)
+        meta.append({"file": name, "text": f"a tone number {i}"})
+    stereo = np.stack([tone(2.0, 330), tone(2.0, 331)], axis=1)
+    sf.write(folder / "stereo.flac", stereo, 44100)
+    meta.append({"file": "stereo.flac", "text": "a stereo tone " + "x" * 1100})
+    sf.write(folder / "long.wav", tone(5.0, 262), 22050)  # split into clips of 2 s
+    meta.append({"file": "long.wav", "text": "a long tone"})
+    sf.write(folder / "silent.wav", np.zeros(22050 * 2, dtype=np.float32), 22050)
+    meta.append({"file": "silent.wav", "text": "nothing"})
+    sf.write(folder / "short.wav", tone(0.1, 440), 22050)
+    meta.append({"file": "short.wav", "text": "too short"})
+    (folder / "empty.wav").write_bytes(b"")
+    meta.append({"file": "empty.wav", "text": "empty"})
+    (folder / "notaudio.wav").write_text("this is not audio")
+    meta.append({"file": "notaudio.wav", "text": "bogus"})
+    sf.write(folder / "nocaption.wav", tone(1.0, 300), 22050)
+    sf.write(folder / "sidecar.wav", tone(1.0, 350), 22050)
+    (folder / "sidecar.txt").write_text("caption from a sidecar file")
+    sf.write(folder / "badsidecar.wav", tone(1.0, 370), 22050)
+    (folder / "badsidecar.txt").write_bytes(b"\xff\xfe caption")
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    return folder
+
+
+def test_prepare_folder_keeps_good_and_explains_bad(audio_folder, tmp_path):
+    out = tmp_path / "ds"
+    result = prepare(str(audio_folder), "spectral-rvq", out, max_seconds=2.0, codec_options=SMALL_CODEC, progress=False)
+    assert result.complete
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    rejected = {json.loads(line)["id"]: json.loads(line)["rejected"] for line in (out / "rejected.jsonl").open()}
+    sources = {r["source"] for r in rows}
+    assert {f"good{i}.wav" for i in range(6)} | {"stereo.flac", "long.wav", "sidecar.wav"} <= sources
+    assert rejected["silent.wav#0"] == "silent"
+    assert "too short" in rejected["short.wav#0"]
+    assert rejected["empty.wav"] == "empty file"
+    assert "unreadable audio" in rejected["notaudio.wav"]
+    assert "no caption" in rejected["nocaption.wav"]
+    assert "not UTF-8" in rejected["badsidecar.wav"]
+    long_clips = [r for r in rows if r["source"] == "long.wav"]
+    assert [r["id"] for r in long_clips] == ["long.wav#0", "long.wav#1", "long.wav#2"]  # 5 s -> 2 + 2 + 1 s
+    stereo = next(r for r in rows if r["source"] == "stereo.flac")
+    assert len(stereo["text"].encode()) == 1024 and stereo["caption_truncated"]
+    card = json.loads((out / "card.json").read_text())
+    assert card["clips"] == len(rows) and card["rejected"] == len(rejected) and card["captions_truncated"] == 1
+    assert card["train_clips"] + card["eval_clips"] == card["clips"] and card["eval_clips"] >= 1
+    ds = CodesDataset(out, "train")
+    codes = ds.codes(0)
+    assert codes.dtype == np.uint16 and codes.shape[1] == 9 and codes.max() < 16
+    frames = next(r["frames"] for r in rows if r["source"] == "good0.wav")
+    assert abs(frames - 1.5 * card["codec"]["frame_rate"]) <= 2
+
+
+def test_prepare_resume_after_kill_gives_same_fingerprint(audio_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "ITEMS_PER_SHARD", 3)
+    whole = prepare(
+        str(audio_folder), "spectral-rvq", tmp_path / "a", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
+    )
+    assert whole.complete
+    fingerprint = json.loads((tmp_path / "a" / "card.json").read_text())["fingerprint"]
+
+    real = data_module._encode_shard
+    calls = {"n": 0}
+
+    def dies_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if killed mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "_encode_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(
+            str(audio_folder),
+            "spectral-rvq",
+            tmp_path / "b",
+            max_seconds=2.0,
+            codec_options=SMALL_CODEC,
+            progress=False,
+        )
+    assert not (tmp_path / "b" / "card.json").exists()
+    committed = sorted(p.name for p in (tmp_path / "b" / "shards").glob("*.jsonl"))
+    assert committed == ["00000.jsonl", "00001.jsonl"]
+    monkeypatch.setattr(data_module, "_encode_shard", real)
+    encoded = []
+    monkeypatch.setattr(data_module, "_encode_shard", lambda s, *a, **k: encoded.append(s) or real(s, *a, **k))
+    again = prepare(
+        str(audio_folder), "spectral-rvq", tmp_path / "b", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
+    )
+    assert again.complete and 0 not in encoded and 1 not in encoded  # finished shards were not redone
+    assert json.loads((tmp_path / "b" / "card.json").read_text())["fingerprint"] == fingerprint
+
+
+def test_prepare_shards_split_the_job(audio_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "ITEMS_PER_SHARD", 4)
+    prepare(
+        str(audio_folder), "spectral-rvq", tmp_path / "a", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
+    )
+    first = prepare(
+        str(audio_folder),
+        "spectral-rvq",
+        tmp_path / "b",
+        max_seconds=2.0,
+        shard=(0, 2),
+        codec_options=SMALL_CODEC,
+        progress=False,
+    )
+    assert not first.complete and not (tmp_path / "b" / "card.json").exists()
+    second = prepare(
+        str(audio_folder),
+        "spectral-rvq",
+        tmp_path / "b",
+        max_seconds=2.0,
+        shard=(1, 2),
+        codec_options=SMALL_CODEC,
+        progress=False,
+    )
+    assert second.complete
+    card = lambda d: json.loads((tmp_path / d / "card.json").read_text())  # noqa: E731
+    assert card("a")["fingerprint"] == card("b")["fingerprint"]
+
+
+def test_prepare_refuses_other_settings_in_same_dir(audio_folder, tmp_path):
+    prepare(
+        str(audio_folder), "spectral-rvq", tmp_path / "a", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
+    )
+    with pytest.raises(DataError, match="max_seconds"):
+        prepare(
+            str(audio_folder),
+            "spectral-rvq",
+            tmp_path / "a",
+            max_seconds=3.0,
+            codec_options=SMALL_CODEC,
+            progress=False,
+        )
+
+
+def test_prepare_all_bad_fails_with_one_line(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(b"")
+    (folder / "a.txt").write_text("caption")
+    with pytest.raises(DataError, match="no readable training audio|no usable clips"):
+        prepare(str(folder), "spectral-rvq", tmp_path / "out", codec_options=SMALL_CODEC, progress=False)
+    with pytest.raises(DataError, match="neither 'melodies' nor a folder"):
+        prepare(str(tmp_path / "missing"), "spectral-rvq", tmp_path / "out2", progress=False)
+
+
+def test_prepare_melodies_and_inspect(tmp_path):
+    out = tmp_path / "mel"
+    result = prepare(
+        "melodies", "spectral-rvq", out, limit=8, max_seconds=10.0, codec_options=SMALL_CODEC, progress=False
+    )
+    assert result.complete and result.clips >= 8 and result.hours > 0
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert all(r["text"] and r["frames"] > 0 for r in rows)
+    report = inspect(out, png=str(tmp_path / "inspect.png"))
+    assert report["clips"] == len(rows)
+    assert len(report["codebook_perplexity"]) == 9
+    assert all(1.0 <= p <= 16 for p in report["codebook_perplexity"])
+    assert (tmp_path / "inspect.png").stat().st_size > 1000
+
+
+def test_step_batches_match_plan_and_crop(tmp_path):
+    out = tmp_path / "mel"
+    prepare("melodies", "spectral-rvq", out, limit=6, max_seconds=10.0, codec_options=SMALL_CODEC, progress=False)
+    ds = CodesDataset(out, "train")
+    pattern = DelayPattern.parse("musicgen")
+    plan = BatchPlan(seed=0, batch_size=3, grad_accum=2, max_frames=40, cfg_dropout=0.5)
+    batches = StepBatches(ds, plan, pattern, start=0, steps=5)
+    resumed = StepBatches(ds, plan, pattern, start=3, steps=5)
+    assert len(batches) == 5 and len(resumed) == 2
+    for a, b in zip(batches[3], resumed[0], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    micro = batches[0][0]
+    assert micro["decoder_input_ids"].shape == (3, 40 + 1 + 8, 9)
+    dropped = [d for _, _, d in plan.samples(0, 0, len(ds))]
+    for i, drop in enumerate(dropped):
+        # a dropped caption is the unconditional input: all-zero ids, only position 0 attended
+        assert (micro["input_ids"][i].sum() == 0) == drop

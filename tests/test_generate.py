@@ -1,0 +1,422 @@
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from diamusic.data import IGNORE_INDEX, build_decoder_batch
+from diamusic.generate import SamplingConfig, generate_codes, guide, sample_logits
+from diamusic.metrics import token_stats
+from diamusic.model import AudioVocab, build_model, encode_text, load_pretrained
+from diamusic.patterns import PRESETS, DelayPattern
+
+VOCAB = AudioVocab(codebook_size=32, num_codebooks=9)
+GREEDY = {"cfg_scale": 1.0, "temperature": 0.0}
+DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # one decode step is a handful of tiny matmuls: OpenMP threads only add overhead (and spin
+    # badly when the 2 cores are shared)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(pattern: str, seed: int = 0):
+    return build_model("tiny", DelayPattern.parse(pattern), VOCAB, seed=seed)
+
+
+def edit_logits(model, edit: Callable[[int, torch.Tensor], None]):
+    """Hook the LM head: edit(step, logits (rows, C, V)) may change the logits of decode step `step`."""
+    calls = {"step": 0}
+
+    def hook(module, args, out):
+        calls["step"] += 1
+        logits = out.view(out.shape[0], VOCAB.num_codebooks, VOCAB.vocab_size)
+        edit(calls["step"], logits)
+        return out
+
+    return model.logits_dense.register_forward_hook(hook)
+
+
+def hf_generate(model, texts: list[str], pattern: DelayPattern, max_frames: int) -> torch.Tensor:
+    """transformers' greedy Dia generation set up like DiaProcessor's generation mode (no audio prompt)."""
+    input_ids, attention_mask = encode_text(texts)
+    batch = len(texts)
+    # the processor's "delay mask": channel c is BOS for steps 0..d_c and free (PAD) after
+    first = torch.full((batch, 1, pattern.num_codebooks), VOCAB.bos, dtype=torch.long)
+    delay_mask = pattern.apply(first, bos=VOCAB.bos, pad=VOCAB.pad)  # (B, 1 + max_delay, C)
+    return model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=delay_mask,
+        decoder_attention_mask=torch.ones(batch, delay_mask.shape[1], dtype=torch.long),
+        do_sample=False,
+        guidance_scale=None,
+        # transformers counts the delay tail and channel 0's EOS step: frames = N - max_delay - 1
+        max_new_tokens=pattern.decode_steps(max_frames),
+    )
+
+
+# --- (1) parity with transformers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dia", "musicgen"])
+def test_greedy_matches_transformers_generate(name, tmp_path):
+    """Both return the full delayed step sequence (B, 1 + steps, C), BOS step first, with the delay
+    mask applied: we compare it token for token, which also pins the BOS/EOS/PAD layout."""
+    pattern = DelayPattern.parse(name)
+    tiny(name, seed=1).save_pretrained(tmp_path)
+    model, _ = load_pretrained(str(tmp_path), pattern, VOCAB)
+    texts = ["a jig in D major, 6/8", "slow air"]  # different lengths: the text mask matters
+    ours = generate_codes(model, texts, pattern, VOCAB, SamplingConfig(max_frames=10, **GREEDY))
+    theirs = hf_generate(model, texts, pattern, max_frames=10)
+    assert ours.delayed.shape == theirs.shape
+    assert torch.equal(ours.delayed, theirs)
+    # a random model rarely stops: then both run to the cap, where channel 0 is forced to EOS
+    assert ours.frames == [10 if not eos else f for f, eos in zip(ours.frames, ours.stopped_on_eos, strict=True)]
+
+
+# --- (2) memorisation -----------------------------------------------------------------------------
+
+CLIP_FRAMES = (18, 20, 22)
+CAPTIONS = ["a lively jig in D major", "a slow air in E minor", "a march in G major, 2/4"]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_memorised_clips_come_back_exactly(name):
+    pattern = DelayPattern.parse(name)
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randint(0, VOCAB.codebook_size, (n, 9), generator=g) for n in CLIP_FRAMES]
+    model = build_model("tiny", pattern, VOCAB, seed=0)
+    decoder_input_ids, labels = build_decoder_batch(clips, pattern, VOCAB)
+    input_ids, attention_mask = encode_text(CAPTIONS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(300):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+        loss_sum, stats = token_stats(out.logits, labels, VOCAB.codebook_size)
+        loss = loss_sum / stats.count.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if stats.correct.sum() == stats.count.sum() and loss.item() < 0.05:
+            break  # every target (EOS included) is already the top prediction
+
+    result = generate_codes(model, CAPTIONS, pattern, VOCAB, SamplingConfig(max_frames=40, **GREEDY))
+    assert result.stopped_on_eos == [True, True, True]
+    assert result.frames == list(CLIP_FRAMES)
+    for got, clip in zip(result.codes, clips, strict=True):
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, clip.numpy())
+    # the generated step sequence is exactly the training layout (inputs + the last step)
+    steps, _ = build_decoder_batch(list(map(torch.from_numpy, result.codes)), pattern, VOCAB)
+    assert torch.equal(result.delayed[:, :-1], steps)
+    # ...and transformers' generate agrees on a model that really stops (EOS staggering included)
+    assert torch.equal(hf_generate(model, CAPTIONS, pattern, max_frames=40), result.delayed)
+
+
+# --- (3) EOS staggering and the length cap --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dia", "compressed"])
+def test_eos_on_channel_0_staggers_the_other_channels(name):
+    pattern = DelayPattern.parse(name)
+    model = tiny(name)
+    eos_at = 7
+
+    def force_eos(step, logits):
+        logits[:, 0, VOCAB.eos] = -1e4  # never before...
+        if step == eos_at:
+            logits[:, 0, VOCAB.eos] = 1e4  # ...then at step 7 on channel 0 only
+
+    hook = edit_logits(model, force_eos)
+    result = generate_codes(model, ["x", "yy"], pattern, VOCAB, SamplingConfig(max_frames=30, temperature=1.0))
+    hook.remove()
+    assert result.frames == [eos_at - 1] * 2 and result.stopped_on_eos == [True, True]
+    assert result.steps == eos_at + pattern.max_delay
+    seq = result.delayed
+    for c, d in enumerate(pattern.delays):
+        column = seq[:, :, c]
+        assert (column[:, : d + 1] == VOCAB.bos).all()  # BOS while s <= d_c
+        assert (column[:, eos_at + d] == VOCAB.eos).all()
+        assert (column[:, eos_at + d + 1 :] == VOCAB.pad).all()
+        assert (column[:, d + 1 : eos_at + d] < VOCAB.codebook_size).all()
+    # the same layout build_decoder_batch trains on: every valid label is reproduced
+    inputs, labels = build_decoder_batch(list(map(torch.from_numpy, result.codes)), pattern, VOCAB)
+    assert torch.equal(seq[:, :-1], inputs)
+    valid = labels != IGNORE_INDEX
+    assert torch.equal(seq[:, 1:].transpose(1, 2)[valid], labels[valid])
+    assert [c.shape for c in result.codes] == [(eos_at - 1, 9)] * 2
+
+
+def test_length_cap_forces_eos_and_completes_the_tail():
+    pattern = DelayPattern.parse("musicgen")
+    model = tiny("musicgen")
+    hook = edit_logits(model, lambda step, logits: logits[:, 0, VOCAB.eos].fill_(-1e4))
+    result = generate_codes(model, ["never ends"], pattern, VOCAB, SamplingConfig(max_frames=5, **GREEDY))
+    hook.remove()
+    assert result.frames == [5] and result.stopped_on_eos == [False]
+    assert result.steps == pattern.decode_steps(5)
+    eos_steps = [int((result.delayed[0, :, c] == VOCAB.eos).nonzero()) for c in range(9)]
+    assert eos_steps == [6 + d for d in pattern.delays]
+
+
+def test_samples_end_independently_in_a_batch():
+    pattern = DelayPattern.parse("dia")
+    model = tiny("dia")
+
+    def first_sample_stops_at_4(step, logits):
+        logits[:, 0, VOCAB.eos] = -1e4
+        if step == 4:
+            logits[0, 0, VOCAB.eos] = 1e4
+
+    hook = edit_logits(model, first_sample_stops_at_4)
+    result = generate_codes(model, ["a", "b"], pattern, VOCAB, SamplingConfig(max_frames=9, **GREEDY))
+    hook.remove()
+    assert result.frames == [3, 9] and result.stopped_on_eos == [True, False]
+    assert [c.shape[0] for c in result.codes] == [3, 9]
+
+
+# --- (4) only real codes reach the codec ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("top_k", [45, None])
+def test_sampled_tokens_are_real_codes_even_when_specials_are_likely(top_k):
+    pattern = DelayPattern.parse("dia")
+    model = tiny("dia", seed=2)
+
+    def push_specials(step, logits):
+        logits[:, :, VOCAB.pad :] += 20.0  # PAD, BOS and the spare id look best everywhere
+        logits[:, 1:, VOCAB.eos] += 20.0  # and EOS on the channels that must never choose it
+
+    hook = edit_logits(model, push_specials)
+    sampling = SamplingConfig(max_frames=12, cfg_scale=3.0, cfg_filter_top_k=top_k, temperature=1.3, seed=4)
+    result = generate_codes(model, ["a", "b", "c"], pattern, VOCAB, sampling)
+    hook.remove()
+    for codes, frames in zip(result.codes, result.frames, strict=True):
+        assert codes.shape == (frames, 9)
+        assert codes.min() >= 0 and codes.max() < VOCAB.codebook_size
+    # specials appear only where the delay rules put them
+    seq = result.delayed
+    for c, d in enumerate(pattern.delays):
+        assert (seq[:, : d + 1, c] == VOCAB.bos).all()
+        assert not (seq[:, d + 1 :, c] == VOCAB.bos).any()
+        assert ((seq[:, :, c] == VOCAB.eos).sum(dim=1) == 1).all()
+
+
+def test_cfg_uses_the_training_unconditional_input_and_is_skipped_at_scale_1():
+    pattern = DelayPattern.parse("musicgen")
+    model = tiny("musicgen")
+    seen = []
+    hook = model.get_encoder().register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs), with_kwargs=True)
+    generate_codes(model, ["a tune", "b"], pattern, VOCAB, SamplingConfig(max_frames=2, cfg_scale=3.0))
+    generate_codes(model, ["a tune", "b"], pattern, VOCAB, SamplingConfig(max_frames=2, cfg_scale=1.0))
+    hook.remove()
+    expected_ids, expected_mask = encode_text(["a tune", "b", None, None])
+    assert torch.equal(seen[0]["input_ids"], expected_ids) and torch.equal(seen[0]["attention_mask"], expected_mask)
+    assert seen[1]["input_ids"].shape[0] == 2
+
+
+def test_guidance_formula_and_dia_filter():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 3, 36, generator=g), torch.randn(2, 3, 36, generator=g)
+    allowed = torch.zeros(3, 36, dtype=torch.bool)
+    allowed[:, :32] = True
+    plain = guide(cond, uncond, 3.0, None, allowed)
+    torch.testing.assert_close(plain[..., :32], (cond + 3.0 * (cond - uncond))[..., :32])
+    assert torch.isinf(plain[..., 32:]).all()
+    filtered = guide(cond, uncond, 3.0, 5, allowed)
+    kept = torch.isfinite(filtered)
+    assert (kept.sum(-1) == 5).all()
+    top5 = plain.topk(5, dim=-1).indices  # the candidates come from the guided logits...
+    assert torch.equal(kept, torch.zeros_like(kept).scatter(-1, top5, True))
+    assert torch.equal(filtered[kept], cond[kept])  # ...the values from the conditional ones
+
+
+# --- (5) seeds ------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_codes_and_different_seeds_differ():
+    pattern = DelayPattern.parse("compressed")
+    model = tiny("compressed")
+
+    def run(seed: int) -> list[np.ndarray]:
+        sampling = SamplingConfig(max_frames=10, temperature=1.0, top_p=0.95, seed=seed)
+        return generate_codes(model, ["a", "b"], pattern, VOCAB, sampling).codes
+
+    first, again, other = run(5), run(5), run(6)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+# --- (6) temperature and top-p ---------------------------------------------------------------------
+
+
+def test_temperature_below_one_sharpens_the_sampled_distribution():
+    logits = torch.linspace(0.0, 3.0, 8)
+    g = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 1.0):
+        draws = sample_logits(logits.expand(40_000, 8), temperature, None, g)
+        freq = torch.bincount(draws, minlength=8).float() / draws.numel()
+        expected = torch.softmax(logits / temperature, -1)
+        assert (freq - expected).abs().max() < 0.01
+    assert (torch.softmax(logits / 0.5, -1) - torch.softmax(logits, -1)).abs().max() > 0.1
+    assert torch.equal(sample_logits(logits.expand(3, 8), 0.0, None, g), torch.full((3,), 7))
+    nucleus = sample_logits(logits.expand(5000, 8), 1.0, 0.5, g)
+    # sorted probabilities 0.36, 0.235, 0.153...: the first two are the smallest set covering 0.5
+    assert set(nucleus.tolist()) == {6, 7}
+
+
+def test_temperature_is_honoured_inside_generate():
+    """Fixed logits for every step: the sampled codes follow softmax(logits / T), not softmax(logits)."""
+    pattern = DelayPattern.parse("parallel")
+    model = tiny("parallel")
+    fixed = torch.zeros(VOCAB.vocab_size)
+    fixed[:4] = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    fixed[4 : VOCAB.codebook_size] = -30.0
+
+    def set_fixed(step, logits):
+        logits[:] = fixed
+        logits[:, 0, VOCAB.eos] = -1e4
+
+    def entropy_of_codes(temperature: float) -> tuple[float, torch.Tensor]:
+        hook = edit_logits(model, set_fixed)
+        sampling = SamplingConfig(max_frames=60, cfg_scale=1.0, temperature=temperature, seed=1)
+        result = generate_codes(model, ["a"] * 4, pattern, VOCAB, sampling)
+        hook.remove()
+        codes = torch.from_numpy(np.concatenate(result.codes))
+        freq = torch.bincount(codes.flatten(), minlength=4)[:4].float() / codes.numel()
+        return float(-(freq * freq.clamp_min(1e-12).log()).sum()), freq
+
+    cold, cold_freq = entropy_of_codes(0.5)
+    warm, warm_freq = entropy_of_codes(1.0)
+    assert cold < warm - 0.2
+    assert (cold_freq - torch.softmax(fixed[:4] / 0.5, -1)).abs().max() < 0.03
+    assert (warm_freq - torch.softmax(fixed[:4], -1)).abs().max() < 0.03
+
+
+def test_sampling_config_validation():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(max_frames=4, temperature=-0.1)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(max_frames=4, top_p=0.0)
+    assert not SamplingConfig(max_frames=4, cfg_scale=1.0).uses_cfg
+    assert SamplingConfig(max_frames=4).uses_cfg
+    assert not SamplingConfig(max_frames=4, cfg_scale=0.0).uses_cfg  # Dia's formula: s=0 is cond only
+    with pytest.raises(ValueError, match="at least one text"):
+        generate_codes(tiny("dia"), [], DelayPattern.parse("dia"), VOCAB, SamplingConfig(max_frames=4))
+    with pytest.raises(ValueError, match="pattern_of"):
+        generate_codes(tiny("dia"), ["a"], DelayPattern.parse("musicgen"), VOCAB, SamplingConfig(max_frames=4))
+
+
+def test_generates_through_a_lora_wrapper():
+    """Training with LoRA hands a PeftModel to the demo hook: same codes as the bare model at init."""
+    peft = pytest.importorskip("peft")
+    pattern = DelayPattern.parse("dia")
+    model = tiny("dia")
+    sampling = SamplingConfig(max_frames=6, **GREEDY)
+    bare = generate_codes(model, ["a"], pattern, VOCAB, sampling)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    wrapped = generate_codes(lora, ["a"], pattern, VOCAB, sampling)
+    assert torch.equal(bare.delayed, wrapped.delayed)  # LoRA's B starts at zero
+
+
+# --- run directories, demos and the CLI ---------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DIAMUSIC, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_demo_hook_writes_audio_during_training(tiny_run):
+    from diamusic.codecs import load_codec
+
+    codec = load_codec(tiny_run / "codec")
+    for step in (5, 10):
+        folder = tiny_run / "demos" / f"step_{step:06d}"
+        wavs = sorted(folder.glob("demo_*.wav"))
+        assert len(wavs) == 2  # demo_num_prompts in tiny-cpu.yaml
+        for wav in wavs:
+            audio, rate = sf.read(wav)
+            assert rate == codec.sample_rate and len(audio) > 0 and np.isfinite(audio).all()
+            sidecar = json.loads(wav.with_suffix(".json").read_text())
+            assert sidecar["step"] == step and sidecar["pattern"] == list(range(9))
+            codes = np.load(wav.with_suffix(".npy"))
+            assert codes.shape == (sidecar["frames"], 9) and codes.max() < 32
+    assert list((tiny_run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_generate_cli_writes_playable_wavs_deterministically(tiny_run, tmp_path):
+    args = ["generate", "--run", str(tiny_run), "--text", "a jig in D major", "--text", "a slow air", "--num", "2"]
+    args += ["--seconds", "0.5", "--temperature", "0.8", "--seed", "3"]
+    first = cli(*args, "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    assert "frames/s" in first.stdout and "real time" in first.stdout and "8 of them added by pattern" in first.stdout
+    from diamusic.codecs import load_codec
+
+    codec = load_codec(tiny_run / "codec")
+    wavs = sorted((tmp_path / "a").glob("gen_*.wav"))
+    assert len(wavs) == 4
+    for wav in wavs:
+        audio, rate = sf.read(wav)
+        assert rate == codec.sample_rate and len(audio) > 0
+        assert np.isfinite(audio).all()
+        sidecar = json.loads(wav.with_suffix(".json").read_text())
+        assert sidecar["checkpoint"] == "step_000010" and sidecar["pattern"] == list(range(9))
+        assert sidecar["temperature"] == 0.8 and sidecar["cfg_scale"] == 3.0 and sidecar["seed"] == 3
+        assert sidecar["frames"] <= 43
+    assert cli(*args, "--out", str(tmp_path / "b")).returncode == 0
+    for name in ("gen_00.npy", "gen_03.npy", "gen_02.wav"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    again = cli(*args, "--out", str(tmp_path / "a"))  # would overwrite: refused, files untouched
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "a" / "gen_00.npy").read_bytes() == (tmp_path / "b" / "gen_00.npy").read_bytes()
+
+
+def test_generate_cli_picks_checkpoints_and_names_bad_input(tiny_run, tmp_path, capsys):
+    from diamusic.cli import main
+
+    def generate(*args: str) -> tuple[int, list[str]]:
+        code = main(["generate", "--run", *args, "--text", "x", "--seconds", "0.2"])
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    assert generate(str(tiny_run), "--checkpoint", "5", "--out", str(tmp_path / "g"))[0] == 0
+    assert json.loads((tmp_path / "g" / "gen_00.json").read_text())["checkpoint"] == "step_000005"
+    bad = {
+        "no checkpoint at step 7 (have: 5, 10)": generate(str(tiny_run), "--checkpoint", "7", "--out", str(tmp_path)),
+        "is not a run directory": generate(str(tmp_path), "--out", str(tmp_path / "i")),
+        "temperature must be >= 0": generate(str(tiny_run), "--temperature", "-1", "--out", str(tmp_path / "j")),
+    }
+    for fragment, (code, lines) in bad.items():
+        assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_generates_from_a_lora_run(melody_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from diamusic.config import load_config
+    from diamusic.generate import load_run
+    from diamusic.train import train
+
+    overrides = {"data.path": str(melody_dataset), "steps": 3, "batch_size": 2, "data.max_frames": 16,
+                 "eval_every": 3, "eval_batches": 1, "model.lora_rank": 4, "optim.warmup_steps": 1}  # fmt: skip
+    train(load_config("tiny-cpu", overrides=overrides), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run", device="cpu")
+    saved = load_file(run.checkpoint / "model.safetensors")
+    base_keys = [k for k in saved if k.endswith("q_proj.base_layer.weight")]
+    assert base_keys  # the checkpoint holds peft's names...
+    merged = dict(run.model.named_parameters())
+    name = base_keys[0].removeprefix("base_model.model.").replace(".base_layer", "")
+    # ...and the loaded model has the trained adapters merged into the plain weights
+    assert not torch.equal(merged[name], saved[base_keys[0]])
+    sampling = SamplingConfig(max_frames=4, **GREEDY)
+    assert generate_codes(run.model, ["x"], run.pattern, run.vocab, sampling).frames[0] <= 4

@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from diamusic.data import build_decoder_batch
+from diamusic.metrics import split_logits
+from diamusic.model import (
+    MODEL_PRESETS,
+    AudioVocab,
+    ModelError,
+    build_model,
+    count_parameters,
+    encode_text,
+    load_pretrained,
+    pattern_of,
+    vocab_of,
+)
+from diamusic.patterns import DelayPattern
+
+DAC = AudioVocab(codebook_size=1024, num_codebooks=9)
+SMALL = AudioVocab(codebook_size=32, num_codebooks=9)
+DIA = DelayPattern.parse("dia")
+MUSICGEN = DelayPattern.parse("musicgen")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny matmuls are far faster single-threaded, and 2 shared cores make OpenMP spin badly
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_presets_build_with_expected_sizes():
+    assert set(MODEL_PRESETS) == {"tiny", "small", "dia-1.6b"}
+    tiny = count_parameters(build_model("tiny", DIA, DAC))
+    small = count_parameters(build_model("small", DIA, DAC))
+    assert 1_000_000 <= tiny <= 5_000_000
+    assert 40_000_000 <= small <= 60_000_000
+    with torch.device("meta"):  # no memory: only the shapes matter here
+        big = build_model("dia-1.6b", DIA, DAC)
+    # transformers' DiaConfig() defaults are Dia-1.6B's published shape
+    assert count_parameters(big) == 1_611_160_576
+    assert count_parameters(build_model("tiny", DIA, SMALL)) < tiny  # vocab comes from the codec
+
+
+def test_unknown_preset_and_pattern_mismatch_are_clear():
+    with pytest.raises(ModelError, match="unknown model preset 'huge'"):
+        build_model("huge", DIA, DAC)
+    with pytest.raises(ModelError, match="4 delays but the codec has 9 codebooks"):
+        build_model("tiny", DelayPattern.parse("0,1,2,3"), DAC)
+
+
+def test_config_carries_pattern_vocab_and_special_ids():
+    model = build_model("tiny", MUSICGEN, SMALL)
+    dec = model.config.decoder_config
+    assert model.config.delay_pattern == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert pattern_of(model) == MUSICGEN
+    assert (dec.vocab_size, dec.num_channels) == (36, 9)
+    assert (dec.eos_token_id, dec.pad_token_id, dec.bos_token_id) == (32, 33, 34)
+    assert vocab_of(model) == SMALL
+
+
+def test_build_is_deterministic_per_seed_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = build_model("tiny", DIA, SMALL, seed=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    b = build_model("tiny", DIA, SMALL, seed=7)
+    c = build_model("tiny", DIA, SMALL, seed=8)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    weight = "model.decoder.embeddings.embed.weight"
+    assert not torch.equal(a.state_dict()[weight], c.state_dict()[weight])
+
+
+def test_load_pretrained_switches_pattern_with_a_note(tmp_path):
+    build_model("tiny", DIA, SMALL, seed=3).save_pretrained(tmp_path)
+    model, notes = load_pretrained(str(tmp_path), MUSICGEN, SMALL)
+    assert pattern_of(model) == MUSICGEN
+    assert len(notes) == 1
+    assert "from dia [0,8,9,10,11,12,13,14,15] to musicgen [0,1,2,3,4,5,6,7,8]" in notes[0]
+    same, no_notes = load_pretrained(str(tmp_path), DIA, SMALL)
+    assert no_notes == [] and pattern_of(same) == DIA
+    reference = build_model("tiny", DIA, SMALL, seed=3).state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_load_pretrained_rejects_a_different_codec(tmp_path):
+    build_model("tiny", DIA, SMALL).save_pretrained(tmp_path)
+    eight = AudioVocab(codebook_size=32, num_codebooks=8)
+    with pytest.raises(ModelError, match="has 9 codebooks x vocab 36.*8 codebooks x 32 codes"):
+        load_pretrained(str(tmp_path), DelayPattern.parse("0,1,2,3,4,5,6,7"), eight)
+    with pytest.raises(ModelError, match="codebook size 32.*9 codebooks x 1024 codes"):
+        load_pretrained(str(tmp_path), DIA, DAC)
+
+
+def test_forward_on_training_batch_and_logit_layout():
+    model = build_model("tiny", MUSICGEN, SMALL).eval()
+    g = torch.Generator().manual_seed(0)
+    codes = [torch.randint(0, 32, (n, 9), generator=g) for n in (5, 8)]
+    decoder_input_ids, labels = build_decoder_batch(codes, MUSICGEN, SMALL)
+    input_ids, attention_mask = encode_text(["a reel", None])
+    steps = 8 + 1 + MUSICGEN.max_delay
+    assert decoder_input_ids.shape == (2, steps, 9) and labels.shape == (2, 9, steps)
+    captured = {}
+    hook = model.logits_dense.register_forward_hook(lambda mod, args, out: captured.update(head=out))
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    hook.remove()
+    assert out.logits.shape == (2 * 9, steps, 36)
+    logits = split_logits(out.logits, 9)
+    assert logits.shape == (2, 9, steps, 36)
+    # the head emits (B, S, C*V); channel c is the c-th slice of V, and the flat rows are batch-major
+    direct = captured["head"].view(2, steps, 9, 36).permute(0, 2, 1, 3)
+    assert torch.equal(logits, direct)
