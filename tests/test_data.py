@@ -163,7 +163,7 @@ def audio_folder(tmp_path):
 def test_prepare_folder_keeps_good_and_explains_bad(audio_folder, tmp_path):
     out = tmp_path / "ds"
     result = prepare(str(audio_folder), "spectral-rvq", out, max_seconds=2.0, codec_options=SMALL_CODEC, progress=False)
-    assert result.complete
+    assert result.complete and result.captions_truncated == 1
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     rejected = {json.loads(line)["id"]: json.loads(line)["rejected"] for line in (out / "rejected.jsonl").open()}
     sources = {r["source"] for r in rows}

@@ -63,6 +63,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             f"{args.out}: {result.clips} clips, {result.hours:.2f} h, {result.rejected} rejected "
             f"(see rejected.jsonl); {rate:.0f} audio-seconds encoded per second"
         )
+        if result.captions_truncated:
+            print(f"warning: {result.captions_truncated} captions were longer than 1024 bytes and were truncated")
     else:
         print(f"shard {args.shard[0]}/{args.shard[1]} done ({rate:.0f} audio-s/s); other shards still to run")
     return 0
@@ -276,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="demo directory (its data is reused on re-runs)")
     demo.add_argument("--patterns", nargs="+", default=["musicgen", "dia", "compressed"])
     demo.add_argument("--melodies", type=_positive, default=80, help="melodies from the built-in corpus")
-    demo.add_argument("--steps", type=_positive, default=200, help="training steps per pattern")
+    demo.add_argument("--steps", type=_positive, default=400, help="training steps per pattern")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)

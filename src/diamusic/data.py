@@ -169,6 +169,7 @@ class PrepareResult:
     seconds: float
     audio_seconds_encoded: float
     complete: bool
+    captions_truncated: int = 0
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -345,12 +346,13 @@ def prepare(
     if complete:
         card = _finalize(out, n_shards, codec_obj, source)
         clips, hours, rejected = card["clips"], card["hours"], card["rejected"]
+        truncated = card["captions_truncated"]
         if clips == 0:
             raise DataError(f"no usable clips: all {rejected} inputs were rejected (see {out}/rejected.jsonl)")
     else:
-        clips = hours = rejected = 0
+        clips = hours = rejected = truncated = 0
     elapsed = time.time() - start
-    return PrepareResult(clips, hours, rejected, elapsed, audio_seconds, complete)
+    return PrepareResult(clips, hours, rejected, elapsed, audio_seconds, complete, truncated)
 
 
 def _check_same_job(out: Path, job: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,19 @@ class Tracker:
                 import wandb
             except ImportError as exc:
                 raise RuntimeError("--tracker wandb needs the wandb package: pip install wandb") from exc
+            # a resumed run continues the same wandb run instead of starting a second one
+            id_file = run_dir / "wandb_id"
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
             self._wandb = wandb.init(
-                project=project, group=group, name=name or run_dir.name, dir=str(run_dir), config=config
+                project=project,
+                group=group,
+                name=name or run_dir.name,
+                dir=str(run_dir),
+                config=config,
+                id=run_id,
+                resume="allow",
             )
+            id_file.write_text(run_id)
         if "tensorboard" in backends:
             try:
                 from torch.utils.tensorboard import SummaryWriter
