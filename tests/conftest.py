@@ -10,6 +10,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: their matmuls run faster on one thread, and OpenMP spins badly on
+    2 shared cores (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def melody_dataset(tmp_path_factory):
     """A small prepared dataset of built-in melodies with a 32-entry offline codec (shared, read-only)."""

@@ -230,28 +230,11 @@ def test_prepare_resume_after_kill_gives_same_fingerprint(audio_folder, tmp_path
 
 def test_prepare_shards_split_the_job(audio_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "ITEMS_PER_SHARD", 4)
-    prepare(
-        str(audio_folder), "spectral-rvq", tmp_path / "a", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
-    )
-    first = prepare(
-        str(audio_folder),
-        "spectral-rvq",
-        tmp_path / "b",
-        max_seconds=2.0,
-        shard=(0, 2),
-        codec_options=SMALL_CODEC,
-        progress=False,
-    )
+    options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
+    prepare(str(audio_folder), "spectral-rvq", tmp_path / "a", **options)
+    first = prepare(str(audio_folder), "spectral-rvq", tmp_path / "b", shard=(0, 2), **options)
     assert not first.complete and not (tmp_path / "b" / "card.json").exists()
-    second = prepare(
-        str(audio_folder),
-        "spectral-rvq",
-        tmp_path / "b",
-        max_seconds=2.0,
-        shard=(1, 2),
-        codec_options=SMALL_CODEC,
-        progress=False,
-    )
+    second = prepare(str(audio_folder), "spectral-rvq", tmp_path / "b", shard=(1, 2), **options)
     assert second.complete
     card = lambda d: json.loads((tmp_path / d / "card.json").read_text())  # noqa: E731
     assert card("a")["fingerprint"] == card("b")["fingerprint"]

@@ -20,14 +20,7 @@ GREEDY = {"cfg_scale": 1.0, "temperature": 0.0}
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # one decode step is a handful of tiny matmuls: OpenMP threads only add overhead (and spin
-    # badly when the 2 cores are shared)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(pattern: str, seed: int = 0):

@@ -9,14 +9,7 @@ from diamusic.metrics import LossNoise, TokenStats, split_logits, token_stats
 from diamusic.model import AudioVocab, build_model, encode_text
 from diamusic.patterns import DelayPattern
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matmuls are far faster single-threaded, and 2 shared cores make OpenMP spin badly
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_case(seed: int = 0, batch: int = 2, channels: int = 3, steps: int = 4, vocab: int = 7):

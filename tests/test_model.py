@@ -22,13 +22,7 @@ DIA = DelayPattern.parse("dia")
 MUSICGEN = DelayPattern.parse("musicgen")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matmuls are far faster single-threaded, and 2 shared cores make OpenMP spin badly
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_presets_build_with_expected_sizes():

@@ -216,6 +216,8 @@ def evaluate(model, batches, accelerator, codebook_size: int) -> TokenStats | No
 
 
 def _save_checkpoint(accelerator, model, run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    from accelerate.utils import DistributedType
+
     final = run_dir / CHECKPOINTS / f"step_{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -223,10 +225,15 @@ def _save_checkpoint(accelerator, model, run_dir: Path, step: int, state: dict[s
         tmp.parent.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # weights (safetensors), optimizer, scheduler, RNG of every process
+    # FSDP saves shards; generation wants whole weights, gathered here by every process together
+    full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         # config.json beside model.safetensors makes the checkpoint loadable with from_pretrained
-        unwrapped.config.save_pretrained(tmp)
+        if full is not None:
+            unwrapped.save_pretrained(tmp, state_dict=full)
+        else:
+            unwrapped.config.save_pretrained(tmp)
         (tmp / "train_state.json").write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
