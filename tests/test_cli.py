@@ -1,5 +1,6 @@
 """The CLI as a user meets it: real console script, exit codes, one-line errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,21 @@ def test_train_without_dataset_is_one_line(tmp_path):
 def test_bad_set_is_one_line(tmp_path):
     result = run("train", "--out", str(tmp_path / "run"), "--set", "optim.lrr=3")
     assert result.returncode != 0 and "unknown config key 'optim.lrr'" in result.stderr
+
+
+def test_train_cli_fine_tunes_a_local_checkpoint_into_another_pattern(melody_dataset, tmp_path, capsys):
+    from diamusic.cli import main
+    from diamusic.data import CodesDataset
+    from diamusic.model import build_model
+    from diamusic.patterns import DelayPattern
+
+    vocab = CodesDataset(melody_dataset).vocab
+    build_model("tiny", DelayPattern.parse("dia"), vocab).save_pretrained(tmp_path / "ckpt")
+    args = ["train", "--data", str(melody_dataset), "--out", str(tmp_path / "run"), "--quiet"]
+    args += ["--init", "pretrained", "--pretrained", str(tmp_path / "ckpt"), "--delay-pattern", "musicgen"]
+    args += ["--steps", "2", "--batch-size", "2", "--set", "data.max_frames=16", "--set", "eval_batches=1"]
+    assert main(args) == 0
+    assert "step 2" in capsys.readouterr().out
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["config"]["model"]["init"] == "pretrained" and info["pattern"]["name"] == "musicgen"
+    assert any("switched from dia" in note for note in info["notes"])

@@ -34,17 +34,14 @@ def run_pattern(
     config: TrainConfig, pattern: DelayPattern, run_dir: Path, prompts: list[str], seconds: float, progress: bool
 ) -> PatternRow:
     """Train one pattern, then generate the prompts from its final checkpoint into RUN/generated."""
-    from diamusic.generate import SamplingConfig, generate_codes, load_run, write_outputs
+    from diamusic.generate import SamplingConfig, generate_files, load_run
     from diamusic.train import train
 
     spec = pattern.name if pattern.name != "custom" else ",".join(map(str, pattern.delays))
-    config = dataclasses.replace(config, delay_pattern=spec)
-    result = train(config, run_dir, progress=progress)
+    result = train(dataclasses.replace(config, delay_pattern=spec), run_dir, progress=progress)
     run = load_run(run_dir, device="cpu")
-    sampling = SamplingConfig(max_frames=max(1, round(seconds * run.codec.frame_rate)), seed=config.seed)
-    generated = generate_codes(run.model, prompts, run.pattern, run.vocab, sampling)
-    settings = {"pattern": run.pattern.to_list(), **dataclasses.asdict(sampling)}
-    write_outputs(generated, prompts, run.codec, run_dir / "generated", "gen", settings)
+    sampling = SamplingConfig.for_seconds(seconds, run.codec.frame_rate, seed=config.seed)
+    generated, _ = generate_files(run.model, prompts, run.codec, sampling, run_dir / "generated", "gen", {})
     t, e = result.last_train, result.last_eval
     return PatternRow(
         pattern=run.pattern.name,

@@ -94,6 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {
         "data.path": args.data,
         "model.preset": args.model,
+        "model.init": args.init,
+        "model.pretrained": args.pretrained,
         "delay_pattern": args.delay_pattern,
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -117,33 +119,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
     from pathlib import Path
 
-    from diamusic.generate import SamplingConfig, generate_codes, load_run, write_outputs
+    from diamusic.generate import SamplingConfig, generate_files, load_run
 
     out = Path(args.out)
     if out.exists() and any(out.glob("gen_*")) and not args.overwrite:
         raise FileExistsError(f"{out} already holds generations: choose another --out or pass --overwrite")
     run = load_run(args.run, args.checkpoint, device=args.device)
-    texts = [text for text in args.text for _ in range(args.num)]
-    sampling = SamplingConfig(
-        max_frames=max(1, round(args.seconds * run.codec.frame_rate)),
+    sampling = SamplingConfig.for_seconds(
+        args.seconds,
+        run.codec.frame_rate,
         cfg_scale=args.cfg_scale,
         cfg_filter_top_k=args.cfg_filter_top_k or None,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
     )
-    result = generate_codes(run.model, texts, run.pattern, run.vocab, sampling)
-    settings = {
-        "run": str(Path(args.run).resolve()),
-        "checkpoint": run.checkpoint.name,
-        "pattern": run.pattern.to_list(),
-        "codec": run.info["codec"],
-        **asdict(sampling),
-    }
-    paths = write_outputs(result, texts, run.codec, out, "gen", settings)
+    texts = [text for text in args.text for _ in range(args.num)]
+    settings = {"run": str(Path(args.run).resolve()), "checkpoint": run.checkpoint.name, "codec": run.info["codec"]}
+    result, paths = generate_files(run.model, texts, run.codec, sampling, out, "gen", settings)
     audio_seconds = sum(result.frames) / run.codec.frame_rate
     print(
         f"wrote {len(paths)} clips to {out} ({audio_seconds:.1f} s of audio, "
@@ -243,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="run directory")
     tr.add_argument("--config", default="tiny-cpu", help="a preset in configs/ or a YAML file")
     tr.add_argument("--model", help="model preset: tiny | small | dia-1.6b")
+    tr.add_argument("--init", choices=["scratch", "pretrained"], help="train from scratch or fine-tune a checkpoint")
+    tr.add_argument("--pretrained", help="hub id or local directory for --init pretrained (default: Dia-1.6B-0626)")
     tr.add_argument("--delay-pattern", help="a preset name or comma-separated delays")
     tr.add_argument("--steps", type=int)
     tr.add_argument("--batch-size", type=int)

@@ -61,6 +61,11 @@ class SamplingConfig:
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
+    @classmethod
+    def for_seconds(cls, seconds: float, frame_rate: float, **settings: Any) -> SamplingConfig:
+        """A length cap in seconds of audio, rounded to codec frames."""
+        return cls(max_frames=max(1, round(seconds * frame_rate)), **settings)
+
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale not in (0.0, 1.0)
@@ -320,12 +325,23 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str 
     return LoadedRun(model, pattern_of(model), vocab_of(model), load_codec(run_dir / "codec"), ckpt, info)
 
 
-def write_outputs(
-    result: GenerationResult, texts: list[str], codec: Codec, out: Path, stem: str, settings: dict[str, Any]
-) -> list[Path]:
-    """Per text: a WAV, its codes (.npy) and a JSON sidecar with every setting; returns the WAV paths."""
+def generate_files(
+    model: DiaForConditionalGeneration,
+    texts: list[str],
+    codec: Codec,
+    sampling: SamplingConfig,
+    out: Path,
+    stem: str,
+    settings: dict[str, Any],
+) -> tuple[GenerationResult, list[Path]]:
+    """Generate with the model's own pattern; per text a WAV, its codes (.npy) and a JSON sidecar
+    with every setting. Returns the result and the WAV paths."""
     import soundfile as sf
 
+    from diamusic.model import pattern_of, vocab_of
+
+    pattern = pattern_of(model)
+    result = generate_codes(model, texts, pattern, vocab_of(model), sampling)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (text, codes) in enumerate(zip(texts, result.codes, strict=True)):
@@ -335,6 +351,8 @@ def write_outputs(
         np.save(base.with_suffix(".npy"), codes)
         sidecar = {
             **settings,
+            "pattern": pattern.to_list(),
+            **asdict(sampling),
             "text": text,
             "frames": int(codes.shape[0]),
             "seconds": float(codes.shape[0] / codec.frame_rate),
@@ -342,7 +360,7 @@ def write_outputs(
         }
         base.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
         paths.append(base.with_suffix(".wav"))
-    return paths
+    return result, paths
 
 
 def write_demos(
@@ -355,14 +373,9 @@ def write_demos(
     tracker: Tracker | None = None,
 ) -> list[Path]:
     """Fixed prompts and seed, so checkpoints are compared by ear on the same material."""
-    from diamusic.model import pattern_of, vocab_of
-
-    pattern = pattern_of(model)
-    sampling = SamplingConfig(max_frames=max(1, round(seconds * codec.frame_rate)), seed=0)
-    result = generate_codes(model, prompts, pattern, vocab_of(model), sampling)
+    sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=0)
     out = Path(run_dir) / "demos" / f"step_{step:06d}"
-    settings = {"step": step, "pattern": pattern.to_list(), **asdict(sampling)}
-    paths = write_outputs(result, prompts, codec, out, "demo", settings)
+    _, paths = generate_files(model, prompts, codec, sampling, out, "demo", {"step": step})
     if tracker is not None:
         import soundfile as sf
 
