@@ -102,6 +102,13 @@ def test_grad_accumulation_normalises_per_valid_target(melody_dataset, tmp_path)
     assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-4)
 
 
+def test_worker_processes_load_the_same_batches(melody_dataset, tmp_path):
+    settings = {"steps": 6, "log_every": 1, "eval_every": 100, "checkpoint_every": 100, "cfg_dropout": 0.5}
+    train(tiny_config(melody_dataset, **settings), tmp_path / "inline", progress=False)
+    train(tiny_config(melody_dataset, **settings, **{"data.num_workers": 2}), tmp_path / "workers", progress=False)
+    assert losses(tmp_path / "inline") == losses(tmp_path / "workers")
+
+
 def test_resume_refuses_changes_and_fresh_run_refuses_existing_dir(melody_dataset, tmp_path):
     config = tiny_config(melody_dataset, steps=10)
     train(config, tmp_path / "run", progress=False)
