@@ -384,6 +384,7 @@ def train(
             # every micro-batch of every process is normalised by the same global valid-target count
             valid = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
             total_valid = accelerator.reduce(torch.tensor(valid, device=accelerator.device), "sum").item()
+            tokens += valid
             step_stats = None
             for m, batch in enumerate(micro_batches):
                 batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
@@ -397,7 +398,6 @@ def train(
                     loss = loss_sum * accelerator.num_processes / max(total_valid, 1)
                     accelerator.backward(loss)
                 step_stats = stats if step_stats is None else step_stats + stats
-                tokens += int(batch["labels"].ne(IGNORE_INDEX).sum())
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()
             scheduler.step()
