@@ -33,6 +33,8 @@ def test_round_trip_through_dict():
         (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
         (["steps=abc"], "steps: expected an integer"),
         (["steps=0"], "steps must be > 0"),
+        (["eval_every=0"], "eval_every must be > 0"),
+        (["checkpoint_every=0"], "checkpoint_every must be > 0"),
         (["cfg_dropout=1.5"], "cfg_dropout must be in"),
         (["model.init=magic"], "model.init must be"),
         (["tracker=[mlflow]"], "tracker entries"),

@@ -241,18 +241,12 @@ def test_prepare_shards_split_the_job(audio_folder, tmp_path, monkeypatch):
 
 
 def test_prepare_refuses_other_settings_in_same_dir(audio_folder, tmp_path):
-    prepare(
-        str(audio_folder), "spectral-rvq", tmp_path / "a", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
-    )
+    options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
+    prepare(str(audio_folder), "spectral-rvq", tmp_path / "a", **options)
     with pytest.raises(DataError, match="max_seconds"):
-        prepare(
-            str(audio_folder),
-            "spectral-rvq",
-            tmp_path / "a",
-            max_seconds=3.0,
-            codec_options=SMALL_CODEC,
-            progress=False,
-        )
+        prepare(str(audio_folder), "spectral-rvq", tmp_path / "a", **{**options, "max_seconds": 3.0})
+    with pytest.raises(DataError, match="codec_options"):  # another codebook size would reuse the old codec
+        prepare(str(audio_folder), "spectral-rvq", tmp_path / "a", **{**options, "codec_options": {"codebook_size": 8}})
 
 
 def test_prepare_all_bad_fails_with_one_line(tmp_path):
@@ -298,3 +292,18 @@ def test_step_batches_match_plan_and_crop(tmp_path):
     for i, drop in enumerate(dropped):
         # a dropped caption is the unconditional input: all-zero ids, only position 0 attended
         assert (micro["input_ids"][i].sum() == 0) == drop
+
+
+def test_dataset_keeps_only_recent_shards_open(audio_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "ITEMS_PER_SHARD", 2)
+    prepare(
+        str(audio_folder), "spectral-rvq", tmp_path / "ds", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
+    )
+    everything = CodesDataset(tmp_path / "ds", None)
+    expected = [np.array(everything.codes(i)) for i in range(len(everything))]
+    assert len({row["shard"] for row in everything.rows}) > 2
+    monkeypatch.setattr(data_module, "OPEN_SHARDS", 2)
+    bounded = CodesDataset(tmp_path / "ds", None)
+    for i in [*range(len(bounded)), 0, len(bounded) - 1]:
+        assert np.array_equal(bounded.codes(i), expected[i])
+        assert len(bounded._shards) <= 2

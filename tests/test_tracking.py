@@ -9,6 +9,8 @@ def test_metrics_jsonl_and_resume_truncation(tmp_path):
     tracker = Tracker(tmp_path, [], {"a": 1})
     for step in (10, 20, 30):
         tracker.log({"train/loss": 1.0 / step, "note": "text is kept in jsonl"}, step)
+    with tracker.path.open("a") as f:
+        f.write('{"step": 40, "train/lo')  # killed mid-line
     tracker.truncate_after(20)
     tracker.log({"train/loss": 0.5}, 30)
     tracker.close()

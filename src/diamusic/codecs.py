@@ -226,23 +226,16 @@ class SpectralRVQCodec:
 
     # -- quantisation ------------------------------------------------------------------------------
 
-    def quantize(self, features: np.ndarray, levels: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Encode log-mel frames with the first `levels` codebooks.
-
-        Returns (codes (T, levels) int64, reconstructions after 1, 2, ..., levels levels).
-        """
-        levels = self.config.levels if levels is None else levels
+    def quantize(self, features: np.ndarray) -> np.ndarray:
+        """Log-mel frames (T, n_mels) -> codes (T, levels) int64, each level coding the previous residual."""
         residual = torch.tensor(features, dtype=torch.float32)  # a copy: the caller's array stays intact
-        recon = torch.zeros_like(residual)
-        codes, recons = [], []
-        for level in range(levels):
+        codes = []
+        for level in range(self.config.levels):
             book = torch.from_numpy(self.codebooks[level])
             idx = _nearest(residual, book)[0]
             residual -= book[idx]
-            recon += book[idx]
             codes.append(idx)
-            recons.append(recon.numpy().copy())
-        return torch.stack(codes, dim=1).numpy().astype(np.int64), recons
+        return torch.stack(codes, dim=1).numpy().astype(np.int64)
 
     def snr_per_level(self, waves: list[np.ndarray], sample_rate: int) -> list[float]:
         """Log-mel reconstruction SNR in dB after 1..levels levels, pooled over all frames of `waves`.
@@ -252,8 +245,13 @@ class SpectralRVQCodec:
         """
         feats = np.concatenate([self.features(w, sample_rate) for w in waves]).astype(np.float64)
         signal = ((feats - feats.mean(axis=0)) ** 2).sum()
-        _, recons = self.quantize(feats.astype(np.float32))
-        return [float(10 * np.log10(signal / max(((feats - r) ** 2).sum(), 1e-12))) for r in recons]
+        codes = self.quantize(feats.astype(np.float32))
+        recon = np.zeros_like(feats)
+        snr = []
+        for level in range(self.config.levels):
+            recon += self.codebooks[level][codes[:, level]]
+            snr.append(float(10 * np.log10(signal / max(((feats - recon) ** 2).sum(), 1e-12))))
+        return snr
 
     # -- Codec interface ---------------------------------------------------------------------------
 
@@ -264,14 +262,14 @@ class SpectralRVQCodec:
         return h.hexdigest()[:16]
 
     def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        return self.quantize(self.features(wave, sample_rate))[0]
+        return self.quantize(self.features(wave, sample_rate))
 
     def encode_batch(self, waves: list[np.ndarray], sample_rate: int) -> list[np.ndarray]:
         # one big nearest-centroid matmul is faster than many small ones; frames are independent
         feats = [self.features(w, sample_rate) for w in waves]
         if not feats:
             return []
-        codes = self.quantize(np.concatenate(feats))[0]
+        codes = self.quantize(np.concatenate(feats))
         bounds = np.cumsum([len(f) for f in feats])[:-1]
         return list(np.split(codes, bounds))
 

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diamusic.model import MAX_TEXT_BYTES, AudioVocab
+from diamusic.model import MAX_TEXT_BYTES, AudioVocab, encode_text
 from diamusic.patterns import DelayPattern
 
 IGNORE_INDEX = -100
@@ -38,6 +39,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 ITEMS_PER_SHARD = 32
 MIN_CLIP_SECONDS = 0.5
 SILENCE_RMS = 1e-3  # about -60 dBFS
+OPEN_SHARDS = 64  # memory maps kept open per dataset object
 SPECTRAL_FIT_SECONDS = 1800.0  # audio the offline codec is fitted on, at most
 
 
@@ -76,9 +78,9 @@ def melody_items(limit: int | None, seed: int) -> list[SourceItem]:
     return [SourceItem(m.id, loader(m)) for m in corpus.iter_melodies(limit=limit, seed=seed)]
 
 
-def _read_captions(folder: Path) -> dict[str, str | Exception]:
+def _read_captions(folder: Path) -> dict[str, str]:
     """file name (relative to folder) -> caption, from metadata.jsonl or metadata.csv."""
-    captions: dict[str, str | Exception] = {}
+    captions: dict[str, str] = {}
     jsonl, table = folder / "metadata.jsonl", folder / "metadata.csv"
     if jsonl.exists():
         for n, line in enumerate(jsonl.read_bytes().splitlines(), 1):
@@ -95,7 +97,8 @@ def _read_captions(folder: Path) -> dict[str, str | Exception]:
                 for row in csv.DictReader(f):
                     if "file" not in row or "text" not in row:
                         raise DataError(f"{table}: needs the columns 'file' and 'text'")
-                    captions[row["file"]] = row["text"]
+                    if row["text"] is not None:  # a short row: no caption here, maybe a sidecar
+                        captions[row["file"]] = row["text"]
         except UnicodeDecodeError as exc:
             raise DataError(f"{table}: not UTF-8") from exc
     return captions
@@ -138,6 +141,7 @@ def folder_items(folder: Path) -> list[SourceItem]:
 def split_of(ids: Sequence[str], seed: int, eval_fraction: float) -> dict[str, str]:
     """Deterministic train/eval split by hash, over inputs (clips of one file never straddle it)."""
     ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    # at least one eval input whatever the fraction, so eval loss and the train/eval gap always exist
     n_eval = max(1, round(eval_fraction * len(ids))) if len(ids) > 1 else 0
     eval_ids = set(ranked[:n_eval])
     return {i: ("eval" if i in eval_ids else "train") for i in ids}
@@ -218,11 +222,12 @@ def _codec_for(
     codec.save(tmp)
     try:
         os.rename(tmp, codec_dir)
+        return codec
     except OSError:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    return codecs.load_codec(codec_dir)
+        return codecs.load_codec(codec_dir)
 
 
 def _encode_shard(
@@ -291,6 +296,8 @@ def prepare(
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise DataError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
+    if not 0 <= eval_fraction < 1:
+        raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     if max_seconds <= MIN_CLIP_SECONDS:
         raise DataError(f"--max-seconds must be > {MIN_CLIP_SECONDS}")
     items = melody_items(limit, seed) if source == "melodies" else folder_items(Path(source))
@@ -308,6 +315,7 @@ def prepare(
             "max_seconds": max_seconds,
             "seed": seed,
             "eval_fraction": eval_fraction,
+            "codec_options": codec_options or {},
         },
     )
     split = split_of([i.id for i in items], seed, eval_fraction)
@@ -321,9 +329,10 @@ def prepare(
     if progress:
         from tqdm import tqdm
 
+        size = [len(items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]) for s in range(n_shards)]
         bar = tqdm(
-            total=len(mine) * ITEMS_PER_SHARD,
-            initial=(len(mine) - len(todo)) * ITEMS_PER_SHARD,
+            total=sum(size[s] for s in mine),
+            initial=sum(size[s] for s in mine if s not in todo),
             unit="input",
             desc="prepare",
             file=sys.stderr,
@@ -423,7 +432,7 @@ class CodesDataset:
         self.card: dict[str, Any] = json.loads(card_path.read_text())
         rows = [json.loads(line) for line in (self.path / "index.jsonl").read_text().splitlines()]
         self.rows = [r for r in rows if split is None or r["split"] == split]
-        self._shards: dict[int, np.ndarray] = {}
+        self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
     def fingerprint(self) -> str:
@@ -441,9 +450,14 @@ class CodesDataset:
         row = self.rows[i]
         shard = self._shards.get(row["shard"])
         if shard is None:
-            # opened lazily so DataLoader workers each map the file themselves
+            # opened lazily so DataLoader workers each map the file themselves; each map holds a file
+            # descriptor, so only the most recently used shards stay open
             shard = np.load(self.path / "shards" / f"{row['shard']:05d}.npy", mmap_mode="r")
             self._shards[row["shard"]] = shard
+            if len(self._shards) > OPEN_SHARDS:
+                self._shards.popitem(last=False)
+        else:
+            self._shards.move_to_end(row["shard"])
         return shard[row["offset"] : row["offset"] + row["frames"]]
 
     def text(self, i: int) -> str:
@@ -540,8 +554,6 @@ def make_batch(
     eos_in_loss: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Model inputs for (sample number, clip, drop caption) picks; crops at 0 when ``crop`` is None."""
-    from diamusic.model import encode_text
-
     codes, ends, texts = [], [], []
     for n, clip, drop in picks:
         full = dataset.codes(clip)

@@ -70,7 +70,6 @@ def encode_text(texts: Sequence[str | None], max_bytes: int = MAX_TEXT_BYTES) ->
 
 # --- model presets ------------------------------------------------------------------------------
 
-PRETRAINED_DIA = "nari-labs/Dia-1.6B-0626"
 TEXT_VOCAB = 256  # the encoder reads UTF-8 bytes
 
 

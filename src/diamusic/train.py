@@ -179,17 +179,13 @@ def _build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tu
 def _forward_stats(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], codebook_size: int, weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, TokenStats]:
-    labels = batch["labels"]
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         decoder_input_ids=batch["decoder_input_ids"],
         use_cache=False,
     )
-    b, c, t = labels.shape
-    # transformers returns (B*C, T, V); channels are the slow axis after the batch
-    logits = out.logits.view(b, c, t, -1)
-    return token_stats(logits, labels, codebook_size, weights)
+    return token_stats(out.logits, batch["labels"], codebook_size, weights)  # (B*C, T, V), split by token_stats
 
 
 @torch.no_grad()
@@ -209,9 +205,7 @@ def evaluate(model, batches, accelerator, codebook_size: int) -> TokenStats | No
         total = stats if total is None else total + stats
     model.train()
     if total is None:  # more processes than rows
-        c = batches[0]["labels"].shape[1]
-        zeros = torch.zeros(c, dtype=torch.float64, device=accelerator.device)
-        total = TokenStats(zeros, zeros.clone(), zeros.clone(), zeros.clone())
+        total = TokenStats.zeros(batches[0]["labels"].shape[1], accelerator.device)
     return total.all_reduce()
 
 
