@@ -110,3 +110,18 @@ def test_forward_on_training_batch_and_logit_layout():
     # the head emits (B, S, C*V); channel c is the c-th slice of V, and the flat rows are batch-major
     direct = captured["head"].view(2, steps, 9, 36).permute(0, 2, 1, 3)
     assert torch.equal(logits, direct)
+
+
+def test_input_embeddings_are_named_for_fsdp_and_adapters(tmp_path):
+    import copy
+
+    model = build_model("tiny", MUSICGEN, SMALL)
+    decoder_codes = model.model.decoder.embeddings.embed
+    assert model.get_input_embeddings() is decoder_codes
+    assert model.model.decoder.get_input_embeddings() is decoder_codes
+    assert model.model.encoder.get_input_embeddings() is model.model.encoder.embedding
+    twin = copy.deepcopy(model)  # bound to the copy, not to the model it was copied from
+    assert twin.get_input_embeddings() is twin.model.decoder.embeddings.embed
+    model.save_pretrained(tmp_path / "m")
+    loaded, _ = load_pretrained(str(tmp_path / "m"), MUSICGEN, SMALL)
+    assert loaded.get_input_embeddings() is loaded.model.decoder.embeddings.embed

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,51 +167,147 @@ def test_tensorboard_tracker_and_ctrl_c(melody_dataset, tmp_path, monkeypatch):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-DDP_SCRIPT = textwrap.dedent(
+DIST_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import json, sys
+    data, out, batch, settings = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+    if settings.pop("fsdp_on_cpu", False):
+        # accelerate shards only on GPUs: turn its CPU (gloo) processes into FSDP2 ones, as it does on
+        # GPUs, so the sharded path (wrapping, sharded checkpoints, gathering) runs here too
+        import accelerate
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+        init = accelerate.Accelerator.__init__
+        def init_fsdp(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            if self.state.distributed_type == DistributedType.MULTI_CPU:
+                self.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+                self.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from accelerate launch's FSDP_* env
+        accelerate.Accelerator.__init__ = init_fsdp
     from diamusic.config import load_config
     from diamusic.train import train
-    data, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    config = load_config("tiny-cpu", overrides={
-        "data.path": data, "steps": 4, "batch_size": batch, "data.max_frames": 32, "log_every": 1,
-        "eval_every": 4, "eval_batches": 2, "checkpoint_every": 100, "optim.warmup_steps": 2})
-    train(config, out, progress=False)
+    stop_after, resume = settings.pop("stop_after", None), settings.pop("resume", False)
+    overrides = {"data.path": data, "steps": 4, "batch_size": batch, "data.max_frames": 32, "log_every": 1,
+                 "eval_every": 2, "eval_batches": 2, "checkpoint_every": 2, "optim.warmup_steps": 2}
+    train(load_config("tiny-cpu", overrides={**overrides, **settings}), out, resume=resume, progress=False,
+          stop_after=stop_after)
     """
 )
 
 
-def test_two_process_ddp_matches_single_process(melody_dataset, tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT)
+def _free_port() -> str:
     with socket.socket() as probe:  # a free port, so parallel or leftover runs cannot collide
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    ddp = subprocess.run(
-        [*env_cmd, str(script), str(melody_dataset), str(tmp_path / "ddp"), "2"],
+        return str(probe.getsockname()[1])
+
+
+def _run_script(tmp_path, launcher: list[str], out: str, batch: int, **settings) -> subprocess.CompletedProcess:
+    script = tmp_path / "dist_train.py"
+    script.write_text(DIST_SCRIPT)
+    done = subprocess.run(
+        [*launcher, str(script), settings.pop("data"), str(tmp_path / out), str(batch), json.dumps(settings)],
         capture_output=True,
         text=True,
         timeout=400,
     )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run(
-        [sys.executable, str(script), str(melody_dataset), str(tmp_path / "single"), "4"],
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _assert_same_curves(tmp_path, a: str, b: str, keys=("train/loss", "eval/loss", "train/grad_norm")) -> None:
+    for key in keys:
+        x, y = losses(tmp_path / a, key), losses(tmp_path / b, key)
+        assert len(x) == len(y) > 0
+        assert [v for _, v in x] == pytest.approx([v for _, v in y], rel=1e-4), key
+
+
+def test_two_process_ddp_matches_single_process(melody_dataset, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
+    ddp = _run_script(tmp_path, torchrun, "ddp", 2, data=str(melody_dataset))
+    _run_script(tmp_path, [sys.executable], "single", 4, data=str(melody_dataset))
     assert "2 process(es)" in ddp.stderr
-    for key in ("train/loss", "eval/loss", "train/grad_norm"):
-        a, b = losses(tmp_path / "single", key), losses(tmp_path / "ddp", key)
-        assert len(a) == len(b) > 0
-        assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-4), key
+    _assert_same_curves(tmp_path, "single", "ddp")
 
 
-def test_bf16_on_cpu_is_refused(melody_dataset, tmp_path):
-    config = tiny_config(melody_dataset, precision="bf16")
-    if torch.cuda.is_available():
-        pytest.skip("has a GPU")  # not counted as passing: this case only exists on CPU machines
-    with pytest.raises(RunError, match="bf16 needs a GPU"):
-        train(config, tmp_path / "run", progress=False)
+def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(melody_dataset, tmp_path):
+    """The shipped FSDP config under `accelerate launch`, on 2 CPU processes (see DIST_SCRIPT)."""
+    from safetensors.torch import load_file
+
+    from diamusic.generate import load_run
+
+    fsdp_config = Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp-8gpu.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(fsdp_config),
+              "--num_processes", "2", "--main_process_port", _free_port()]  # fmt: skip
+    data = str(melody_dataset)
+    # interrupted after step 2, then resumed from the sharded checkpoint
+    first = _run_script(tmp_path, launch, "fsdp", 2, data=data, fsdp_on_cpu=True, stop_after=2)
+    assert "2 process(es)" in first.stderr
+    _run_script(tmp_path, launch, "fsdp", 2, data=data, fsdp_on_cpu=True, resume=True)
+    _run_script(tmp_path, [sys.executable], "single", 4, data=data)
+    _assert_same_curves(tmp_path, "single", "fsdp")
+    last = checkpoints_of(tmp_path / "fsdp")[-1]
+    assert (last / "pytorch_model_fsdp_0").is_dir()  # sharded, for resuming
+    gathered = load_file(last / "model.safetensors")  # whole, for generation
+    single = load_file(checkpoints_of(tmp_path / "single")[-1] / "model.safetensors")
+    assert gathered.keys() == single.keys()
+    vocab = CodesDataset(melody_dataset).vocab
+    initial = build_model("tiny", DelayPattern.parse("musicgen"), vocab, seed=load_config("tiny-cpu").seed)
+    start = initial.state_dict()
+    moved = max((single[k] - start[k]).abs().max().item() for k in single)  # training's change...
+    apart = max((gathered[k] - single[k]).abs().max().item() for k in single)  # ...dwarfs float noise
+    assert apart < 0.01 * moved
+    assert load_run(tmp_path / "fsdp", device="cpu").checkpoint == last
+
+    # LoRA under FSDP: adapters train as without sharding and the run loads (merged) for generation;
+    # a demo step writes a checkpoint (no process holds the whole model) and the demo comes from it
+    lora = {"data": data, "model.lora_rank": 4}
+    demos = {"demo_every": 2, "demo_seconds": 0.2, "checkpoint_every": 4}
+    _run_script(tmp_path, launch, "fsdp_lora", 2, fsdp_on_cpu=True, **lora, **demos)
+    _run_script(tmp_path, [sys.executable], "single_lora", 4, **lora)
+    _assert_same_curves(tmp_path, "single_lora", "fsdp_lora")
+    assert load_run(tmp_path / "fsdp_lora", device="cpu").model.config.delay_pattern == list(range(9))
+    assert [p.name for p in checkpoints_of(tmp_path / "fsdp_lora")] == ["step_000002", "step_000004"]
+    for step in ("step_000002", "step_000004"):
+        assert list((tmp_path / "fsdp_lora" / "demos" / step).glob("*.wav")), step
+
+
+def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tmp_path, monkeypatch):
+    from diamusic import train as train_module
+
+    head_dtypes = set()  # the output head's matmul (accelerate hands the logits back in fp32 either way)
+    forward = train_module._forward_stats
+
+    def spy(model, batch, codebook_size, weights):
+        if not head_dtypes:
+            head = next(m for name, m in model.named_modules() if name.endswith("logits_dense"))
+            head.register_forward_hook(lambda module, args, out: head_dtypes.add(out.dtype))
+        return forward(model, batch, codebook_size, weights)
+
+    settings = {"steps": 6, "log_every": 1, "eval_every": 6, "checkpoint_every": 100}
+    train(tiny_config(melody_dataset, **settings), tmp_path / "fp32", progress=False)
+    monkeypatch.setattr(train_module, "_forward_stats", spy)
+    # accelerate fixes the precision once per process: start afresh, and leave it fresh for later tests
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        train(tiny_config(melody_dataset, **settings, precision="bf16"), tmp_path / "bf16", progress=False)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert head_dtypes == {torch.bfloat16}  # autocast really ran the matmuls in bf16
+    a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert [v for _, v in a] != [v for _, v in b]
+    assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=0.02)
+    info = json.loads((tmp_path / "bf16" / "run.json").read_text())
+    assert info["config"]["precision"] == "bf16"
+
+
+def test_activation_checkpointing_with_lora_gives_the_same_run(melody_dataset, tmp_path):
+    settings = {"steps": 4, "log_every": 1, "eval_every": 100, "checkpoint_every": 100, "model.lora_rank": 4}
+    train(tiny_config(melody_dataset, **settings), tmp_path / "plain", progress=False)
+    checkpointed = {**settings, "model.gradient_checkpointing": True}
+    train(tiny_config(melody_dataset, **checkpointed), tmp_path / "checkpointed", progress=False)
+    for key in ("train/loss", "train/grad_norm"):
+        a, b = losses(tmp_path / "plain", key), losses(tmp_path / "checkpointed", key)
+        assert a[-1][1] != a[0][1]  # the adapters learn...
+        assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-5), key  # ...as much with checkpointing

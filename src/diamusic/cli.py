@@ -106,15 +106,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     config = load_config(args.config, overrides, args.set)
     result = train(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
-    summary = ", ".join(
-        f"{k} {v:.4f}"
-        for k, v in {**result.last_train, **result.last_eval}.items()
-        if k in ("train/loss", "train/entropy", "eval/loss", "eval/entropy")
-    )
-    print(
-        f"{result.run_dir}: step {result.step}{' (interrupted, checkpoint saved)' if result.interrupted else ''}"
-        f"{': ' + summary if summary else ''}"
-    )
+    if result.main_process:  # under accelerate/torchrun one summary, not one per process
+        summary = ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in {**result.last_train, **result.last_eval}.items()
+            if k in ("train/loss", "train/entropy", "eval/loss", "eval/entropy")
+        )
+        print(
+            f"{result.run_dir}: step {result.step}{' (interrupted, checkpoint saved)' if result.interrupted else ''}"
+            f"{': ' + summary if summary else ''}"
+        )
     return 130 if result.interrupted else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MethodType
 from typing import TYPE_CHECKING
 
 import torch
@@ -168,7 +169,7 @@ def build_model(preset: str, pattern: DelayPattern, vocab: AudioVocab, seed: int
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         model = DiaForConditionalGeneration(config)
-    return model
+    return name_input_embeddings(model)
 
 
 def load_pretrained(
@@ -207,7 +208,39 @@ def load_pretrained(
             f"delay pattern switched from {old} to {pattern}: the checkpoint was trained with {old.name}, "
             "so expect a higher loss at first while it adapts"
         )
-    return model, notes
+    return name_input_embeddings(model), notes
+
+
+def name_input_embeddings(model: DiaForConditionalGeneration) -> DiaForConditionalGeneration:
+    """Point ``get_input_embeddings`` of the model and its encoder/decoder at their embeddings.
+
+    transformers' Dia names none of them, and two things we use ask: accelerate's FSDP2 wrapping
+    (it shards the input embedding as its own unit and fails without one) and transformers'
+    input-gradient hooks for adapters under activation checkpointing. The model's own answer is
+    the decoder's code embedding, the large one. Bound methods, so a deep copy points at its own.
+    """
+    encoder, decoder = model.model.encoder, model.model.decoder
+    encoder.get_input_embeddings = MethodType(_encoder_embedding, encoder)
+    decoder.get_input_embeddings = MethodType(_decoder_embedding, decoder)
+    model.model.get_input_embeddings = MethodType(_model_embedding, model.model)
+    model.get_input_embeddings = MethodType(_top_embedding, model)
+    return model
+
+
+def _encoder_embedding(encoder: torch.nn.Module) -> torch.nn.Module:
+    return encoder.embedding
+
+
+def _decoder_embedding(decoder: torch.nn.Module) -> torch.nn.Module:
+    return decoder.embeddings.embed
+
+
+def _model_embedding(dia_model: torch.nn.Module) -> torch.nn.Module:
+    return dia_model.decoder.get_input_embeddings()
+
+
+def _top_embedding(model: torch.nn.Module) -> torch.nn.Module:
+    return model.model.get_input_embeddings()
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -53,6 +53,7 @@ class TrainResult:
     interrupted: bool
     last_train: dict[str, float]
     last_eval: dict[str, float]
+    main_process: bool = True
 
 
 def code_version() -> str:
@@ -172,7 +173,9 @@ def _build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tu
         model = add_lora(model, config.model.lora_rank, config.model.lora_alpha)
         notes.append(f"LoRA rank {config.model.lora_rank} on attention projections")
     if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # renamed after transformers 5.0; non-reentrant, so adapters get gradients through checkpointed layers
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     return model, notes
 
 
@@ -197,12 +200,16 @@ def evaluate(model, batches, accelerator, codebook_size: int) -> TokenStats | No
     for full in batches:
         # each process takes its rows of every batch; the sums are reduced below
         batch = {k: v.tensor_split(accelerator.num_processes)[accelerator.process_index] for k, v in full.items()}
-        if batch["labels"].shape[0] == 0:
-            continue
+        # a process left without rows still runs a forward (on a row it then ignores): under FSDP
+        # every process must take part in each layer's parameter gathering
+        idle = batch["labels"].shape[0] == 0
+        if idle:
+            batch = {k: v[:1] for k, v in full.items()}
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             _, stats = _forward_stats(model, batch, codebook_size, None)
-        total = stats if total is None else total + stats
+        if not idle:
+            total = stats if total is None else total + stats
     model.train()
     if total is None:  # more processes than rows
         total = TokenStats.zeros(batches[0]["labels"].shape[1], accelerator.device)
@@ -211,6 +218,7 @@ def evaluate(model, batches, accelerator, codebook_size: int) -> TokenStats | No
 
 def _save_checkpoint(accelerator, model, run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     from accelerate.utils import DistributedType
+    from safetensors.torch import save_file
 
     final = run_dir / CHECKPOINTS / f"step_{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -222,12 +230,10 @@ def _save_checkpoint(accelerator, model, run_dir: Path, step: int, state: dict[s
     # FSDP saves shards; generation wants whole weights, gathered here by every process together
     full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        if full is not None:  # the same file, with the same keys, that save_state writes without FSDP
+            save_file(full, tmp / "model.safetensors", metadata={"format": "pt"})
         # config.json beside model.safetensors makes the checkpoint loadable with from_pretrained
-        if full is not None:
-            unwrapped.save_pretrained(tmp, state_dict=full)
-        else:
-            unwrapped.config.save_pretrained(tmp)
+        accelerator.unwrap_model(model).config.save_pretrained(tmp)
         (tmp / "train_state.json").write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
@@ -248,13 +254,11 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a run. ``stop_after`` ends the process early as if killed after that step."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     run_dir = Path(run_dir)
     use_gpu = torch.cuda.is_available()
     bf16 = config.precision == "bf16" or (config.precision == "auto" and use_gpu)
-    if bf16 and not use_gpu:
-        raise RunError("precision bf16 needs a GPU here; use precision fp32 on CPU")
     # our schedule counts optimizer steps; accelerate would otherwise step it once per process
     accelerator = Accelerator(
         mixed_precision="bf16" if bf16 else "no", cpu=not use_gpu, step_scheduler_with_optimizer=False
@@ -350,7 +354,8 @@ def train(
         pin_memory=use_gpu,
         persistent_workers=config.data.num_workers > 0,
     )
-    demo = _demo_hook(config, run_dir, eval_data, accelerator, tracker)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    demo = _demo_hook(config, run_dir, eval_data, accelerator, tracker, sharded)
 
     # --- the loop -------------------------------------------------------------------------------
     bar = None
@@ -362,7 +367,7 @@ def train(
     step = start
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
-    tokens, tick = 0, time.time()
+    tokens, tick, window_steps = 0, time.time(), 0
     interrupted = False
 
     def checkpoint() -> None:
@@ -378,7 +383,7 @@ def train(
             # every micro-batch of every process is normalised by the same global valid-target count
             valid = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
             total_valid = accelerator.reduce(torch.tensor(valid, device=accelerator.device), "sum").item()
-            tokens += valid
+            tokens += total_valid
             step_stats = None
             for m, batch in enumerate(micro_batches):
                 batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
@@ -397,6 +402,7 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            window_steps += 1
 
             step_stats = step_stats.all_reduce()
             step_loss = float(step_stats.loss_sum.sum() / step_stats.count.sum().clamp_min(1))
@@ -409,10 +415,13 @@ def train(
                     "train/loss_noise": loss_noise,
                     "train/lr": scheduler.get_last_lr()[0],
                     "train/grad_norm": float(grad_norm),
-                    "perf/tokens_per_s": tokens * accelerator.num_processes / elapsed,
+                    "perf/tokens_per_s": tokens / elapsed,  # valid loss targets of all processes
+                    "perf/step_s": elapsed / window_steps,
                 }
+                if use_gpu:
+                    last_train["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 tracker.log(last_train, step)
-                window, tokens, tick = None, 0, time.time()
+                window, tokens, tick, window_steps = None, 0, time.time(), 0
             if bar:
                 bar.update(1)
                 if last_train:
@@ -423,9 +432,12 @@ def train(
                     )
             if step % config.eval_every == 0 or step == config.steps:
                 last_eval = _log_eval(model, eval_batches, train_probe, accelerator, vocab.codebook_size, tracker, step)
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            demo_now = demo is not None and (
+                step == config.steps or (config.demo_every > 0 and step % config.demo_every == 0)
+            )
+            if step % config.checkpoint_every == 0 or step == config.steps or (demo_now and sharded):
                 checkpoint()
-            if demo and (step == config.steps or (config.demo_every and step % config.demo_every == 0)):
+            if demo_now:
                 demo(model, step)
             if stop_after is not None and step >= stop_after:
                 break
@@ -438,7 +450,7 @@ def train(
         if bar:
             bar.close()
         tracker.close()
-    return TrainResult(run_dir, step, interrupted, last_train, last_eval)
+    return TrainResult(run_dir, step, interrupted, last_train, last_eval, main)
 
 
 def _stats_to_lists(stats: TokenStats) -> dict[str, list[float]]:
@@ -461,20 +473,30 @@ def _log_eval(model, eval_batches, train_probe, accelerator, codebook_size: int,
     return metrics
 
 
-def _demo_hook(config: TrainConfig, run_dir: Path, eval_data: CodesDataset, accelerator, tracker: Tracker):
-    """Fixed prompts, fixed seed, audio under RUN/demos/step_XXXXXX; None when demos are off."""
+def _demo_hook(
+    config: TrainConfig, run_dir: Path, eval_data: CodesDataset, accelerator, tracker: Tracker, sharded: bool
+):
+    """Fixed prompts, fixed seed, audio under RUN/demos/step_XXXXXX; None when demos are off.
+
+    Every process gets the hook (so all agree on the demo steps); only the main one generates.
+    ``sharded`` (FSDP): no process holds the whole model, so the demo loads the gathered weights
+    of the checkpoint written at that step (the loop writes one there).
+    """
     if config.demo_every <= 0 and not config.demo_prompts:
         return None
     prompts = list(config.demo_prompts) or [eval_data.text(i) for i in range(min(len(eval_data), 4))]
     prompts = prompts[: max(1, config.demo_num_prompts)]
-    if not prompts or not accelerator.is_main_process:
+    if not prompts:
         return None
     from diamusic.codecs import load_codec
-    from diamusic.generate import write_demos
+    from diamusic.generate import load_run, write_demos
 
-    codec = load_codec(run_dir / "codec")
+    codec = load_codec(run_dir / "codec") if accelerator.is_main_process else None
 
     def run(model: torch.nn.Module, step: int) -> None:
-        write_demos(accelerator.unwrap_model(model), run_dir, step, prompts, config.demo_seconds, codec, tracker)
+        if not accelerator.is_main_process:
+            return
+        whole = load_run(run_dir, step, str(accelerator.device)).model if sharded else accelerator.unwrap_model(model)
+        write_demos(whole, run_dir, step, prompts, config.demo_seconds, codec, tracker)
 
     return run
