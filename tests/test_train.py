@@ -203,11 +203,11 @@ def _free_port() -> str:
         return str(probe.getsockname()[1])
 
 
-def _run_script(tmp_path, launcher: list[str], out: str, batch: int, **settings) -> subprocess.CompletedProcess:
+def _run_script(tmp_path, launcher: list[str], data, out: str, batch: int, **settings) -> subprocess.CompletedProcess:
     script = tmp_path / "dist_train.py"
     script.write_text(DIST_SCRIPT)
     done = subprocess.run(
-        [*launcher, str(script), settings.pop("data"), str(tmp_path / out), str(batch), json.dumps(settings)],
+        [*launcher, str(script), str(data), str(tmp_path / out), str(batch), json.dumps(settings)],
         capture_output=True,
         text=True,
         timeout=400,
@@ -225,8 +225,8 @@ def _assert_same_curves(tmp_path, a: str, b: str, rel: float = 1e-4) -> None:
 
 def test_two_process_ddp_matches_single_process(melody_dataset, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
-    ddp = _run_script(tmp_path, torchrun, "ddp", 2, data=str(melody_dataset))
-    _run_script(tmp_path, [sys.executable], "single", 4, data=str(melody_dataset))
+    ddp = _run_script(tmp_path, torchrun, melody_dataset, "ddp", 2)
+    _run_script(tmp_path, [sys.executable], melody_dataset, "single", 4)
     assert "2 process(es)" in ddp.stderr
     _assert_same_curves(tmp_path, "single", "ddp")
 
@@ -240,12 +240,12 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     fsdp_config = Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp-8gpu.yaml"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(fsdp_config),
               "--num_processes", "2", "--main_process_port", _free_port()]  # fmt: skip
-    data = str(melody_dataset)
+    data = melody_dataset
     # interrupted after step 2, then resumed from the sharded checkpoint
-    first = _run_script(tmp_path, launch, "fsdp", 2, data=data, fsdp_on_cpu=True, stop_after=2)
+    first = _run_script(tmp_path, launch, data, "fsdp", 2, fsdp_on_cpu=True, stop_after=2)
     assert "2 process(es)" in first.stderr
-    _run_script(tmp_path, launch, "fsdp", 2, data=data, fsdp_on_cpu=True, resume=True)
-    _run_script(tmp_path, [sys.executable], "single", 4, data=data)
+    _run_script(tmp_path, launch, data, "fsdp", 2, fsdp_on_cpu=True, resume=True)
+    _run_script(tmp_path, [sys.executable], data, "single", 4)
     _assert_same_curves(tmp_path, "single", "fsdp")
     last = checkpoints_of(tmp_path / "fsdp")[-1]
     assert (last / "pytorch_model_fsdp_0").is_dir()  # sharded, for resuming
@@ -262,10 +262,10 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
 
     # LoRA and bf16 under FSDP: adapters train as without sharding and the run loads (merged) for
     # generation; a demo step writes a checkpoint (no process holds the whole model), the demo comes from it
-    lora = {"data": data, "model.lora_rank": 4, "precision": "bf16"}
+    lora = {"model.lora_rank": 4, "precision": "bf16"}
     demos = {"demo_every": 2, "demo_seconds": 0.2, "checkpoint_every": 4}
-    _run_script(tmp_path, launch, "fsdp_lora", 2, fsdp_on_cpu=True, **lora, **demos)
-    _run_script(tmp_path, [sys.executable], "single_lora", 4, **lora)
+    _run_script(tmp_path, launch, data, "fsdp_lora", 2, fsdp_on_cpu=True, **lora, **demos)
+    _run_script(tmp_path, [sys.executable], data, "single_lora", 4, **lora)
     _assert_same_curves(tmp_path, "single_lora", "fsdp_lora", rel=1e-2)  # bf16 weights vs bf16 autocast
     weights = load_file(checkpoints_of(tmp_path / "fsdp_lora")[-1] / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}  # fp32 master weights

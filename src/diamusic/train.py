@@ -216,8 +216,9 @@ def evaluate(model, batches, accelerator, codebook_size: int) -> TokenStats | No
     return total.all_reduce()
 
 
-def _save_checkpoint(accelerator, model, run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    from accelerate.utils import DistributedType
+def _save_checkpoint(
+    accelerator, model, run_dir: Path, step: int, state: dict[str, Any], keep: int, sharded: bool
+) -> Path:
     from safetensors.torch import save_file
 
     final = run_dir / CHECKPOINTS / f"step_{step:06d}"
@@ -228,7 +229,7 @@ def _save_checkpoint(accelerator, model, run_dir: Path, step: int, state: dict[s
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # weights (safetensors), optimizer, scheduler, RNG of every process
     # FSDP saves shards; generation wants whole weights, gathered here by every process together
-    full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
+    full = accelerator.get_state_dict(model) if sharded else None
     if accelerator.is_main_process:
         if full is not None:  # the same file, with the same keys, that save_state writes without FSDP
             save_file(full, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -376,7 +377,7 @@ def train(
             "loss_noise": noise.state_dict(),
             "window": _stats_to_lists(window) if window is not None else None,
         }
-        _save_checkpoint(accelerator, model, run_dir, step, state, config.keep_checkpoints)
+        _save_checkpoint(accelerator, model, run_dir, step, state, config.keep_checkpoints, sharded)
 
     try:
         for micro_batches in loader:
