@@ -18,8 +18,9 @@ from collections.abc import Callable
 import torch
 
 from diamusic.generate import SamplingConfig, generate_codes
-from diamusic.model import AudioVocab, build_model, count_parameters, encode_text
+from diamusic.model import build_model, count_parameters
 from diamusic.patterns import DelayPattern
+from diamusic.tokens import AudioVocab, encode_text
 
 VOCAB = AudioVocab(codebook_size=1024, num_codebooks=9)
 
@@ -78,7 +79,7 @@ def main() -> None:
             )
 
             runs = {
-                "ours": lambda m=model, s=sampling: generate_codes(m, texts, pattern, VOCAB, s).steps,
+                "ours": lambda m=model, s=sampling: generate_codes(m, texts, pattern, VOCAB, s).decode_steps,
                 "transformers": lambda m=model, c=cfg: hf_generate(m, texts, pattern, args.frames, c),
             }
             rates = {name: steps_per_second(fn, args.repeats) for name, fn in runs.items()}

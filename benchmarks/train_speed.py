@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from diamusic.config import load_config
-from diamusic.data import CodesDataset, prepare
+from diamusic.data.dataset import CodesDataset
+from diamusic.data.prepare import prepare
 from diamusic.model import build_model, count_parameters
 from diamusic.patterns import DelayPattern
 from diamusic.train import train
@@ -45,12 +46,12 @@ def measure(data: Path, preset: str, args: argparse.Namespace, out: Path) -> dic
         "steps": args.steps,
         "batch_size": args.batch_size,
         "grad_accum": 1,
-        "data.max_frames": args.frames,
+        "data.crop_frames": args.frames,
         "precision": args.precision,
-        "log_every": 1,
-        "eval_every": args.steps,
-        "eval_batches": 1,
-        "checkpoint_every": args.steps,
+        "logging.every": 1,
+        "eval.every": args.steps,
+        "eval.batches": 1,
+        "checkpoints.every": args.steps,
         "model.gradient_checkpointing": args.activation_checkpointing,
     }
     result = train(load_config("tiny-cpu", overrides=overrides), out, progress=False)

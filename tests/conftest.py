@@ -23,7 +23,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def melody_dataset(tmp_path_factory):
     """A small prepared dataset of built-in melodies with a 32-entry offline codec (shared, read-only)."""
-    from diamusic.data import prepare
+    from diamusic.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("data") / "melodies"
     prepare(
@@ -42,14 +42,39 @@ def tiny_run(melody_dataset, tmp_path_factory):
         "data.path": str(melody_dataset),
         "steps": 10,
         "batch_size": 4,
-        "data.max_frames": 32,
-        "eval_every": 10,
-        "eval_batches": 1,
-        "checkpoint_every": 5,
-        "demo_every": 5,
-        "demo_seconds": 0.3,
-        "tracker": ["tensorboard"],
+        "data.crop_frames": 32,
+        "eval.every": 10,
+        "eval.batches": 1,
+        "checkpoints.every": 5,
+        "demos.every": 5,
+        "demos.seconds": 0.3,
+        "tracking.backends": ["tensorboard"],
     }
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(load_config("tiny-cpu", overrides=overrides), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ragged_dataset(tmp_path_factory):
+    """Tones of 0.55 to 2.3 s cut into clips of at most 1.2 s, so crops of 64 frames (0.74 s) are
+    ragged: the micro-batches of a step hold different numbers of valid targets, and some sources
+    give a middle clip (no EOS) before their final one (shared, read-only)."""
+    import numpy as np
+    import soundfile as sf
+
+    from diamusic.data.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("ragged") / "audio"
+    folder.mkdir()
+    rate = 22050
+    for i in range(16):
+        seconds = 0.55 + 0.117 * i
+        t = np.arange(int(seconds * rate)) / rate
+        sf.write(
+            folder / f"tone{i:02d}.wav", (0.3 * np.sin(2 * np.pi * 220 * 2 ** (i / 12) * t)).astype("float32"), rate
+        )
+        (folder / f"tone{i:02d}.txt").write_text(f"a tone of {seconds:.2f} seconds")
+    out = folder.parent / "data"
+    prepare(str(folder), "spectral-rvq", out, max_seconds=1.2, codec_options={"codebook_size": 16}, progress=False)
     return out

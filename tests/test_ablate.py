@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
+from diamusic import ablate
 from diamusic.ablate import PatternRow, markdown_table, parse_patterns, run_name
 
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
@@ -15,7 +17,7 @@ DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
 
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--quiet"]
-    args += ["--set", "batch_size=2", "--set", "eval_batches=1", "--set", "demo_seconds=0.2", *extra]
+    args += ["--set", "batch_size=2", "--set", "eval.batches=1", "--set", "demos.seconds=0.2", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=600)
 
 
@@ -56,3 +58,22 @@ def test_run_names_and_table():
     row = PatternRow("dia", [0, 8, 9, 10, 11, 12, 13, 14, 15], 15, 1.5, 2.0, 1.2, 1.4, 0.01, 0.5, 900.0, "r")
     table = markdown_table([row]).splitlines()
     assert len(table) == 3 and table[2].startswith("| dia | 0,8,9,10,11,12,13,14,15 | 15 | 1.500 | 2.000 |")
+
+
+def test_decode_speed_is_measured_on_the_training_device(monkeypatch, tmp_path):
+    """On a GPU machine the table's frames/s must come from the GPU, not from a reload onto the CPU."""
+    from diamusic import runs
+    from diamusic.config import load_config
+
+    monkeypatch.setattr(runs, "default_device", lambda: "cuda")  # as on a GPU machine
+    monkeypatch.setattr(ablate, "train", lambda *args, **kwargs: None)
+    seen = {}
+
+    def load_run(run_dir, checkpoint="latest", device=None):
+        seen["device"] = device or runs.default_device()
+        raise StopIteration  # far enough: the run would be generated from on this device
+
+    monkeypatch.setattr(ablate, "load_run", load_run)
+    with pytest.raises(StopIteration):
+        ablate.run_pattern(load_config("tiny-cpu"), parse_patterns(["dia"], 9)[0], tmp_path, ["x"], 1.0, False)
+    assert seen["device"] == "cuda"

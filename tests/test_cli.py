@@ -62,7 +62,7 @@ def test_bad_set_is_one_line(tmp_path):
 
 def test_train_cli_fine_tunes_a_local_checkpoint_into_another_pattern(melody_dataset, tmp_path, capsys):
     from diamusic.cli import main
-    from diamusic.data import CodesDataset
+    from diamusic.data.dataset import CodesDataset
     from diamusic.model import build_model
     from diamusic.patterns import DelayPattern
 
@@ -70,9 +70,28 @@ def test_train_cli_fine_tunes_a_local_checkpoint_into_another_pattern(melody_dat
     build_model("tiny", DelayPattern.parse("dia"), vocab).save_pretrained(tmp_path / "ckpt")
     args = ["train", "--data", str(melody_dataset), "--out", str(tmp_path / "run"), "--quiet"]
     args += ["--init", "pretrained", "--pretrained", str(tmp_path / "ckpt"), "--delay-pattern", "musicgen"]
-    args += ["--steps", "2", "--batch-size", "2", "--set", "data.max_frames=16", "--set", "eval_batches=1"]
+    args += ["--steps", "2", "--batch-size", "2", "--set", "data.crop_frames=16", "--set", "eval.batches=1"]
     assert main(args) == 0
     assert "step 2" in capsys.readouterr().out
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["config"]["model"]["init"] == "pretrained" and info["pattern"]["name"] == "musicgen"
     assert any("switched from dia" in note for note in info["notes"])
+
+
+def test_a_bug_is_reported_as_internal_not_as_the_users_mistake(monkeypatch, capsys):
+    from diamusic import cli
+
+    def broken(args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(cli, "cmd_patterns_list", broken)
+    assert cli.main(["patterns", "list"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diamusic: internal error: KeyError") and "--debug" in err[0]
+    assert cli.main(["patterns", "show", "0,2,1"]) == 2  # a user's mistake stays a plain one-line error
+    assert capsys.readouterr().err.startswith("diamusic: error: delay pattern")
+
+
+def test_patterns_show_counts_decode_steps():
+    result = run("patterns", "show", "dia", "--decode-steps", "5")
+    assert result.returncode == 0 and "step  0  1  2  3  4\n" in result.stdout

@@ -42,7 +42,7 @@ def test_encode_shapes_dtypes_ranges(small, waves):
     up = small.encode(np.interp(np.arange(2 * len(wave)) / 2, np.arange(len(wave)), wave), 2 * SR)
     assert abs(len(up) - len(codes)) <= 1
     assert (up[:, 0] == codes[: len(up), 0]).mean() > 0.8
-    with pytest.raises(ValueError):
+    with pytest.raises(codecs.CodecError):
         small.encode(np.stack([wave, wave]), SR)
 
 
@@ -66,8 +66,19 @@ def test_save_load_bit_identical(small, waves, tmp_path):
     books = np.load(tmp_path / "codec" / "codebooks.npy")
     books[0, 0, 0] += 1.0
     np.save(tmp_path / "codec" / "codebooks.npy", books)
-    with pytest.raises(ValueError):
+    with pytest.raises(codecs.CodecError, match="do not match the fingerprint"):
         codecs.load_codec(tmp_path / "codec")
+
+
+def test_codecs_are_found_by_name_and_options_checked_before_any_work(tmp_path):
+    assert codecs.codec_class("spectral-rvq") is codecs.SpectralRVQCodec
+    assert codecs.codec_class("dac") is codecs.DacCodec
+    with pytest.raises(codecs.CodecError, match="unknown codec 'mp3' \\(choose dac or spectral-rvq\\)"):
+        codecs.codec_class("mp3")
+    with pytest.raises(codecs.CodecError, match="codebook_size must be an integer >= 2, got 0"):
+        codecs.SpectralRVQCodec.check_options({"codebook_size": 0})
+    with pytest.raises(codecs.CodecError, match="holds no codec"):
+        codecs.load_codec(tmp_path)
 
 
 def test_fit_is_deterministic_and_seeded(small, waves):
@@ -96,11 +107,11 @@ def test_decode_validates_and_returns_audio(small, waves):
     for value in (-1, 64, 1025):  # 1025 = Dia's PAD: special tokens must be stripped first
         bad = codes.copy()
         bad[3, 2] = value
-        with pytest.raises(ValueError):
+        with pytest.raises(codecs.CodecError):
             small.decode(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(codecs.CodecError):
         small.decode(codes[:, 0])
-    with pytest.raises(ValueError):
+    with pytest.raises(codecs.CodecError):
         small.decode(codes.astype(np.float32))
 
 
@@ -159,7 +170,7 @@ def test_tiny_dac_round_trip(tiny_dac_dir, tmp_path):
     audio = codec.decode(codes)
     assert audio.dtype == np.float32 and np.all(np.isfinite(audio))
     assert abs(len(audio) - seconds * 44100) <= 512
-    with pytest.raises(ValueError):
+    with pytest.raises(codecs.CodecError):
         codec.decode(np.full_like(codes, 32))
 
     codec.save(tmp_path / "dac")

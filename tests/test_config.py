@@ -15,10 +15,10 @@ def test_overrides_and_sets_apply_in_order():
     config = load_config(
         "tiny-cpu",
         overrides={"steps": 7, "optim.lr": None},  # None means "not given on the command line"
-        sets=["optim.lr=1e-4", "delay_pattern=0,1,2,3,4,5,6,7,8", "tracker=[tensorboard]", "steps=9"],
+        sets=["optim.lr=1e-4", "delay_pattern=0,1,2,3,4,5,6,7,8", "tracking.backends=[tensorboard]", "steps=9"],
     )
     assert config.steps == 9 and config.optim.lr == 1e-4
-    assert config.delay_pattern == "0,1,2,3,4,5,6,7,8" and config.tracker == ["tensorboard"]
+    assert config.delay_pattern == "0,1,2,3,4,5,6,7,8" and config.tracking.backends == ["tensorboard"]
 
 
 def test_round_trip_through_dict():
@@ -33,17 +33,30 @@ def test_round_trip_through_dict():
         (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
         (["steps=abc"], "steps: expected an integer"),
         (["steps=0"], "steps must be > 0"),
-        (["eval_every=0"], "eval_every must be > 0"),
-        (["checkpoint_every=0"], "checkpoint_every must be > 0"),
+        (["eval.every=0"], "eval.every must be > 0"),
+        (["checkpoints.every=0"], "checkpoints.every must be > 0"),
         (["cfg_dropout=1.5"], "cfg_dropout must be in"),
-        (["model.init=magic"], "model.init must be"),
-        (["tracker=[mlflow]"], "tracker entries"),
+        (["model.init=magic"], "model.init: expected one of scratch, pretrained, got 'magic'"),
+        (["model.preset=huge"], "model.preset must be one of tiny, small, dia-1.6b"),
+        (["precision=fp16"], "precision: expected one of auto, fp32, bf16"),
+        (["tracking.backends=[mlflow]"], "tracking.backends[0]: expected one of wandb, tensorboard"),
+        (["optim.lr=.nan"], "optim.lr must be a finite number"),
+        (["data.eos_crop_share=2"], "data.eos_crop_share must be in"),
+        (["delay_pattern=1,2,3"], "delay_pattern: .*channel 0 must have delay 0"),
+        (["codebook_weights=[1,2]"], "codebook_weights has 2 entries for 9 codebooks"),
         (["noequals"], "expected key=value"),
     ],
 )
 def test_bad_config_names_the_key(sets, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config("tiny-cpu", sets=sets)
+
+
+def test_pattern_is_checked_against_the_dataset_when_the_config_loads(melody_dataset):
+    """A 3-codebook pattern fails at load, before any model is built or file written."""
+    with pytest.raises(ConfigError, match="has 3 delays but the codec has 9 codebooks"):
+        load_config("tiny-cpu", overrides={"data.path": str(melody_dataset), "delay_pattern": "0,1,2"})
+    assert load_config("tiny-cpu", overrides={"data.path": str(melody_dataset), "delay_pattern": "dia"})
 
 
 def test_unknown_preset_lists_the_presets(tmp_path):

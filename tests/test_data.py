@@ -6,20 +6,16 @@ import soundfile as sf
 import torch
 from transformers.models.dia.processing_dia import DiaProcessor
 
-from diamusic import data as data_module
-from diamusic.data import (
-    IGNORE_INDEX,
-    BatchPlan,
-    CodesDataset,
-    DataError,
-    StepBatches,
-    build_decoder_batch,
-    inspect,
-    prepare,
-    split_of,
-)
-from diamusic.model import AudioVocab
+from diamusic.data import DataError
+from diamusic.data import dataset as dataset_module
+from diamusic.data import prepare as prepare_module
+from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches, make_batch
+from diamusic.data.inspect import inspect
+from diamusic.data.prepare import prepare
+from diamusic.data.sources import split_of
+from diamusic.errors import DiamusicError
 from diamusic.patterns import PRESETS, DelayPattern
+from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch
 
 VOCAB = AudioVocab(codebook_size=1024, num_codebooks=9)
 SMALL_CODEC = {"codebook_size": 16}
@@ -86,31 +82,41 @@ def test_crop_that_does_not_end_gets_no_eos_and_option_excludes_eos():
 
 
 def test_batch_plan_is_a_pure_function_of_step():
-    plan = BatchPlan(seed=3, batch_size=4, grad_accum=2, max_frames=50, cfg_dropout=0.5)
+    plan = BatchPlan(seed=3, batch_size=4, grad_accum=2, crop_frames=50, cfg_dropout=0.5)
     assert plan.samples(7, 1, 37) == plan.samples(7, 1, 37)
     assert plan.samples(7, 0, 37) != plan.samples(7, 1, 37)
-    assert plan.crop(11, 200) == plan.crop(11, 200)
-    assert 0 <= plan.crop(11, 200) <= 150 and plan.crop(11, 40) == 0
+    assert plan.crop(11, 200, False) == plan.crop(11, 200, False)
+    assert 0 <= plan.crop(11, 200, False) <= 150 and plan.crop(11, 40, True) == 0
     # one epoch visits every clip exactly once
     clips = [clip for step in range(5) for m in range(2) for _, clip, _ in plan.samples(step, m, 40)]
     assert sorted(clips) == list(range(40))
 
 
 def test_batch_plan_ranks_partition_the_global_batch():
-    single = BatchPlan(seed=0, batch_size=6, grad_accum=1, max_frames=50, cfg_dropout=0.3)
+    single = BatchPlan(seed=0, batch_size=6, grad_accum=1, crop_frames=50, cfg_dropout=0.3)
     ranks = [BatchPlan(0, 3, 1, 50, 0.3, rank=r, world_size=2) for r in range(2)]
     for step in range(4):
         assert single.samples(step, 0, 17) == ranks[0].samples(step, 0, 17) + ranks[1].samples(step, 0, 17)
 
 
 def test_cfg_dropout_rate_and_determinism():
-    plan = BatchPlan(seed=0, batch_size=50, grad_accum=1, max_frames=50, cfg_dropout=0.15)
+    plan = BatchPlan(seed=0, batch_size=50, grad_accum=1, crop_frames=50, cfg_dropout=0.15)
     drops = [drop for step in range(80) for _, _, drop in plan.samples(step, 0, 97)]
     assert abs(np.mean(drops) - 0.15) < 0.02
-    other = BatchPlan(seed=1, batch_size=50, grad_accum=1, max_frames=50, cfg_dropout=0.15)
+    other = BatchPlan(seed=1, batch_size=50, grad_accum=1, crop_frames=50, cfg_dropout=0.15)
     assert [d for _, _, d in plan.samples(0, 0, 97)] != [d for _, _, d in other.samples(0, 0, 97)]
-    never = BatchPlan(seed=0, batch_size=50, grad_accum=1, max_frames=50, cfg_dropout=0.0)
+    never = BatchPlan(seed=0, batch_size=50, grad_accum=1, crop_frames=50, cfg_dropout=0.0)
     assert not any(d for _, _, d in never.samples(0, 0, 97))
+
+
+def test_eos_crop_share_ends_that_share_of_final_crops_at_the_end():
+    plan = BatchPlan(seed=0, batch_size=1, grad_accum=1, crop_frames=50, cfg_dropout=0.0, eos_crop_share=0.2)
+    at_end = [plan.crop(n, 400, True) == 350 for n in range(4000)]
+    assert abs(np.mean(at_end) - 0.2) < 0.02  # (a random crop lands there 1 time in 351)
+    assert np.mean([plan.crop(n, 400, False) == 350 for n in range(4000)]) < 0.01  # never forced mid-source
+    # the other crops are the ones a plan without the share draws: turning it on moves nothing else
+    plain = BatchPlan(seed=0, batch_size=1, grad_accum=1, crop_frames=50, cfg_dropout=0.0)
+    assert all(plan.crop(n, 400, True) == plain.crop(n, 400, True) for n in range(400) if not at_end[n])
 
 
 def test_split_is_deterministic_and_has_an_eval_item():
@@ -176,6 +182,11 @@ def test_prepare_folder_keeps_good_and_explains_bad(audio_folder, tmp_path):
     assert "not UTF-8" in rejected["badsidecar.wav"]
     long_clips = [r for r in rows if r["source"] == "long.wav"]
     assert [r["id"] for r in long_clips] == ["long.wav#0", "long.wav#1", "long.wav#2"]  # 5 s -> 2 + 2 + 1 s
+    assert [r["final"] for r in long_clips] == [False, False, True]
+    last_clip = {r["source"]: r["id"] for r in rows}  # rows are in clip order within a source
+    assert all(r["final"] == (last_clip[r["source"]] == r["id"]) for r in rows)
+    assert rejected["good4.wav#1"].startswith("too short")  # 2.3 s -> 2 s + 0.3 s: the 2 s clip ends it
+    assert next(r for r in rows if r["id"] == "good4.wav#0")["final"]
     stereo = next(r for r in rows if r["source"] == "stereo.flac")
     assert len(stereo["text"].encode()) == 1024 and stereo["caption_truncated"]
     card = json.loads((out / "card.json").read_text())
@@ -189,14 +200,14 @@ def test_prepare_folder_keeps_good_and_explains_bad(audio_folder, tmp_path):
 
 
 def test_prepare_resume_after_kill_gives_same_fingerprint(audio_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "ITEMS_PER_SHARD", 3)
+    monkeypatch.setattr(prepare_module, "ITEMS_PER_SHARD", 3)
     whole = prepare(
         str(audio_folder), "spectral-rvq", tmp_path / "a", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
     )
     assert whole.complete
     fingerprint = json.loads((tmp_path / "a" / "card.json").read_text())["fingerprint"]
 
-    real = data_module._encode_shard
+    real = prepare_module._encode_shard
     calls = {"n": 0}
 
     def dies_on_third(*args, **kwargs):
@@ -205,7 +216,7 @@ def test_prepare_resume_after_kill_gives_same_fingerprint(audio_folder, tmp_path
             raise KeyboardInterrupt  # as if killed mid-run
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(data_module, "_encode_shard", dies_on_third)
+    monkeypatch.setattr(prepare_module, "_encode_shard", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         prepare(
             str(audio_folder),
@@ -218,9 +229,9 @@ def test_prepare_resume_after_kill_gives_same_fingerprint(audio_folder, tmp_path
     assert not (tmp_path / "b" / "card.json").exists()
     committed = sorted(p.name for p in (tmp_path / "b" / "shards").glob("*.jsonl"))
     assert committed == ["00000.jsonl", "00001.jsonl"]
-    monkeypatch.setattr(data_module, "_encode_shard", real)
+    monkeypatch.setattr(prepare_module, "_encode_shard", real)
     encoded = []
-    monkeypatch.setattr(data_module, "_encode_shard", lambda s, *a, **k: encoded.append(s) or real(s, *a, **k))
+    monkeypatch.setattr(prepare_module, "_encode_shard", lambda s, *a, **k: encoded.append(s) or real(s, *a, **k))
     again = prepare(
         str(audio_folder), "spectral-rvq", tmp_path / "b", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
     )
@@ -229,7 +240,7 @@ def test_prepare_resume_after_kill_gives_same_fingerprint(audio_folder, tmp_path
 
 
 def test_prepare_shards_split_the_job(audio_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "ITEMS_PER_SHARD", 4)
+    monkeypatch.setattr(prepare_module, "ITEMS_PER_SHARD", 4)
     options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
     prepare(str(audio_folder), "spectral-rvq", tmp_path / "a", **options)
     first = prepare(str(audio_folder), "spectral-rvq", tmp_path / "b", shard=(0, 2), **options)
@@ -254,7 +265,7 @@ def test_prepare_all_bad_fails_with_one_line(tmp_path):
     folder.mkdir()
     (folder / "a.wav").write_bytes(b"")
     (folder / "a.txt").write_text("caption")
-    with pytest.raises(DataError, match="no readable training audio|no usable clips"):
+    with pytest.raises(DiamusicError, match="no readable training audio|no usable clips"):
         prepare(str(folder), "spectral-rvq", tmp_path / "out", codec_options=SMALL_CODEC, progress=False)
     with pytest.raises(DataError, match="neither 'melodies' nor a folder"):
         prepare(str(tmp_path / "missing"), "spectral-rvq", tmp_path / "out2", progress=False)
@@ -280,7 +291,7 @@ def test_step_batches_match_plan_and_crop(tmp_path):
     prepare("melodies", "spectral-rvq", out, limit=6, max_seconds=10.0, codec_options=SMALL_CODEC, progress=False)
     ds = CodesDataset(out, "train")
     pattern = DelayPattern.parse("musicgen")
-    plan = BatchPlan(seed=0, batch_size=3, grad_accum=2, max_frames=40, cfg_dropout=0.5)
+    plan = BatchPlan(seed=0, batch_size=3, grad_accum=2, crop_frames=40, cfg_dropout=0.5)
     batches = StepBatches(ds, plan, pattern, start=0, steps=5)
     resumed = StepBatches(ds, plan, pattern, start=3, steps=5)
     assert len(batches) == 5 and len(resumed) == 2
@@ -295,15 +306,48 @@ def test_step_batches_match_plan_and_crop(tmp_path):
 
 
 def test_dataset_keeps_only_recent_shards_open(audio_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "ITEMS_PER_SHARD", 2)
+    monkeypatch.setattr(prepare_module, "ITEMS_PER_SHARD", 2)
     prepare(
         str(audio_folder), "spectral-rvq", tmp_path / "ds", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
     )
     everything = CodesDataset(tmp_path / "ds", None)
     expected = [np.array(everything.codes(i)) for i in range(len(everything))]
     assert len({row["shard"] for row in everything.rows}) > 2
-    monkeypatch.setattr(data_module, "OPEN_SHARDS", 2)
+    monkeypatch.setattr(dataset_module, "OPEN_SHARDS", 2)
     bounded = CodesDataset(tmp_path / "ds", None)
     for i in [*range(len(bounded)), 0, len(bounded) - 1]:
         assert np.array_equal(bounded.codes(i), expected[i])
         assert len(bounded._shards) <= 2
+
+
+def test_only_the_final_clip_of_a_source_teaches_eos(audio_folder, tmp_path):
+    """long.wav is cut into 3 clips: a whole middle clip must not end in EOS (the music goes on)."""
+    prepare(
+        str(audio_folder), "spectral-rvq", tmp_path / "ds", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
+    )
+    data = CodesDataset(tmp_path / "ds", None)
+    index = {row["id"]: i for i, row in enumerate(data.rows)}
+    pattern = DelayPattern.parse("dia")
+    eos = data.vocab.eos
+    for clip_id, ends in (("long.wav#0", False), ("long.wav#1", False), ("long.wav#2", True), ("good0.wav#0", True)):
+        batch = make_batch(data, [(0, index[clip_id], False)], pattern, crop_frames=1000)  # the whole clip
+        assert bool(batch["ends"][0]) == ends, clip_id
+        assert int((batch["labels"] == eos).sum()) == (9 if ends else 0), clip_id
+
+
+def test_a_dataset_without_final_clips_is_refused_then_updated_by_prepare(audio_folder, tmp_path):
+    out = tmp_path / "ds"
+    options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
+    prepare(str(audio_folder), "spectral-rvq", out, **options)
+    expected = CodesDataset(out, None).rows
+    # as written before clips said whether they end their source
+    card = json.loads((out / "card.json").read_text())
+    del card["format"]
+    (out / "card.json").write_text(json.dumps(card))
+    for path in [out / "index.jsonl", *(out / "shards").glob("*.jsonl")]:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "final"}) + "\n" for r in rows))
+    with pytest.raises(DataError, match="older diamusic .*run the same prepare again"):
+        CodesDataset(out)
+    prepare(str(audio_folder), "spectral-rvq", out, **options)
+    assert CodesDataset(out, None).rows == expected

@@ -9,11 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from diamusic.data import IGNORE_INDEX, build_decoder_batch
-from diamusic.generate import SamplingConfig, generate_codes, guide, sample_logits
+from diamusic.generate import GenerationError, SamplingConfig, generate_codes, guide, nucleus, sample_logits
 from diamusic.metrics import token_stats
-from diamusic.model import AudioVocab, build_model, encode_text, load_pretrained
+from diamusic.model import build_model, load_pretrained
 from diamusic.patterns import PRESETS, DelayPattern
+from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch, encode_text
 
 VOCAB = AudioVocab(codebook_size=32, num_codebooks=9)
 GREEDY = {"cfg_scale": 1.0, "temperature": 0.0}
@@ -40,7 +40,39 @@ def edit_logits(model, edit: Callable[[int, torch.Tensor], None]):
     return model.logits_dense.register_forward_hook(hook)
 
 
-def hf_generate(model, texts: list[str], pattern: DelayPattern, max_frames: int) -> torch.Tensor:
+def lively(pattern: str, seed: int):
+    """A tiny model whose weight matrices are scaled up 4x. An untrained one repeats a code with an EOS
+    margin that barely moves, so an EOS boost ends every sample at step 1 or never; this one varies."""
+    model = tiny(pattern, seed=seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.ndim == 2:
+                weight.mul_(4.0)
+    return model
+
+
+def boost_eos(model, boost: float):
+    """Add a constant to EOS on every row and channel: stateless, so our loop and transformers' see the same logits."""
+
+    def hook(module, args, out):
+        out.view(out.shape[0], VOCAB.num_codebooks, VOCAB.vocab_size)[..., VOCAB.eos] += boost
+
+    return model.logits_dense.register_forward_hook(hook)
+
+
+def eos_frames(delayed: torch.Tensor) -> list[int]:
+    """Frames per sample of a (B, steps, C) delayed sequence: channel 0's EOS at step e means e - 1 frames."""
+    return [int((row[:, 0] == VOCAB.eos).nonzero()[0]) - 1 for row in delayed]
+
+
+def hf_generate(
+    model,
+    texts: list[str],
+    pattern: DelayPattern,
+    max_frames: int,
+    guidance_scale: float | None = None,
+    top_k: int | None = None,
+) -> torch.Tensor:
     """transformers' greedy Dia generation set up like DiaProcessor's generation mode (no audio prompt)."""
     input_ids, attention_mask = encode_text(texts)
     batch = len(texts)
@@ -53,7 +85,10 @@ def hf_generate(model, texts: list[str], pattern: DelayPattern, max_frames: int)
         decoder_input_ids=delay_mask,
         decoder_attention_mask=torch.ones(batch, delay_mask.shape[1], dtype=torch.long),
         do_sample=False,
-        guidance_scale=None,
+        # Dia's CFG processor takes its filter's k from top_k even when greedy (transformers warns that
+        # greedy ignores top_k; its Dia generation does not)
+        guidance_scale=guidance_scale,
+        top_k=top_k,
         # transformers counts the delay tail and channel 0's EOS step: frames = N - max_delay - 1
         max_new_tokens=pattern.decode_steps(max_frames),
     )
@@ -67,15 +102,42 @@ def test_greedy_matches_transformers_generate(name, tmp_path):
     """Both return the full delayed step sequence (B, 1 + steps, C), BOS step first, with the delay
     mask applied: we compare it token for token, which also pins the BOS/EOS/PAD layout."""
     pattern = DelayPattern.parse(name)
-    tiny(name, seed=1).save_pretrained(tmp_path)
+    lively(name, seed=1).save_pretrained(tmp_path)
     model, _ = load_pretrained(str(tmp_path), pattern, VOCAB)
     texts = ["a jig in D major, 6/8", "slow air"]  # different lengths: the text mask matters
+    hook = boost_eos(model, 1.5)  # the first sample ends on its own EOS, the second runs to the cap
     ours = generate_codes(model, texts, pattern, VOCAB, SamplingConfig(max_frames=10, **GREEDY))
     theirs = hf_generate(model, texts, pattern, max_frames=10)
+    hook.remove()
     assert ours.delayed.shape == theirs.shape
     assert torch.equal(ours.delayed, theirs)
-    # a random model rarely stops: then both run to the cap, where channel 0 is forced to EOS
-    assert ours.frames == [10 if not eos else f for f, eos in zip(ours.frames, ours.stopped_on_eos, strict=True)]
+    # the lengths as transformers' own output has them (at the cap channel 0 is forced to EOS)
+    frames = eos_frames(theirs)
+    assert frames[0] < frames[1] == 10
+    assert ours.frames == frames and [len(c) for c in ours.codes] == frames
+    assert ours.stopped_on_eos == [True, False]
+
+
+@pytest.mark.parametrize("top_k", [2, 3, 4, 5])
+@pytest.mark.parametrize("name", ["dia", "musicgen"])
+def test_greedy_cfg_filter_matches_transformers_when_special_ids_take_top_k_slots(name, top_k):
+    """Dia and transformers take the CFG filter's top-k over the whole vocabulary and only then mask the
+    special ids, so an EOS ranked in it uses up a slot; greedy decoding exposes any other order."""
+    pattern = DelayPattern.parse(name)
+    model = lively(name, seed=1)
+    texts = ["a jig in D major, 6/8", "slow air"]
+    hook = boost_eos(model, 3.0)  # EOS often in the top-k on every channel, and it ends channel 0 at times
+    sampling = SamplingConfig(max_frames=20, cfg_scale=3.0, cfg_filter_top_k=top_k, temperature=0.0)
+    ours = generate_codes(model, texts, pattern, VOCAB, sampling)
+    # (transformers' unconditional rows are zero bytes under the text's mask, ours zero bytes with one
+    # position attended: all-zero rows encode the same state everywhere and cross-attention has no RoPE)
+    theirs = hf_generate(model, texts, pattern, max_frames=20, guidance_scale=3.0, top_k=top_k)
+    hook.remove()
+    assert ours.delayed.shape == theirs.shape
+    assert torch.equal(ours.delayed, theirs)
+    frames = eos_frames(theirs)
+    assert ours.frames == frames
+    assert frames[0] != frames[1] and min(frames) < 20 and any(ours.stopped_on_eos)
 
 
 # --- (2) memorisation -----------------------------------------------------------------------------
@@ -135,7 +197,7 @@ def test_eos_on_channel_0_staggers_the_other_channels(name):
     result = generate_codes(model, ["x", "yy"], pattern, VOCAB, SamplingConfig(max_frames=30, temperature=1.0))
     hook.remove()
     assert result.frames == [eos_at - 1] * 2 and result.stopped_on_eos == [True, True]
-    assert result.steps == eos_at + pattern.max_delay
+    assert result.decode_steps == eos_at + pattern.max_delay
     seq = result.delayed
     for c, d in enumerate(pattern.delays):
         column = seq[:, :, c]
@@ -158,7 +220,7 @@ def test_length_cap_forces_eos_and_completes_the_tail():
     result = generate_codes(model, ["never ends"], pattern, VOCAB, SamplingConfig(max_frames=5, **GREEDY))
     hook.remove()
     assert result.frames == [5] and result.stopped_on_eos == [False]
-    assert result.steps == pattern.decode_steps(5)
+    assert result.decode_steps == pattern.decode_steps(5)
     eos_steps = [int((result.delayed[0, :, c] == VOCAB.eos).nonzero()) for c in range(9)]
     assert eos_steps == [6 + d for d in pattern.delays]
 
@@ -222,17 +284,26 @@ def test_cfg_uses_the_training_unconditional_input_and_is_skipped_at_scale_1():
 def test_guidance_formula_and_dia_filter():
     g = torch.Generator().manual_seed(0)
     cond, uncond = torch.randn(2, 3, 36, generator=g), torch.randn(2, 3, 36, generator=g)
+    cond[0, :, VOCAB.pad] += 10.0  # PAD leads sample 0's guided logits
     allowed = torch.zeros(3, 36, dtype=torch.bool)
     allowed[:, :32] = True
+    guided = cond + 3.0 * (cond - uncond)
     plain = guide(cond, uncond, 3.0, None, allowed)
-    torch.testing.assert_close(plain[..., :32], (cond + 3.0 * (cond - uncond))[..., :32])
+    torch.testing.assert_close(plain[..., :32], guided[..., :32])
     assert torch.isinf(plain[..., 32:]).all()
     filtered = guide(cond, uncond, 3.0, 5, allowed)
     kept = torch.isfinite(filtered)
-    assert (kept.sum(-1) == 5).all()
-    top5 = plain.topk(5, dim=-1).indices  # the candidates come from the guided logits...
-    assert torch.equal(kept, torch.zeros_like(kept).scatter(-1, top5, True))
-    assert torch.equal(filtered[kept], cond[kept])  # ...the values from the conditional ones
+    # the candidates are the guided top 5 over the whole vocabulary, and only then are the special ids
+    # dropped: PAD uses up one of sample 0's slots (Dia's and transformers' order)
+    top5 = torch.zeros_like(kept).scatter(-1, guided.topk(5, dim=-1).indices, True)
+    assert torch.equal(kept, top5 & allowed)
+    assert kept.sum(-1).tolist() == [[4, 4, 4], [5, 5, 5]]
+    assert torch.equal(filtered[kept], cond[kept])  # the values come from the conditional logits
+    # every slot taken by a special id: code 0 is left, the id Dia's greedy argmax over all -inf returns
+    crowded = cond.clone()
+    crowded[..., 32:] += 10.0
+    only = torch.isfinite(guide(crowded, uncond, 3.0, 2, allowed))
+    assert only[..., 0].all() and only.sum().item() == 6
 
 
 # --- (5) seeds ------------------------------------------------------------------------------------
@@ -264,9 +335,29 @@ def test_temperature_below_one_sharpens_the_sampled_distribution():
         assert (freq - expected).abs().max() < 0.01
     assert (torch.softmax(logits / 0.5, -1) - torch.softmax(logits, -1)).abs().max() > 0.1
     assert torch.equal(sample_logits(logits.expand(3, 8), 0.0, None, g), torch.full((3,), 7))
-    nucleus = sample_logits(logits.expand(5000, 8), 1.0, 0.5, g)
+    in_nucleus = sample_logits(logits.expand(5000, 8), 1.0, 0.5, g)
     # sorted probabilities 0.36, 0.235, 0.153...: the first two are the smallest set covering 0.5
-    assert set(nucleus.tolist()) == {6, 7}
+    assert set(in_nucleus.tolist()) == {6, 7}
+
+
+def dia_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """nari-labs Dia's nucleus (dia/model.py, _sample_next_token), on probabilities."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    remove = torch.roll(sorted_probs.cumsum(dim=-1) > top_p, shifts=1, dims=-1)
+    remove[..., 0] = False
+    return probs.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), 0.0)
+
+
+def test_top_p_keeps_a_token_whose_predecessors_cover_exactly_top_p():
+    # powers of two: every partial sum is exact, so the mass above 0.125 is exactly 0.75
+    probs = torch.tensor([0.0625, 0.25, 0.125, 0.5, 0.0625])
+    assert torch.equal(nucleus(probs, 0.75), torch.tensor([0.0, 0.25, 0.125, 0.5, 0.0]))
+    assert torch.equal(nucleus(probs, 0.75), dia_top_p(probs, 0.75))
+    assert torch.equal(nucleus(probs, 0.5), torch.tensor([0.0, 0.25, 0.0, 0.5, 0.0]))
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(64, 36, generator=g), dim=-1)
+    for top_p in (0.3, 0.9, 0.99):
+        assert torch.equal(nucleus(probs, top_p), dia_top_p(probs, top_p))
 
 
 def test_temperature_is_honoured_inside_generate():
@@ -298,16 +389,16 @@ def test_temperature_is_honoured_inside_generate():
 
 
 def test_sampling_config_validation():
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(GenerationError, match="temperature"):
         SamplingConfig(max_frames=4, temperature=-0.1)
-    with pytest.raises(ValueError, match="top_p"):
+    with pytest.raises(GenerationError, match="top_p"):
         SamplingConfig(max_frames=4, top_p=0.0)
     assert not SamplingConfig(max_frames=4, cfg_scale=1.0).uses_cfg
     assert SamplingConfig(max_frames=4).uses_cfg
     assert not SamplingConfig(max_frames=4, cfg_scale=0.0).uses_cfg  # Dia's formula: s=0 is cond only
-    with pytest.raises(ValueError, match="at least one text"):
+    with pytest.raises(GenerationError, match="at least one text"):
         generate_codes(tiny("dia"), [], DelayPattern.parse("dia"), VOCAB, SamplingConfig(max_frames=4))
-    with pytest.raises(ValueError, match="pattern_of"):
+    with pytest.raises(GenerationError, match="pattern_of"):
         generate_codes(tiny("dia"), ["a"], DelayPattern.parse("musicgen"), VOCAB, SamplingConfig(max_frames=4))
 
 
@@ -371,7 +462,7 @@ def test_generate_cli_writes_playable_wavs_deterministically(tiny_run, tmp_path)
     for name in ("gen_00.npy", "gen_03.npy", "gen_02.wav"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     again = cli(*args, "--out", str(tmp_path / "a"))  # would overwrite: refused, files untouched
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 2 and "overwrite" in again.stderr and "Traceback" not in again.stderr
     assert (tmp_path / "a" / "gen_00.npy").read_bytes() == (tmp_path / "b" / "gen_00.npy").read_bytes()
 
 
@@ -397,13 +488,15 @@ def test_generates_from_a_lora_run(melody_dataset, tmp_path):
     from safetensors.torch import load_file
 
     from diamusic.config import load_config
-    from diamusic.generate import load_run
+    from diamusic.runs import load_run
     from diamusic.train import train
 
-    overrides = {"data.path": str(melody_dataset), "steps": 3, "batch_size": 2, "data.max_frames": 16,
-                 "eval_every": 3, "eval_batches": 1, "model.lora_rank": 4, "optim.warmup_steps": 1}  # fmt: skip
+    overrides = {"data.path": str(melody_dataset), "steps": 3, "batch_size": 2, "data.crop_frames": 16,
+                 "eval.every": 3, "eval.batches": 1, "model.lora_rank": 4, "optim.warmup_steps": 1}  # fmt: skip
     train(load_config("tiny-cpu", overrides=overrides), tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run", device="cpu")
+    parameters = json.loads((tmp_path / "run" / "run.json").read_text())["parameters"]
+    assert 0 < parameters["trainable"] < 0.2 * parameters["total"]  # LoRA trains only the adapters
     saved = load_file(run.checkpoint / "model.safetensors")
     base_keys = [k for k in saved if k.endswith("q_proj.base_layer.weight")]
     assert base_keys  # the checkpoint holds peft's names...

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from diamusic import metrics
-from diamusic.data import IGNORE_INDEX, build_decoder_batch
 from diamusic.metrics import LossNoise, TokenStats, split_logits, token_stats
-from diamusic.model import AudioVocab, build_model, encode_text
+from diamusic.model import build_model
 from diamusic.patterns import DelayPattern
+from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch, encode_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,20 +1,18 @@
 import pytest
 import torch
 
-from diamusic.data import build_decoder_batch
 from diamusic.metrics import split_logits
 from diamusic.model import (
     MODEL_PRESETS,
-    AudioVocab,
     ModelError,
     build_model,
     count_parameters,
-    encode_text,
     load_pretrained,
     pattern_of,
     vocab_of,
 )
 from diamusic.patterns import DelayPattern
+from diamusic.tokens import AudioVocab, build_decoder_batch, encode_text
 
 DAC = AudioVocab(codebook_size=1024, num_codebooks=9)
 SMALL = AudioVocab(codebook_size=32, num_codebooks=9)

@@ -11,42 +11,43 @@ import torch
 
 from diamusic import codecs
 from diamusic.config import load_config
-from diamusic.data import CodesDataset
+from diamusic.data.dataset import CodesDataset
 from diamusic.model import build_model
 from diamusic.patterns import DelayPattern
+from diamusic.runs import RunError, checkpoints_of
 from diamusic.tracking import read_metrics
-from diamusic.train import RunError, checkpoints_of, train
+from diamusic.train import train
 
 
-def tiny_config(data, **sets):
+def tiny_config(data, sets: dict | None = None, **top):
+    """A short tiny run; ``sets`` takes dotted keys, ``top`` the top-level ones."""
     base = {
         "data.path": str(data),
         "steps": 20,
         "batch_size": 4,
-        "data.max_frames": 32,
-        "log_every": 5,
-        "eval_every": 10,
-        "eval_batches": 1,
-        "checkpoint_every": 10,
+        "data.crop_frames": 32,
+        "logging.every": 5,
+        "eval.every": 10,
+        "eval.batches": 1,
+        "checkpoints.every": 10,
         "optim.warmup_steps": 5,
     }
-    base.update(sets)
-    return load_config("tiny-cpu", overrides=base)
+    return load_config("tiny-cpu", overrides={**base, **(sets or {}), **top})
+
+
+QUIET = {"logging.every": 1, "eval.every": 100, "checkpoints.every": 100}  # every step logged, nothing else
 
 
 def losses(run_dir, key="train/loss"):
-    return [(row["step"], row[key]) for row in read_metrics(run_dir) if key in row]
+    """(step, value) of one metric; a metric that vanished fails here rather than comparing empty lists."""
+    rows = [(row["step"], row[key]) for row in read_metrics(run_dir) if key in row]
+    assert rows, f"{run_dir} logged no {key}"
+    return rows
 
 
 def test_loss_falls_well_below_uniform(melody_dataset, tmp_path):
-    config = tiny_config(
-        melody_dataset,
-        steps=300,
-        log_every=1,
-        eval_every=300,
-        checkpoint_every=300,
-        **{"optim.lr": 3e-3, "data.max_frames": 48},
-    )
+    sets = {"logging.every": 1, "eval.every": 300, "checkpoints.every": 300, "optim.lr": 3e-3, "data.crop_frames": 48}
+    config = tiny_config(melody_dataset, sets, steps=300)
     result = train(config, tmp_path / "run", progress=False)
     uniform = math.log(32)
     curve = [loss for _, loss in losses(tmp_path / "run")]
@@ -63,7 +64,7 @@ def test_loss_falls_well_below_uniform(melody_dataset, tmp_path):
 
 
 def test_run_dir_records_config_fingerprint_version_and_checkpoints(melody_dataset, tmp_path):
-    train(tiny_config(melody_dataset, keep_checkpoints=1), tmp_path / "run", progress=False)
+    train(tiny_config(melody_dataset, {"checkpoints.keep": 1}), tmp_path / "run", progress=False)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["dataset_fingerprint"] == CodesDataset(melody_dataset).fingerprint
     assert info["code_version"].startswith("0.1.0")
@@ -81,7 +82,7 @@ def test_run_dir_records_config_fingerprint_version_and_checkpoints(melody_datas
 
 
 def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(melody_dataset, tmp_path):
-    config = tiny_config(melody_dataset, cfg_dropout=0.3, log_every=3)
+    config = tiny_config(melody_dataset, {"logging.every": 3}, cfg_dropout=0.3)
     train(config, tmp_path / "whole", progress=False)
     partial = train(config, tmp_path / "split", progress=False, stop_after=10)
     assert partial.step == 10
@@ -92,19 +93,49 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(melody_da
         assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-6, abs=1e-7), key
 
 
-def test_grad_accumulation_normalises_per_valid_target(melody_dataset, tmp_path):
-    one = tiny_config(melody_dataset, steps=6, log_every=1, eval_every=100, checkpoint_every=100)
-    two = tiny_config(
-        melody_dataset, steps=6, log_every=1, eval_every=100, checkpoint_every=100, batch_size=2, grad_accum=2
-    )
-    train(one, tmp_path / "one", progress=False)
-    train(two, tmp_path / "two", progress=False)
-    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-4)
+RAGGED = {**QUIET, "data.crop_frames": 64}
+
+
+def test_ragged_crops_really_differ_in_valid_targets(ragged_dataset):
+    """The premise of the parity tests below: micro-batches of one step hold different target counts."""
+    from diamusic.data.dataset import BatchPlan, StepBatches
+
+    data = CodesDataset(ragged_dataset)
+    plan = BatchPlan(seed=0, batch_size=2, grad_accum=2, crop_frames=64, cfg_dropout=0.15)
+    batches = StepBatches(data, plan, DelayPattern.parse("musicgen"), 0, 6)
+    counts = [[int((b["labels"] != -100).sum()) for b in batches[k]] for k in range(6)]
+    assert sum(a != b for a, b in counts) >= 3, counts
+
+
+def test_grad_accumulation_normalises_per_valid_target(ragged_dataset, tmp_path):
+    """Fails with a per-micro-batch mean: the grad norm of the very first step already differs."""
+    train(tiny_config(ragged_dataset, RAGGED, steps=6), tmp_path / "one", progress=False)
+    train(tiny_config(ragged_dataset, RAGGED, steps=6, batch_size=2, grad_accum=2), tmp_path / "two", progress=False)
+    for key in ("train/loss", "train/grad_norm"):
+        a, b = losses(tmp_path / "one", key), losses(tmp_path / "two", key)
+        assert len(a) == len(b) == 6
+        assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-4), key
+
+
+def test_eos_crops_are_logged_and_follow_the_configured_share(melody_dataset, tmp_path):
+    shares = {}
+    for share in (0.0, 1.0):
+        sets = {**QUIET, "data.eos_crop_share": share}
+        train(tiny_config(melody_dataset, sets, steps=8), tmp_path / f"s{share}", progress=False)
+        shares[share] = [v for _, v in losses(tmp_path / f"s{share}", "train/eos_share")]
+    # with share 1 every sample of a source's last clip ends with EOS, and no other sample does
+    from diamusic.data.dataset import BatchPlan
+
+    data = CodesDataset(melody_dataset)
+    plan = BatchPlan(seed=0, batch_size=4, grad_accum=1, crop_frames=32, cfg_dropout=0.15)
+    finals = [sum(data.final(clip) for _, clip, _ in plan.samples(step, 0, len(data))) / 4 for step in range(8)]
+    assert shares[1.0] == pytest.approx(finals) and sum(finals) > 0
+    # 32-frame crops of clips up to 6 s: random crops rarely reach the end of a final clip
+    assert sum(shares[0.0]) < 0.5 * sum(shares[1.0])
 
 
 def test_worker_processes_load_the_same_batches(melody_dataset, tmp_path):
-    settings = {"steps": 6, "log_every": 1, "eval_every": 100, "checkpoint_every": 100, "cfg_dropout": 0.5}
+    settings = {**QUIET, "steps": 6, "cfg_dropout": 0.5}
     train(tiny_config(melody_dataset, **settings), tmp_path / "inline", progress=False)
     train(tiny_config(melody_dataset, **settings, **{"data.num_workers": 2}), tmp_path / "workers", progress=False)
     assert losses(tmp_path / "inline") == losses(tmp_path / "workers")
@@ -116,7 +147,7 @@ def test_resume_refuses_changes_and_fresh_run_refuses_existing_dir(melody_datase
     with pytest.raises(RunError, match="already holds a run"):
         train(config, tmp_path / "run", progress=False)
     other = tiny_config(melody_dataset, steps=12, delay_pattern="dia")
-    with pytest.raises(RunError, match="delay pattern musicgen.*--force"):
+    with pytest.raises(RunError, match="delay pattern musicgen.*force"):
         train(other, tmp_path / "run", resume=True, progress=False)
     result = train(other, tmp_path / "run", resume=True, force=True, progress=False)
     assert result.step == 12
@@ -160,7 +191,7 @@ def test_tensorboard_tracker_and_ctrl_c(melody_dataset, tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(tracking.Tracker, "log", interrupt_at_step_10)
-    config = tiny_config(melody_dataset, steps=20, checkpoint_every=100, tracker=["tensorboard"])
+    config = tiny_config(melody_dataset, {"checkpoints.every": 100, "tracking.backends": ["tensorboard"]})
     result = train(config, tmp_path / "run", progress=False)
     assert result.interrupted and result.step == 10
     assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_000010"]
@@ -189,8 +220,8 @@ DIST_SCRIPT = textwrap.dedent(
     from diamusic.config import load_config
     from diamusic.train import train
     stop_after, resume = settings.pop("stop_after", None), settings.pop("resume", False)
-    overrides = {"data.path": data, "steps": 4, "batch_size": batch, "data.max_frames": 32, "log_every": 1,
-                 "eval_every": 2, "eval_batches": 2, "checkpoint_every": 2, "optim.warmup_steps": 2}
+    overrides = {"data.path": data, "steps": 4, "batch_size": batch, "data.crop_frames": 32, "logging.every": 1,
+                 "eval.every": 2, "eval.batches": 2, "checkpoints.every": 2, "optim.warmup_steps": 2}
     train(load_config("tiny-cpu", overrides={**overrides, **settings}), out, resume=resume, progress=False,
           stop_after=stop_after)
     """
@@ -223,10 +254,12 @@ def _assert_same_curves(tmp_path, a: str, b: str, rel: float = 1e-4) -> None:
         assert [v for _, v in x] == pytest.approx([v for _, v in y], rel=rel), key
 
 
-def test_two_process_ddp_matches_single_process(melody_dataset, tmp_path):
+def test_two_process_ddp_matches_single_process(ragged_dataset, tmp_path):
+    """Ragged crops: the ranks hold different target counts, so a per-rank mean would fail here."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
-    ddp = _run_script(tmp_path, torchrun, melody_dataset, "ddp", 2)
-    _run_script(tmp_path, [sys.executable], melody_dataset, "single", 4)
+    ragged = {"data.crop_frames": 64}
+    ddp = _run_script(tmp_path, torchrun, ragged_dataset, "ddp", 2, **ragged)
+    _run_script(tmp_path, [sys.executable], ragged_dataset, "single", 4, **ragged)
     assert "2 process(es)" in ddp.stderr
     _assert_same_curves(tmp_path, "single", "ddp")
 
@@ -235,7 +268,7 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     """The shipped FSDP config under `accelerate launch`, on 2 CPU processes (see DIST_SCRIPT)."""
     from safetensors.torch import load_file
 
-    from diamusic.generate import load_run
+    from diamusic.runs import load_run
 
     fsdp_config = Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp-8gpu.yaml"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(fsdp_config),
@@ -263,7 +296,7 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     # LoRA and bf16 under FSDP: adapters train as without sharding and the run loads (merged) for
     # generation; a demo step writes a checkpoint (no process holds the whole model), the demo comes from it
     lora = {"model.lora_rank": 4, "precision": "bf16"}
-    demos = {"demo_every": 2, "demo_seconds": 0.2, "checkpoint_every": 4}
+    demos = {"demos.every": 2, "demos.seconds": 0.2, "checkpoints.every": 4}
     _run_script(tmp_path, launch, data, "fsdp_lora", 2, fsdp_on_cpu=True, **lora, **demos)
     _run_script(tmp_path, [sys.executable], data, "single_lora", 4, **lora)
     _assert_same_curves(tmp_path, "single_lora", "fsdp_lora", rel=1e-2)  # bf16 weights vs bf16 autocast
@@ -279,7 +312,7 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tm
     from diamusic import train as train_module
 
     head_dtypes = set()  # the output head's matmul (accelerate hands the logits back in fp32 either way)
-    forward = train_module._forward_stats
+    forward = train_module.forward_stats
 
     def spy(model, batch, codebook_size, weights):
         if not head_dtypes:
@@ -287,9 +320,9 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tm
             head.register_forward_hook(lambda module, args, out: head_dtypes.add(out.dtype))
         return forward(model, batch, codebook_size, weights)
 
-    settings = {"steps": 6, "log_every": 1, "eval_every": 6, "checkpoint_every": 100}
+    settings = {"steps": 6, "logging.every": 1, "eval.every": 6, "checkpoints.every": 100}
     train(tiny_config(melody_dataset, **settings), tmp_path / "fp32", progress=False)
-    monkeypatch.setattr(train_module, "_forward_stats", spy)
+    monkeypatch.setattr(train_module, "forward_stats", spy)
     # accelerate fixes the precision once per process: start afresh, and leave it fresh for later tests
     from accelerate.state import AcceleratorState
 
@@ -307,7 +340,7 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tm
 
 
 def test_activation_checkpointing_with_lora_gives_the_same_run(melody_dataset, tmp_path):
-    settings = {"steps": 4, "log_every": 1, "eval_every": 100, "checkpoint_every": 100, "model.lora_rank": 4}
+    settings = {"steps": 4, "logging.every": 1, "eval.every": 100, "checkpoints.every": 100, "model.lora_rank": 4}
     train(tiny_config(melody_dataset, **settings), tmp_path / "plain", progress=False)
     checkpointed = {**settings, "model.gradient_checkpointing": True}
     train(tiny_config(melody_dataset, **checkpointed), tmp_path / "checkpointed", progress=False)

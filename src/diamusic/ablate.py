@@ -1,18 +1,28 @@
-"""Delay-pattern comparisons: the same config trained once per pattern, then one table.
+"""Delay-pattern comparisons: the same config trained once per pattern, then one table; and the
+demo, that comparison on the built-in melodies with the offline codec.
 
 Every run differs only in its delay pattern (same data, seed, steps and batch plan), so the table's
-differences are the pattern's. Generation speed is measured on the same prompts and length cap.
+differences are the pattern's. Generation speed is measured on the same prompts and length cap, on
+the device the run trained on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from diamusic.config import TrainConfig
+from diamusic.codecs import SpectralConfig
+from diamusic.config import TrainConfig, load_config
+from diamusic.data.dataset import CodesDataset
+from diamusic.data.prepare import prepare
+from diamusic.generate import SamplingConfig, generate_files
 from diamusic.patterns import DelayPattern
+from diamusic.runs import load_run
+from diamusic.train import train
 
 
 @dataclass
@@ -34,12 +44,9 @@ def run_pattern(
     config: TrainConfig, pattern: DelayPattern, run_dir: Path, prompts: list[str], seconds: float, progress: bool
 ) -> PatternRow:
     """Train one pattern, then generate the prompts from its final checkpoint into RUN/generated."""
-    from diamusic.generate import SamplingConfig, generate_files, load_run
-    from diamusic.train import train
-
     spec = pattern.name if pattern.name != "custom" else ",".join(map(str, pattern.delays))
     result = train(dataclasses.replace(config, delay_pattern=spec), run_dir, progress=progress)
-    run = load_run(run_dir, device="cpu")
+    run = load_run(run_dir)  # on the training device: decode speed is part of the comparison
     sampling = SamplingConfig.for_seconds(seconds, run.codec.frame_rate, seed=config.seed)
     generated, _ = generate_files(run.model, prompts, run.codec, sampling, run_dir / "generated", "gen", {})
     t, e = result.last_train, result.last_eval
@@ -95,3 +102,55 @@ def parse_patterns(patterns: list[str], num_codebooks: int) -> list[DelayPattern
 
 def run_name(pattern: DelayPattern) -> str:
     return pattern.name if pattern.name != "custom" else "custom-" + "-".join(map(str, pattern.delays))
+
+
+@dataclass
+class DemoResult:
+    rows: list[PatternRow]
+    table: Path  # comparison.md
+    runs: Path
+
+
+def demo(
+    out: Path,
+    patterns: list[str],
+    melodies: int = 80,
+    steps: int = 400,
+    sets: list[str] | None = None,
+    progress: bool = True,
+) -> DemoResult:
+    """The main job on the embedded default: melodies -> codes -> one tiny model per pattern -> table.
+
+    The prepared data under ``out/data`` is reused by later calls; the runs are trained afresh.
+    """
+    # checked before anything is prepared or trained, so a typo costs nothing
+    parsed = parse_patterns(patterns, SpectralConfig.levels)
+    data = out / "data"
+    # a small codebook so a few hundred CPU steps show real learning; 1024 is the codec default
+    prepare(
+        "melodies",
+        "spectral-rvq",
+        data,
+        limit=melodies,
+        max_seconds=8.0,
+        eval_fraction=0.1,
+        codec_options={"codebook_size": 256},
+        progress=progress,
+    )
+    overrides = {
+        "data.path": str(data),
+        "steps": steps,
+        "data.crop_frames": 86,
+        "eval.every": steps,
+        "demos.every": max(1, steps // 2),
+    }
+    config = load_config("tiny-cpu", overrides=overrides, sets=sets)
+    eval_data = CodesDataset(data, "eval")
+    prompts = [eval_data.text(i) for i in range(min(2, len(eval_data)))]
+    runs = out / "runs"
+    shutil.rmtree(runs, ignore_errors=True)  # the demo's own runs; the prepared data is kept and reused
+    rows = []
+    for pattern in parsed:
+        print(f"\n== training {pattern} for {config.steps} steps ==", file=sys.stderr)
+        rows.append(run_pattern(config, pattern, runs / run_name(pattern), prompts, 4.0, progress))
+    return DemoResult(rows, write_comparison(rows, out), runs)

@@ -22,9 +22,9 @@ def cmd_patterns_list(args: argparse.Namespace) -> int:
 
 def cmd_patterns_show(args: argparse.Namespace) -> int:
     pattern = DelayPattern.parse(args.pattern, num_codebooks=args.codebooks)
-    print(pattern.describe(steps=args.steps, frame_rate=DAC_FRAME_RATE))
+    print(pattern.describe(steps=args.decode_steps, frame_rate=DAC_FRAME_RATE))
     if args.png:
-        pattern.plot(args.png, steps=args.steps)
+        pattern.plot(args.png, steps=args.decode_steps)
         print(f"\nwrote {args.png}")
     return 0
 
@@ -43,7 +43,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from diamusic.data import prepare
+    from diamusic.data.prepare import prepare
 
     options = {"codebook_size": args.codebook_size, "dac_model": args.dac_model}
     result = prepare(
@@ -54,6 +54,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         seed=args.seed,
         shard=args.shard,
+        eval_fraction=args.eval_fraction,
         codec_options=options,
         progress=not args.quiet,
     )
@@ -71,7 +72,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from diamusic.data import inspect
+    from diamusic.data.inspect import inspect
 
     report = inspect(args.dataset, png=args.png)
     print(
@@ -102,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "grad_accum": args.grad_accum,
         "optim.lr": args.lr,
         "seed": args.seed,
-        "tracker": args.tracker,
+        "tracking.backends": args.tracker,
     }
     config = load_config(args.config, overrides, args.set)
     result = train(config, args.out, resume=args.resume, force=args.force, progress=not args.quiet)
@@ -122,11 +123,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from diamusic.generate import SamplingConfig, generate_files, load_run
+    from diamusic.generate import SamplingConfig, generate_files
+    from diamusic.runs import load_run
 
-    out = Path(args.out)
-    if out.exists() and any(out.glob("gen_*")) and not args.overwrite:
-        raise FileExistsError(f"{out} already holds generations: choose another --out or pass --overwrite")
     run = load_run(args.run, args.checkpoint, device=args.device)
     sampling = SamplingConfig.for_seconds(
         args.seconds,
@@ -139,7 +138,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     texts = [text for text in args.text for _ in range(args.num)]
     settings = {"run": str(Path(args.run).resolve()), "checkpoint": run.checkpoint.name, "codec": run.info["codec"]}
-    result, paths = generate_files(run.model, texts, run.codec, sampling, out, "gen", settings)
+    out = Path(args.out)
+    result, paths = generate_files(run.model, texts, run.codec, sampling, out, "gen", settings, args.overwrite)
     audio_seconds = sum(result.frames) / run.codec.frame_rate
     print(
         f"wrote {len(paths)} clips to {out} ({audio_seconds:.1f} s of audio, "
@@ -147,55 +147,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     print(
         f"speed: {result.frames_per_second:.0f} frames/s, {audio_seconds / result.seconds:.2f}x real time; "
-        f"{result.steps} decode steps, {run.pattern.extra_steps} of them added by pattern {run.pattern}"
+        f"{result.decode_steps} decode steps, {run.pattern.extra_steps} of them added by pattern {run.pattern}"
     )
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default: melodies -> codes -> one tiny model per pattern -> table."""
-    import shutil
     from pathlib import Path
 
-    from diamusic.ablate import markdown_table, parse_patterns, run_name, run_pattern, write_comparison
-    from diamusic.codecs import SpectralConfig
-    from diamusic.config import load_config
-    from diamusic.data import CodesDataset, prepare
+    from diamusic.ablate import demo, markdown_table
 
-    # checked before anything is prepared or trained, so a typo costs nothing
-    patterns = parse_patterns(args.patterns, SpectralConfig.levels)
-    out = Path(args.out)
-    data = out / "data"
-    # a small codebook so a few hundred CPU steps show real learning; 1024 is the codec default
-    prepare(
-        "melodies",
-        "spectral-rvq",
-        data,
-        limit=args.melodies,
-        max_seconds=8.0,
-        eval_fraction=0.1,
-        codec_options={"codebook_size": 256},
-        progress=not args.quiet,
-    )
-    eval_data = CodesDataset(data, "eval")
-    overrides = {
-        "data.path": str(data),
-        "steps": args.steps,
-        "data.max_frames": 86,
-        "eval_every": args.steps,
-        "demo_every": max(1, args.steps // 2),
-    }
-    config = load_config("tiny-cpu", overrides=overrides, sets=args.set)
-    prompts = [eval_data.text(i) for i in range(min(2, len(eval_data)))]
-    runs = out / "runs"
-    shutil.rmtree(runs, ignore_errors=True)  # the demo's own runs; the prepared data is kept and reused
-    rows = []
-    for pattern in patterns:
-        print(f"\n== training {pattern} for {config.steps} steps ==", file=sys.stderr)
-        rows.append(run_pattern(config, pattern, runs / run_name(pattern), prompts, 4.0, not args.quiet))
-    path = write_comparison(rows, out)
-    print(markdown_table(rows))
-    print(f"\nwrote {path}; generated audio in {runs}/<pattern>/generated/, demos at checkpoints in */demos/")
+    result = demo(Path(args.out), args.patterns, args.melodies, args.steps, args.set, progress=not args.quiet)
+    print(markdown_table(result.rows))
+    print(f"\nwrote {result.table}; generated audio in {result.runs}/<pattern>/generated/, demos in */demos/")
     return 0
 
 
@@ -210,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = psub.add_parser("show", help="print which frame each codebook holds at each decode step")
     show.add_argument("pattern", help="a preset name or comma-separated delays, e.g. 0,1,2,3,4,5,6,7,8")
     show.add_argument("--codebooks", type=int, default=9, help="codebook count to validate against (DAC: 9)")
-    show.add_argument("--steps", type=int, default=20, help="decode steps to show")
+    show.add_argument("--decode-steps", type=_positive, default=20, help="decode steps to show")
     show.add_argument("--png", help="also draw the grid to this PNG file")
     show.set_defaults(func=cmd_patterns_show)
 
@@ -220,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
     prep.add_argument("--limit", type=int, help="use at most N inputs")
     prep.add_argument("--max-seconds", type=float, default=30.0, help="split longer audio into clips")
+    prep.add_argument("--eval-fraction", type=float, default=0.05, help="share of inputs held out for eval")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: this process's share of the job")
     prep.add_argument("--codebook-size", type=int, default=1024, help="spectral-rvq codebook size")
@@ -284,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from diamusic.errors import DiamusicError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -291,12 +258,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diamusic: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line for the user; --debug for the traceback
+    except (DiamusicError, OSError) as exc:  # bad input, or a file system that refused: one line
         if args.debug:
             traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"diamusic: error: {message}", file=sys.stderr)
+        print(f"diamusic: error: {_first_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: say so, so it never reads as the user's mistake
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"diamusic: internal error: {type(exc).__name__}: {_first_line(exc)} (re-run with --debug for the "
+            "traceback and report it)",
+            file=sys.stderr,
+        )
+        return 3
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

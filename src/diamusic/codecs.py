@@ -7,7 +7,8 @@ Two implementations share the `Codec` protocol:
 - `SpectralRVQCodec`: an offline stand-in that needs no downloaded weights, fitted in under a minute on the
   data itself. It exists so the demo and the tests can run end to end without DAC weights.
 
-`load_codec(directory)` restores either one from the `codec.json` that `save()` wrote.
+Both are registered by name in `CODECS`: `codec_class(name).from_options(...)` makes a new one for
+`prepare`, and `load_codec(directory)` restores either one from the `codec.json` that `save()` wrote.
 """
 
 from __future__ import annotations
@@ -15,15 +16,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import librosa
 import numpy as np
 import torch
 
+from diamusic.errors import DiamusicError
+
 CODEC_FILE = "codec.json"
+
+# (seconds of audio wanted at most) -> (mono waves, their sample rate); called only by codecs that fit
+TrainingAudio = Callable[[float], tuple[list[np.ndarray], int]]
+
+
+class CodecError(DiamusicError):
+    """A codec that cannot be made or loaded as asked; one line for the user."""
 
 
 @runtime_checkable
@@ -49,7 +60,7 @@ class Codec(Protocol):
 def _as_mono(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim != 1:
-        raise ValueError(f"expected a mono wave of shape (N,), got shape {wave.shape}")
+        raise CodecError(f"expected a mono wave of shape (N,), got shape {wave.shape}")
     if sample_rate != target_rate:
         wave = librosa.resample(wave, orig_sr=sample_rate, target_sr=target_rate, res_type="soxr_hq")
     return wave
@@ -58,12 +69,12 @@ def _as_mono(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray
 def _check_codes(codes: np.ndarray, num_codebooks: int, codebook_size: int) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.ndim != 2 or not 1 <= codes.shape[1] <= num_codebooks:
-        raise ValueError(f"expected codes of shape (T, C) with 1 <= C <= {num_codebooks}, got {codes.shape}")
+        raise CodecError(f"expected codes of shape (T, C) with 1 <= C <= {num_codebooks}, got {codes.shape}")
     if not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
+        raise CodecError(f"codes must be integers, got dtype {codes.dtype}")
     if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
         # special tokens (EOS/PAD/BOS = codebook_size + 0/1/2) must be stripped before decoding
-        raise ValueError(f"codes must lie in [0, {codebook_size}), got range [{codes.min()}, {codes.max()}]")
+        raise CodecError(f"codes must lie in [0, {codebook_size}), got range [{codes.min()}, {codes.max()}]")
     return codes.astype(np.int64)
 
 
@@ -146,6 +157,25 @@ class DacCodec:
         info = {"name": self.name, "model": self.model_id, "fingerprint": self.fingerprint}
         (directory / CODEC_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        if not str(options.get("dac_model", "descript/dac_44khz")).strip():
+            raise CodecError("dac_model must name a hub id or a local directory")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], training_audio: TrainingAudio) -> DacCodec:
+        """A pretrained codec: nothing to fit, so ``training_audio`` is not read."""
+        cls.check_options(options)
+        return cls(model=options.get("dac_model", "descript/dac_44khz"))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DacCodec:
+        info = json.loads((Path(directory) / CODEC_FILE).read_text())
+        codec = cls(model=info["model"])
+        if info.get("fingerprint") not in (None, codec.fingerprint):
+            raise CodecError(f"{directory}: DAC weights at {info['model']!r} changed since the codec was saved")
+        return codec
+
 
 # --------------------------------------------------------------------------------------- spectral RVQ
 
@@ -156,8 +186,8 @@ class SpectralConfig:
     n_fft: int = 2048
     hop_length: int = 256  # 22050 / 256 = 86.13 frames/s, DAC's frame rate
     n_mels: int = 128
-    # log-mel values are clamped here (~85 dB below a full-scale tone): silence becomes one point instead of
-    # a cloud of inaudible detail that would soak up codebook entries (raised from -80: +0.3 pt pitch accuracy)
+    # log-mel values are clamped here (far below a full-scale tone): silence becomes one point instead of
+    # a cloud of inaudible detail that would soak up codebook entries (-50 beat -80 on pitch accuracy)
     floor_db: float = -50.0
     levels: int = 9
     codebook_size: int = 1024
@@ -169,15 +199,15 @@ class SpectralRVQCodec:
 
     NOT DAC quality: the decoded audio is phasey and smeared in the highs, because Griffin-Lim guesses the
     phase and 128 mel bands blur upper harmonics. It keeps the melody, which is what the demo and tests
-    need: fitted on 300 corpus melodies, raw pitch accuracy of decoded vs source audio on 30 held-out ones
-    is 0.976 at 20 cents (0.986 without the VQ, the Griffin-Lim ceiling); see
-    benchmarks/codec_reconstruction.py. Use `DacCodec` for real work.
+    need: the pitch of decoded audio stays close to the source's (raw pitch accuracy at 20 cents in
+    benchmarks/RESULTS.md, from benchmarks/codec_reconstruction.py). Use `DacCodec` for real work.
 
     Level l's codebook is k-means fitted to the residual left by levels < l, so the codes are coarse to
     fine: every added level lowers the log-mel reconstruction error (`snr_per_level`).
     """
 
     name = "spectral-rvq"
+    FIT_SECONDS = 1800.0  # audio the codec is fitted on, at most
 
     def __init__(self, codebooks: np.ndarray, config: SpectralConfig):
         codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
@@ -313,7 +343,7 @@ class SpectralRVQCodec:
 
         At most `max_frames` frames (a seeded random subset) are used, with `iters` Lloyd iterations per
         level after k-means++ initialisation (seeded on a candidate subset); together they bound the fit time
-        (~25 s on 2 idle CPU cores at the defaults, whatever the amount of audio beyond ~12 minutes).
+        whatever the amount of audio (measured in benchmarks/RESULTS.md).
         Deterministic for a given seed and input on a given machine.
         """
         config = SpectralConfig(
@@ -361,8 +391,23 @@ class SpectralRVQCodec:
         info = json.loads((directory / CODEC_FILE).read_text())
         codec = cls(np.load(directory / info["weights"]), SpectralConfig(**info["config"]))
         if info.get("fingerprint") not in (None, codec.fingerprint):
-            raise ValueError(f"{directory}: codebooks do not match the fingerprint in {CODEC_FILE}")
+            raise CodecError(f"{directory}: codebooks do not match the fingerprint in {CODEC_FILE}")
         return codec
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        size = options.get("codebook_size", 1024)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+            raise CodecError(f"codebook_size must be an integer >= 2, got {size!r}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], training_audio: TrainingAudio) -> SpectralRVQCodec:
+        """Fitted on ``training_audio`` (the caller passes training inputs only, so eval stays honest)."""
+        cls.check_options(options)
+        waves, rate = training_audio(cls.FIT_SECONDS)
+        if not waves:
+            raise CodecError("no readable training audio to fit the spectral-rvq codec on")
+        return cls.fit(waves, rate, codebook_size=options.get("codebook_size", 1024), seed=options.get("seed", 0))
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -444,15 +489,18 @@ def _griffin_lim(
 # ------------------------------------------------------------------------------------------- loading
 
 
+CODECS: dict[str, type[DacCodec] | type[SpectralRVQCodec]] = {c.name: c for c in (DacCodec, SpectralRVQCodec)}
+
+
+def codec_class(name: str) -> type[DacCodec] | type[SpectralRVQCodec]:
+    if name not in CODECS:
+        raise CodecError(f"unknown codec {name!r} (choose {' or '.join(CODECS)})")
+    return CODECS[name]
+
+
 def load_codec(directory: str | Path) -> Codec:
     """Restore a codec saved with `save()`: same fingerprint, same codes."""
-    directory = Path(directory)
-    info = json.loads((directory / CODEC_FILE).read_text())
-    if info["name"] == SpectralRVQCodec.name:
-        return SpectralRVQCodec.load(directory)
-    if info["name"] == DacCodec.name:
-        codec = DacCodec(model=info["model"])
-        if info.get("fingerprint") not in (None, codec.fingerprint):
-            raise ValueError(f"{directory}: DAC weights at {info['model']!r} changed since the codec was saved")
-        return codec
-    raise ValueError(f"{directory / CODEC_FILE}: unknown codec {info['name']!r}")
+    path = Path(directory) / CODEC_FILE
+    if not path.exists():
+        raise CodecError(f"{directory} holds no codec ({CODEC_FILE} is missing)")
+    return codec_class(json.loads(path.read_text())["name"]).load(directory)

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+from diamusic.errors import DiamusicError
+from diamusic.model import MODEL_PRESETS
+from diamusic.patterns import DelayPattern, PatternError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
+Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on a GPU, fp32 on CPU
+Init = Literal["scratch", "pretrained"]
+TrackerName = Literal["wandb", "tensorboard"]
+
+
+class ConfigError(DiamusicError):
     """A config file or override that cannot be used; the message names the key."""
 
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"  # tiny | small | dia-1.6b
-    init: str = "scratch"  # scratch | pretrained
+    preset: str = "tiny"  # a name in diamusic.model.MODEL_PRESETS: tiny | small | dia-1.6b
+    init: Init = "scratch"
     pretrained: str = "nari-labs/Dia-1.6B-0626"  # hub id or local directory, used with init=pretrained
     freeze_encoder: bool = False
     lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of the full decoder
@@ -33,7 +44,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = ""  # a dataset directory written by `diamusic prepare`
-    max_frames: int = 256  # random crop length in codec frames (86 frames ~ 1 s)
+    crop_frames: int = 256  # frames of a clip in one training or evaluation sample (86 frames ~ 1 s)
+    eos_crop_share: float = 0.2  # share of crops of a source's last clip that end where the music ends
     num_workers: int = 0
     eos_in_loss: bool = True  # the model must learn to stop; turning this off is for ablations only
 
@@ -50,37 +62,66 @@ class OptimConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 100  # optimizer steps between evaluations (and always at the last step)
+    batches: int = 8  # batches of the eval split, and of the fixed train subset, per evaluation
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # optimizer steps between checkpoints (and always at the last step)
+    keep: int = 3  # the newest N are kept; 0 keeps all
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10  # optimizer steps per logging window (train metrics are window means)
+
+
+@dataclass
+class TrackingConfig:
+    backends: list[TrackerName] = field(default_factory=list)  # metrics.jsonl is always written
+    project: str = "diamusic"  # wandb project
+    group: str | None = None  # wandb group
+    run_name: str | None = None  # default: the run directory's name
+
+
+@dataclass
+class DemoConfig:
+    every: int = 0  # demo audio every N optimizer steps (0: only at the end, and only when prompts are set)
+    prompts: list[str] = field(default_factory=list)  # empty: the first eval captions
+    num_prompts: int = 2
+    seconds: float = 4.0
+
+
+@dataclass
 class TrainConfig:
     delay_pattern: str = "musicgen"
     seed: int = 0
-    steps: int = 1000
+    steps: int = 1000  # optimizer steps
     batch_size: int = 8  # per process and micro-batch
     grad_accum: int = 1
     cfg_dropout: float = 0.15  # chance a sample's caption is replaced by the unconditional input
     codebook_weights: list[float] | None = None  # per-codebook loss weights, default all 1
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    log_every: int = 10
-    eval_every: int = 100
-    eval_batches: int = 8  # batches of the eval split (and of the fixed train subset) per evaluation
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    tracker: list[str] = field(default_factory=list)  # any of: wandb, tensorboard (metrics.jsonl always)
-    wandb_project: str = "diamusic"
-    wandb_group: str | None = None
-    run_name: str | None = None
-    demo_every: int = 0  # generate demo audio every N steps (0 = only at the end when demo_prompts set)
-    demo_prompts: list[str] = field(default_factory=list)  # empty: the first eval captions
-    demo_num_prompts: int = 2
-    demo_seconds: float = 4.0
+    precision: Precision = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check a YAML value against a dataclass field's type, converting where it is lossless."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -132,7 +173,7 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part!r} is not a section")
+            raise ConfigError(f"setting {key}: {part!r} is not a section")
     node[parts[-1]] = value
 
 
@@ -164,7 +205,7 @@ def load_config(
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
+            raise ConfigError(f"setting {item!r}: expected key=value, e.g. optim.lr=1e-4")
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
@@ -176,24 +217,52 @@ def load_config(
 
 
 def validate(config: TrainConfig) -> None:
+    """Every check that needs no model: a config that loads is one a run can start with."""
+    o, d = config.optim, config.data
     checks = [
         (config.steps > 0, "steps must be > 0"),
         (config.batch_size > 0, "batch_size must be > 0"),
         (config.grad_accum > 0, "grad_accum must be > 0"),
-        (config.log_every > 0, "log_every must be > 0"),
-        (config.eval_every > 0, "eval_every must be > 0 (set it to steps to evaluate only at the end)"),
-        (config.checkpoint_every > 0, "checkpoint_every must be > 0 (set it to steps to save only at the end)"),
-        (config.demo_every >= 0, "demo_every must be >= 0 (0 = off)"),
         (0.0 <= config.cfg_dropout <= 1.0, "cfg_dropout must be in [0, 1]"),
-        (config.data.max_frames > 0, "data.max_frames must be > 0"),
-        (config.optim.lr > 0, "optim.lr must be > 0"),
-        (config.model.init in ("scratch", "pretrained"), "model.init must be scratch or pretrained"),
-        (config.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
-        (all(t in ("wandb", "tensorboard") for t in config.tracker), "tracker entries: wandb, tensorboard"),
+        (d.crop_frames > 0, "data.crop_frames must be > 0"),
+        (0.0 <= d.eos_crop_share <= 1.0, "data.eos_crop_share must be in [0, 1]"),
+        (d.num_workers >= 0, "data.num_workers must be >= 0"),
+        (0 < o.lr < math.inf, "optim.lr must be a finite number > 0"),
+        (0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
+        (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (0.0 <= o.weight_decay < math.inf, "optim.weight_decay must be >= 0"),
+        (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+        (0.0 < o.grad_clip < math.inf, "optim.grad_clip must be a finite number > 0"),
+        (config.model.preset in MODEL_PRESETS, f"model.preset must be one of {', '.join(MODEL_PRESETS)}"),
+        (config.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 = full fine-tuning)"),
+        (config.eval.every > 0, "eval.every must be > 0 (set it to steps to evaluate only at the end)"),
+        (config.eval.batches >= 0, "eval.batches must be >= 0"),
+        (config.checkpoints.every > 0, "checkpoints.every must be > 0 (set it to steps to save only at the end)"),
+        (config.checkpoints.keep >= 0, "checkpoints.keep must be >= 0 (0 = keep all)"),
+        (config.logging.every > 0, "logging.every must be > 0"),
+        (config.demos.every >= 0, "demos.every must be >= 0 (0 = off)"),
+        (config.demos.num_prompts > 0, "demos.num_prompts must be > 0"),
+        (0.0 < config.demos.seconds < math.inf, "demos.seconds must be a finite number > 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    pattern = pattern_of_config(config)
+    weights = config.codebook_weights
+    if weights is not None and len(weights) != pattern.num_codebooks:
+        raise ConfigError(f"codebook_weights has {len(weights)} entries for {pattern.num_codebooks} codebooks")
+    if weights is not None and not all(0.0 <= w < math.inf for w in weights):
+        raise ConfigError("codebook_weights must be finite numbers >= 0")
+
+
+def pattern_of_config(config: TrainConfig) -> DelayPattern:
+    """The config's delay pattern, checked against the dataset's codebook count when the dataset exists."""
+    card = Path(config.data.path) / "card.json" if config.data.path else None
+    codebooks = json.loads(card.read_text())["codec"]["num_codebooks"] if card and card.exists() else None
+    try:
+        return DelayPattern.parse(config.delay_pattern, num_codebooks=codebooks)
+    except PatternError as exc:
+        raise ConfigError(f"delay_pattern: {exc}") from exc
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

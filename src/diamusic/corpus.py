@@ -4,7 +4,7 @@ Three collections ship with music21 and need no download: the Essen folksong col
 Music of Ireland (many tunes per .abc file) and the Bach chorales (one MusicXML file each, of which we keep
 the soprano line). They are for non-commercial research use, like the corpus itself.
 
-Parsing with music21 is the slow part (~25-40 ms per folk tune, ~0.1 s per chorale), so we index the
+Parsing with music21 is the slow part (see benchmarks/RESULTS.md), so we index the
 .abc files with a cheap text scan, parse only the tunes a caller actually iterates over, and memoise
 the parsed melodies in memory.
 

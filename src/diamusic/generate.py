@@ -3,9 +3,16 @@ rules, and our own step-by-step decode loop on the model's KV cache.
 
 We do not use transformers' ``generate`` for Dia because it clamps temperature < 1 to 1, ignores a
 user ``logits_processor`` and treats the unconditional input differently from our training. The
-step layout is exactly ``data.build_decoder_batch``'s: step 0 is all BOS; channel c holds frame
-``s - 1 - delays[c]`` at step s (BOS while ``s <= delays[c]``); channel 0's EOS at step e means the
-clip has ``e - 1`` frames and channel c's EOS follows at ``e + delays[c]``, PAD after it.
+decode-step layout is exactly ``tokens.build_decoder_batch``'s: step 0 is all BOS; codebook c holds
+frame ``s - 1 - delays[c]`` at decode step s (BOS while ``s <= delays[c]``); codebook 0's EOS at step e
+means the clip has ``e - 1`` frames and codebook c's EOS follows at ``e + delays[c]``, PAD after it
+(``tokens.sampleable`` and ``tokens.force_delay_tokens`` hold those rules).
+
+Each step's token rules run in Dia's (and transformers') order, so greedy decoding agrees with theirs
+token for token: guidance and the CFG filter's top-k over the whole vocabulary; then the ids a
+channel may not sample (every special id, EOS allowed on channel 0 only) are masked; then channel 0
+takes EOS outright if it is still the top candidate and drops it otherwise; then temperature and
+top-p, which keeps a token unless the mass ranked above it exceeds p.
 """
 
 from __future__ import annotations
@@ -21,14 +28,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from diamusic.model import AudioVocab, encode_text
+from diamusic.errors import DiamusicError
+from diamusic.model import pattern_of, vocab_of
 from diamusic.patterns import DelayPattern
+from diamusic.runs import demo_dir
+from diamusic.tokens import AudioVocab, encode_text, force_delay_tokens, sampleable
 
 if TYPE_CHECKING:
     from transformers import DiaForConditionalGeneration
 
     from diamusic.codecs import Codec
     from diamusic.tracking import Tracker
+
+
+class GenerationError(DiamusicError):
+    """Sampling settings or an output that cannot be used; one line for the user."""
 
 
 @dataclass
@@ -39,7 +53,10 @@ class SamplingConfig:
     treat s = 1 as "guidance off" (skipping the unconditional pass), and s = 0 is unguided too.
     ``cfg_filter_top_k`` is Dia's CFG filter: the candidates are the top-k of the guided logits, and
     the token is sampled from the *conditional* logits restricted to them; ``None`` samples from
-    the guided logits (plain CFG). ``temperature`` 0 is greedy; values below 1 are honoured.
+    the guided logits (plain CFG). As in Dia the top-k is taken over the whole vocabulary before
+    the special ids are masked, so a special id ranked in it uses up a slot and fewer than k codes
+    may remain. ``temperature`` 0 is greedy; values below 1 are honoured. ``top_p`` keeps a token
+    unless the probability ranked above it exceeds p (Dia's boundary: exactly p still keeps it).
     """
 
     max_frames: int
@@ -51,15 +68,15 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+            raise GenerationError(f"max_frames must be >= 1, got {self.max_frames}")
         if not self.cfg_scale >= 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+            raise GenerationError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
         if self.cfg_filter_top_k is not None and self.cfg_filter_top_k < 1:
-            raise ValueError(f"cfg_filter_top_k must be >= 1 or None, got {self.cfg_filter_top_k}")
+            raise GenerationError(f"cfg_filter_top_k must be >= 1 or None, got {self.cfg_filter_top_k}")
         if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise GenerationError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @classmethod
     def for_seconds(cls, seconds: float, frame_rate: float, **settings: Any) -> SamplingConfig:
@@ -76,43 +93,44 @@ class GenerationResult:
     codes: list[np.ndarray]  # per text: (frames_i, C) int64, real codes only, delay reverted
     frames: list[int]
     stopped_on_eos: list[bool]  # False where the length cap forced the end
-    steps: int  # decoder steps run after the initial BOS step
+    decode_steps: int  # run after the initial BOS step
     seconds: float
-    delayed: torch.Tensor  # (B, 1 + steps, C) the raw step sequence, BOS step included (for inspection)
+    delayed: torch.Tensor  # (B, 1 + decode_steps, C) the raw decode steps, BOS step included (for inspection)
 
     @property
     def frames_per_second(self) -> float:
         return sum(self.frames) / self.seconds if self.seconds > 0 else math.inf
 
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds > 0 else math.inf
-
 
 # --- logits -> token ----------------------------------------------------------------------------
-
-
-def allowed_tokens(vocab: AudioVocab, device: torch.device | str | None = None) -> torch.Tensor:
-    """(C, V) bool: which ids each channel may *sample*. Only channel 0 may choose EOS; BOS, PAD
-    and the spare id are only ever forced by the delay rules, so a codec never sees them."""
-    allowed = torch.zeros(vocab.num_codebooks, vocab.vocab_size, dtype=torch.bool, device=device)
-    allowed[:, : vocab.codebook_size] = True
-    allowed[0, vocab.eos] = True
-    return allowed
 
 
 def guide(
     cond: torch.Tensor, uncond: torch.Tensor, scale: float, top_k: int | None, allowed: torch.Tensor
 ) -> torch.Tensor:
-    """Classifier-free guidance over (B, C, V) logits; disallowed ids come out as -inf."""
-    guided = (cond + scale * (cond - uncond)).masked_fill(~allowed, -math.inf)
+    """Classifier-free guidance over (B, C, V) logits; ids that may not be sampled come out as -inf."""
+    guided = cond + scale * (cond - uncond)
     if top_k is None:
-        return guided
+        return guided.masked_fill(~allowed, -math.inf)
     # Dia's CFG filter: guidance only chooses the candidate set, the conditional logits rank it
     # (sampling from the sharpened guided logits directly tends to sound harsh at scale 3)
+    return cond.masked_fill(~cfg_candidates(guided, top_k, allowed), -math.inf)
+
+
+def cfg_candidates(guided: torch.Tensor, top_k: int, allowed: torch.Tensor) -> torch.Tensor:
+    """(B, C, V) bool: the top-k of the guided logits over the whole vocabulary, then the allowed ids.
+
+    The order is Dia's and transformers': a special id ranked in the top-k takes a slot, so fewer
+    than k real codes may remain (greedy decoding then agrees with theirs token for token).
+    """
     k = min(top_k, guided.shape[-1])
-    keep = torch.zeros_like(allowed.expand_as(guided)).scatter_(-1, guided.topk(k, dim=-1).indices, True)
-    return cond.masked_fill(~(keep & allowed), -math.inf)
+    keep = torch.zeros_like(guided, dtype=torch.bool).scatter_(-1, guided.topk(k, dim=-1).indices, True)
+    keep &= allowed
+    # A row whose k slots all went to special ids (small k only) has no candidate left: Dia's and
+    # transformers' greedy argmax over all -inf then yields id 0 (their sampling fails on NaN), so we
+    # keep code 0 there, which greedy decoding needs to agree and sampling needs to have a token at all
+    keep[..., 0] |= ~keep.any(dim=-1)
+    return keep
 
 
 def eos_only_if_top(logits: torch.Tensor, eos: int) -> torch.Tensor:
@@ -140,12 +158,22 @@ def sample_logits(
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p is not None and top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the tokens ranked above it already cover top_p (the top one always stays)
-        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+        probs = nucleus(probs, top_p)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the (..., V) probabilities outside the top-p nucleus (unnormalised, for ``multinomial``).
+
+    Dia's boundary: a token goes only when the mass ranked strictly above it *exceeds* top_p, so the
+    top token always stays and one whose predecessors cover exactly top_p stays too.
+    """
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # the mass above each token as Dia computes it (the cumsum shifted by one), not cumsum - p,
+    # which can round across the boundary
+    above = torch.cat([torch.zeros_like(sorted_probs[..., :1]), sorted_probs.cumsum(dim=-1)[..., :-1]], dim=-1)
+    return probs.scatter(-1, order, sorted_probs.masked_fill(above > top_p, 0.0))
 
 
 # --- the decode loop ----------------------------------------------------------------------------
@@ -167,7 +195,7 @@ def generate_codes(
     device = model.device
     batch, channels = len(texts), pattern.num_codebooks
     delays = torch.tensor(pattern.delays, device=device)  # (C,)
-    allowed = allowed_tokens(vocab, device)
+    allowed = sampleable(vocab, device)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     max_steps = pattern.decode_steps(sampling.max_frames)
     cap_step = sampling.max_frames + 1  # channel 0's EOS step for a clip of exactly max_frames
@@ -193,8 +221,8 @@ def generate_codes(
             previous = tokens[:, step - 1 : step]  # (B, 1, C)
             if sampling.uses_cfg:
                 previous = previous.repeat(2, 1, 1)
-            # (the decoder and head directly: DiaModel.forward walks every module each call to check
-            # for gradient checkpointing, ~10% of a small model's step on CPU)
+            # (the decoder and head directly: DiaModel.forward walks every module on each call to check
+            # for gradient checkpointing, a cost measured in benchmarks/RESULTS.md)
             hidden = decoder(
                 input_ids=previous,
                 encoder_hidden_states=encoder_hidden,
@@ -220,16 +248,11 @@ def generate_codes(
             ends_now = chose_eos | (going & (step == cap_step))
             eos_step = torch.where(ends_now, step, eos_step)
 
-            # 4. forced tokens: channel c's EOS at e + d_c and PAD after it; BOS before it starts
-            ended = (eos_step >= 0)[:, None]
-            tail = step - eos_step[:, None] - delays[None, :]  # (B, C): 0 at channel c's EOS step
-            column = torch.where(ended & (tail == 0), vocab.eos, sampled)
-            column = torch.where(ended & (tail > 0), vocab.pad, column)
-            column = torch.where(step <= delays[None, :], vocab.bos, column)
-            tokens[:, step] = column
+            # 4. forced tokens: BOS before a codebook starts, its EOS and then PAD after the end
+            tokens[:, step] = force_delay_tokens(sampled, step, eos_step, delays, vocab)
 
-            # 5. stop once every sample's last channel has placed its EOS
-            if bool((ended.squeeze(1) & (step >= eos_step + pattern.max_delay)).all()):
+            # 5. stop once every sample's last codebook has placed its EOS
+            if bool(((eos_step >= 0) & (step >= eos_step + pattern.max_delay)).all()):
                 break
     finally:
         model.train(was_training)
@@ -248,7 +271,7 @@ def generate_codes(
         codes=codes,
         frames=frames,
         stopped_on_eos=natural_eos.tolist(),
-        steps=step,
+        decode_steps=step,
         seconds=time.perf_counter() - start,
         delayed=delayed.cpu(),
     )
@@ -262,16 +285,16 @@ def _check_model(
     sampling: SamplingConfig,
 ) -> None:
     if not texts:
-        raise ValueError("generate_codes needs at least one text")
+        raise GenerationError("generate_codes needs at least one text")
     config = model.config
     if list(config.delay_pattern) != pattern.to_list():
-        raise ValueError(
+        raise GenerationError(
             f"the model was set up for delay pattern {list(config.delay_pattern)} but generation "
             f"uses {pattern}: pass diamusic.model.pattern_of(model)"
         )
     dec = config.decoder_config
     if (dec.num_channels, dec.vocab_size) != (vocab.num_codebooks, vocab.vocab_size):
-        raise ValueError(
+        raise GenerationError(
             f"the model has {dec.num_channels} channels x vocab {dec.vocab_size}, the vocabulary "
             f"{vocab.num_codebooks} x {vocab.vocab_size}"
         )
@@ -287,44 +310,6 @@ def _check_model(
 # --- from a run directory to audio files --------------------------------------------------------
 
 
-@dataclass
-class LoadedRun:
-    model: DiaForConditionalGeneration
-    pattern: DelayPattern
-    vocab: AudioVocab
-    codec: Codec
-    checkpoint: Path
-    info: dict[str, Any]  # run.json
-
-
-def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str | None = None) -> LoadedRun:
-    """The model of one checkpoint, with the pattern and codec the run was trained with."""
-    from transformers import DiaForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    from diamusic.codecs import load_codec
-    from diamusic.model import load_lora_checkpoint, pattern_of, vocab_of
-    from diamusic.train import RunError, resolve_checkpoint
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():
-        raise RunError(f"{run_dir} is not a run directory (no run.json)")
-    info = json.loads((run_dir / "run.json").read_text())
-    ckpt = resolve_checkpoint(run_dir, checkpoint)
-    model_config = info["config"]["model"]
-    hf_logging.disable_progress_bar()  # a local checkpoint loads in a blink; keep stderr for errors
-    try:
-        if model_config["lora_rank"] > 0:
-            model = load_lora_checkpoint(ckpt, model_config["lora_rank"], model_config["lora_alpha"])
-        else:
-            model = DiaForConditionalGeneration.from_pretrained(ckpt)
-    finally:
-        hf_logging.enable_progress_bar()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
-    return LoadedRun(model, pattern_of(model), vocab_of(model), load_codec(run_dir / "codec"), ckpt, info)
-
-
 def generate_files(
     model: DiaForConditionalGeneration,
     texts: list[str],
@@ -333,13 +318,15 @@ def generate_files(
     out: Path,
     stem: str,
     settings: dict[str, Any],
+    overwrite: bool = False,
 ) -> tuple[GenerationResult, list[Path]]:
     """Generate with the model's own pattern; per text a WAV, its codes (.npy) and a JSON sidecar
-    with every setting. Returns the result and the WAV paths."""
+    with every setting. Returns the result and the WAV paths. Files of an earlier call with the same
+    ``stem`` in ``out`` are refused unless ``overwrite``, before anything is generated."""
     import soundfile as sf
 
-    from diamusic.model import pattern_of, vocab_of
-
+    if not overwrite and out.is_dir() and any(out.glob(f"{stem}_*")):
+        raise GenerationError(f"{out} already holds {stem}_* files: choose another output directory or overwrite")
     pattern = pattern_of(model)
     result = generate_codes(model, texts, pattern, vocab_of(model), sampling)
     out.mkdir(parents=True, exist_ok=True)
@@ -374,8 +361,8 @@ def write_demos(
 ) -> list[Path]:
     """Fixed prompts and seed, so checkpoints are compared by ear on the same material."""
     sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=0)
-    out = Path(run_dir) / "demos" / f"step_{step:06d}"
-    _, paths = generate_files(model, prompts, codec, sampling, out, "demo", {"step": step})
+    out = demo_dir(run_dir, step)
+    _, paths = generate_files(model, prompts, codec, sampling, out, "demo", {"step": step}, overwrite=True)
     if tracker is not None:
         import soundfile as sf
 

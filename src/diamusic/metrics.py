@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diamusic.data import IGNORE_INDEX
+from diamusic.tokens import IGNORE_INDEX
 
 ENTROPY_CHUNK_ROWS = 8192  # logit rows (of V) turned into float32 at a time for the entropy, at least one sample
 

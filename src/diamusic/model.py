@@ -1,8 +1,7 @@
-"""Dia models: the audio vocabulary, text bytes, and building/loading DiaForConditionalGeneration."""
+"""Dia models: presets, building and loading DiaForConditionalGeneration, the pattern in its config, LoRA."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MethodType
@@ -10,71 +9,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from diamusic.errors import DiamusicError
 from diamusic.patterns import DelayPattern
+from diamusic.tokens import MAX_TEXT_BYTES, TEXT_VOCAB, AudioVocab
 
-if TYPE_CHECKING:  # transformers is imported lazily: data.py imports this module for AudioVocab
+if TYPE_CHECKING:  # transformers is imported when a model is built: the CLI starts fast without it
     from transformers import DiaConfig, DiaForConditionalGeneration
 
-MAX_TEXT_BYTES = 1024  # Dia's encoder has 1024 positions
 
-
-@dataclass(frozen=True)
-class AudioVocab:
-    """Decoder vocabulary: real codes 0..codebook_size-1, then EOS, PAD, BOS (Dia: 1024/1025/1026)."""
-
-    codebook_size: int
-    num_codebooks: int
-
-    @property
-    def eos(self) -> int:
-        return self.codebook_size
-
-    @property
-    def pad(self) -> int:
-        return self.codebook_size + 1
-
-    @property
-    def bos(self) -> int:
-        return self.codebook_size + 2
-
-    @property
-    def vocab_size(self) -> int:
-        # Dia keeps one spare id (1028 = 1024 + 4)
-        return self.codebook_size + 4
-
-
-def text_to_bytes(text: str, max_bytes: int = MAX_TEXT_BYTES) -> list[int]:
-    """Dia's byte tokenizer: UTF-8 bytes, speaker tags [S1]/[S2] as bytes 1/2, truncated to max_bytes."""
-    raw = text.replace("[S1]", "\x01").replace("[S2]", "\x02").encode("utf-8")
-    return list(raw[:max_bytes])
-
-
-def encode_text(texts: Sequence[str | None], max_bytes: int = MAX_TEXT_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
-    """Texts -> (input_ids, attention_mask), both (B, L) long, right-padded with byte 0.
-
-    ``None`` is the unconditional input for classifier-free guidance: all-zero ids with only the
-    first position attended. It is the same tensor whatever the batch's text length, so training
-    dropout and inference agree on what "no text" looks like.
-    """
-    encoded = [text_to_bytes(t, max_bytes) if t is not None else [] for t in texts]
-    length = max(1, max(len(e) for e in encoded))
-    ids = torch.zeros(len(texts), length, dtype=torch.long)
-    mask = torch.zeros(len(texts), length, dtype=torch.long)
-    for i, e in enumerate(encoded):
-        if e:
-            ids[i, : len(e)] = torch.tensor(e, dtype=torch.long)
-            mask[i, : len(e)] = 1
-        else:
-            mask[i, 0] = 1
-    return ids, mask
-
-
-# --- model presets ------------------------------------------------------------------------------
-
-TEXT_VOCAB = 256  # the encoder reads UTF-8 bytes
-
-
-class ModelError(ValueError):
+class ModelError(DiamusicError):
     """A model that cannot be used with this run; the message is one line the user can act on."""
 
 
@@ -100,14 +43,14 @@ class ModelPreset:
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
-    # ~4.2M parameters with Dia's 9 x 1028 vocabulary (half of it the embedding and the head),
-    # so a CPU trains it at a few steps/s with batch 8 x 200 frames
+    # small enough for CPU training and tests; with Dia's 9 x 1028 vocabulary about half of it is the
+    # embedding and the head
     "tiny": ModelPreset(
         encoder_layers=2, encoder_hidden=128, encoder_heads=4, encoder_head_dim=32, encoder_ffn=512,
         decoder_layers=4, decoder_hidden=128, decoder_heads=4, decoder_kv_heads=2, decoder_head_dim=32,
         decoder_ffn=512, cross_heads=4, cross_head_dim=32,
     ),
-    # ~50M parameters with Dia's vocabulary: a single consumer GPU
+    # a single consumer GPU
     "small": ModelPreset(
         encoder_layers=4, encoder_hidden=384, encoder_heads=6, encoder_head_dim=64, encoder_ffn=1536,
         decoder_layers=8, decoder_hidden=512, decoder_heads=8, decoder_kv_heads=2, decoder_head_dim=64,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from diamusic.errors import DiamusicError
+
 PRESETS: dict[str, tuple[int, ...]] = {
     "dia": (0, 8, 9, 10, 11, 12, 13, 14, 15),
     "musicgen": (0, 1, 2, 3, 4, 5, 6, 7, 8),
@@ -24,7 +26,7 @@ PRESETS: dict[str, tuple[int, ...]] = {
 }
 
 
-class PatternError(ValueError):
+class PatternError(DiamusicError):
     """A delay pattern that cannot be used; the message is a one-line explanation for the user."""
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from diamusic.errors import DiamusicError
+
 
 class Tracker:
     def __init__(
@@ -31,7 +33,7 @@ class Tracker:
             try:
                 import wandb
             except ImportError as exc:
-                raise RuntimeError("--tracker wandb needs the wandb package: pip install wandb") from exc
+                raise DiamusicError("the wandb tracker needs the wandb package: pip install wandb") from exc
             # a resumed run continues the same wandb run instead of starting a second one
             id_file = run_dir / "wandb_id"
             run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
@@ -49,7 +51,7 @@ class Tracker:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError("--tracker tensorboard needs the tensorboard package") from exc
+                raise DiamusicError("the tensorboard tracker needs the tensorboard package") from exc
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:

@@ -1,9 +1,10 @@
 """The training loop: conditional fine-tuning of Dia with CFG dropout, on any delay pattern.
 
-Read it top to bottom: set up the run dir, data, model and optimizer; then for each step draw
-its micro-batches, normalise the loss by the valid targets of the whole accumulated batch
-(across processes too), step, log, evaluate, checkpoint. Runs single-process or under
-`accelerate launch` / `torchrun` (DDP; FSDP through an accelerate config) unchanged.
+Read `train` top to bottom: `setup` builds everything a run needs (run directory, data, model,
+optimizer, tracker, resumed state); each optimizer step is one `train_step` (micro-batches whose
+loss is normalised by the valid targets of the whole accumulated batch, across processes too);
+then log, evaluate, checkpoint and demo when due. Runs single-process or under `accelerate launch`
+/ `torchrun` (DDP; FSDP through an accelerate config) unchanged.
 """
 
 from __future__ import annotations
@@ -12,38 +13,33 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from diamusic import __version__
-from diamusic.config import TrainConfig, to_dict
-from diamusic.data import (
-    IGNORE_INDEX,
-    BatchPlan,
-    CodesDataset,
-    DataError,
-    StepBatches,
-    fixed_batches,
-)
+from diamusic.config import TrainConfig, pattern_of_config, to_dict
+from diamusic.data import DataError
+from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches, fixed_batches
 from diamusic.metrics import LossNoise, TokenStats, token_stats
 from diamusic.model import add_lora, build_model, count_parameters, load_pretrained
 from diamusic.patterns import DelayPattern
+from diamusic.runs import (
+    check_run_dir,
+    checkpoint_dir,
+    checkpoints_of,
+    default_device,
+    load_run,
+    resolve_checkpoint,
+    write_run_files,
+)
+from diamusic.tokens import IGNORE_INDEX
 from diamusic.tracking import Tracker
-
-CHECKPOINTS = "checkpoints"
-
-
-class RunError(ValueError):
-    """A run directory or resume request that cannot be honoured; one line for the user."""
 
 
 @dataclass
@@ -56,41 +52,9 @@ class TrainResult:
     main_process: bool = True
 
 
-def code_version() -> str:
-    """Package version plus the git commit (and a dirty mark) when run from a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = "", ""
-    return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
-
-
-def checkpoints_of(run_dir: Path) -> list[Path]:
-    root = run_dir / CHECKPOINTS
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-
-
-def resolve_checkpoint(run_dir: Path, which: str | int = "latest") -> Path:
-    found = checkpoints_of(run_dir)
-    if not found:
-        raise RunError(f"{run_dir} has no checkpoints")
-    if which == "latest":
-        return found[-1]
-    wanted = run_dir / CHECKPOINTS / f"step_{int(which):06d}"
-    if wanted not in found:
-        steps = ", ".join(str(int(p.name[5:])) for p in found)
-        raise RunError(f"{run_dir} has no checkpoint at step {which} (have: {steps})")
-    return wanted
+def due(step: int, every: int) -> bool:
+    """Whether a task done every ``every`` optimizer steps (0 = never) falls on ``step``."""
+    return every > 0 and step % every == 0
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -112,54 +76,196 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, data: CodesDataset, resume: bool, force: bool) -> None:
-    run_file = run_dir / "run.json"
-    if not resume:
-        if run_file.exists():
-            raise RunError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
-        return
-    if not run_file.exists():
-        raise RunError(f"--resume: {run_dir} holds no run (no run.json)")
-    previous = json.loads(run_file.read_text())
-    old = previous["config"]
-    checks = [
-        ("delay pattern", old["delay_pattern"], config.delay_pattern),
-        (
-            "model",
-            f"{old['model']['preset']}/{old['model']['init']}",
-            f"{config.model.preset}/{config.model.init}",
+# --- one optimizer step -------------------------------------------------------------------------
+
+
+@dataclass
+class StepOutput:
+    stats: TokenStats  # summed over micro-batches and processes
+    grad_norm: float
+    samples: int  # of the global batch
+    eos_samples: int  # samples whose crop ends with EOS
+
+    @property
+    def loss(self) -> float:
+        return float(self.stats.loss_sum.sum() / self.stats.count.sum().clamp_min(1))
+
+
+@dataclass
+class Window:
+    """The counters of one logging window, reset together; ``stats`` and the sample counts are
+    saved in checkpoints so a resumed run logs the same window means."""
+
+    stats: TokenStats | None = None
+    samples: int = 0
+    eos_samples: int = 0
+    # speed counts only what this process ran since the window opened (not the steps before a resume)
+    timed_steps: int = 0
+    timed_tokens: float = 0.0
+    started: float = field(default_factory=time.time)
+
+    def add(self, out: StepOutput) -> None:
+        self.stats = out.stats if self.stats is None else self.stats + out.stats
+        self.samples += out.samples
+        self.eos_samples += out.eos_samples
+        self.timed_steps += 1
+        self.timed_tokens += float(out.stats.count.sum())
+
+    def summary(self) -> dict[str, float]:
+        assert self.stats is not None, "an empty logging window"
+        elapsed = max(time.time() - self.started, 1e-9)
+        return {
+            **self.stats.summary("train/"),
+            "train/eos_share": self.eos_samples / max(self.samples, 1),
+            "perf/tokens_per_s": self.timed_tokens / elapsed,  # valid loss targets of all processes
+            "perf/step_s": elapsed / max(self.timed_steps, 1),
+        }
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.stats is None:
+            return None
+        fields = {f.name: getattr(self.stats, f.name).tolist() for f in dataclasses.fields(self.stats)}
+        return {"stats": fields, "samples": self.samples, "eos_samples": self.eos_samples}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> Window:
+        if not state:
+            return cls()
+        tensors = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in state["stats"].items()}
+        return cls(TokenStats(**tensors), state["samples"], state["eos_samples"])
+
+
+def forward_stats(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], codebook_size: int, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, TokenStats]:
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=batch["decoder_input_ids"],
+        use_cache=False,
+    )
+    return token_stats(out.logits, batch["labels"], codebook_size, weights)  # (B*C, T, V), split by token_stats
+
+
+# --- set-up -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """Everything one run needs, built by `setup`; ``step``, ``noise`` and ``window`` move as it trains."""
+
+    config: TrainConfig
+    run_dir: Path
+    accelerator: Any  # accelerate.Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: StepBatches  # from ``step`` on
+    eval_batches: list[dict[str, torch.Tensor]]
+    train_probe: list[dict[str, torch.Tensor]]  # a fixed train subset, for the train/eval gap
+    tracker: Tracker
+    codebook_size: int
+    weights: torch.Tensor | None
+    sharded: bool  # FSDP: no process holds the whole model
+    demos: Demos | None
+    step: int = 0
+    noise: LossNoise = field(default_factory=LossNoise)
+    window: Window = field(default_factory=Window)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trainer:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, set_seed
+
+    use_gpu = default_device() == "cuda"
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and use_gpu)
+    # our schedule counts optimizer steps; accelerate would otherwise step it once per process
+    accelerator = Accelerator(
+        mixed_precision="bf16" if bf16 else "no", cpu=not use_gpu, step_scheduler_with_optimizer=False
+    )
+    set_seed(config.seed)
+
+    if not config.data.path:
+        raise DataError("no dataset: the config's data.path is empty")
+    train_data = CodesDataset(config.data.path, "train")
+    eval_data = CodesDataset(config.data.path, "eval")
+    pattern = pattern_of_config(config)
+    check_run_dir(run_dir, config, train_data.fingerprint, resume, force)
+    plan = BatchPlan(
+        seed=config.seed,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        crop_frames=config.data.crop_frames,
+        cfg_dropout=config.cfg_dropout,
+        eos_crop_share=config.data.eos_crop_share,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+
+    def fixed(data: CodesDataset) -> list[dict[str, torch.Tensor]]:
+        # batches of the global batch size, so the evaluated clips do not depend on the process count
+        size, d = config.batch_size * accelerator.num_processes, config.data
+        return fixed_batches(data, size, config.eval.batches, pattern, d.crop_frames, config.seed, d.eos_in_loss)
+
+    model, notes = build(config, pattern, train_data)
+    total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    if accelerator.is_main_process and not resume:
+        write_run_files(run_dir, config, train_data, pattern, notes, {"total": total, "trainable": trainable})
+    accelerator.wait_for_everyone()
+    o = config.optim
+    optimizer = torch.optim.AdamW(
+        param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), fused=use_gpu or None
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    weights = config.codebook_weights
+    tracking = config.tracking
+    trainer = Trainer(
+        config=config,
+        run_dir=run_dir,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=StepBatches(train_data, plan, pattern, 0, config.steps, config.data.eos_in_loss),
+        eval_batches=fixed(eval_data),
+        train_probe=fixed(train_data),
+        tracker=Tracker(
+            run_dir,
+            tracking.backends,
+            to_dict(config),
+            tracking.project,
+            tracking.group,
+            tracking.run_name,
+            accelerator.is_main_process,
         ),
-        ("dataset fingerprint", previous["dataset_fingerprint"], data.fingerprint),
-    ]
-    for what, was, now in checks:
-        if str(was) != str(now) and not force:
-            raise RunError(f"--resume: the run used {what} {was}, this command has {now} (add --force to override)")
+        codebook_size=train_data.vocab.codebook_size,
+        weights=torch.tensor(weights, dtype=torch.float32, device=accelerator.device) if weights else None,
+        sharded=accelerator.distributed_type == DistributedType.FSDP,
+        demos=None,
+    )
+    if resume:
+        restore(trainer)
+        trainer.batches.start = trainer.step
+    trainer.demos = Demos.for_run(trainer, eval_data)
+    if trainer.main:
+        size = f"{total / 1e6:.2f}M params" + (f" ({trainable / 1e6:.2f}M trainable)" if trainable < total else "")
+        print(
+            f"run {run_dir}: {size}, pattern {pattern}, {len(train_data)} train / {len(eval_data)} eval clips, "
+            f"{accelerator.num_processes} process(es), {'bf16' if bf16 else 'fp32'} on {accelerator.device}",
+            file=sys.stderr,
+        )
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    return trainer
 
 
-def _write_run_files(
-    run_dir: Path, config: TrainConfig, data: CodesDataset, pattern: DelayPattern, notes: list[str]
-) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    info = {
-        "config": to_dict(config),
-        "pattern": {"name": pattern.name, "delays": pattern.to_list()},
-        "dataset": str(data.path.resolve()),
-        "dataset_fingerprint": data.fingerprint,
-        "codec": data.card["codec"],
-        "code_version": code_version(),
-        "notes": notes,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, run_dir / "run.json")
-    # generation must work from the run dir alone, so the codec travels with it
-    if not (run_dir / "codec").exists():
-        shutil.copytree(data.path / "codec", run_dir / "codec")
-
-
-def _build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tuple[torch.nn.Module, list[str]]:
+def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tuple[torch.nn.Module, list[str]]:
+    """The model of a new run (scratch or pretrained, frozen parts, adapters), with notes to log."""
     vocab = data.vocab
     if config.model.init == "pretrained":
         model, notes = load_pretrained(config.model.pretrained, pattern, vocab)
@@ -179,70 +285,166 @@ def _build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tu
     return model, notes
 
 
-def _forward_stats(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], codebook_size: int, weights: torch.Tensor | None
-) -> tuple[torch.Tensor, TokenStats]:
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        decoder_input_ids=batch["decoder_input_ids"],
-        use_cache=False,
-    )
-    return token_stats(out.logits, batch["labels"], codebook_size, weights)  # (B*C, T, V), split by token_stats
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def save_checkpoint(t: Trainer) -> Path:
+    """Model, optimizer, scheduler, RNG of every process and the loop's own state, in one directory
+    that appears whole or not at all; keeps the newest ``checkpoints.keep``."""
+    from safetensors.torch import save_file
+
+    acc = t.accelerator
+    final = checkpoint_dir(t.run_dir, t.step)
+    tmp = final.with_name(final.name + ".tmp")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    # FSDP saves shards; generation wants whole weights, gathered here by every process together
+    full = acc.get_state_dict(t.model) if t.sharded else None
+    if acc.is_main_process:
+        if full is not None:  # the same file, with the same keys, that save_state writes without FSDP
+            save_file(full, tmp / "model.safetensors", metadata={"format": "pt"})
+        # config.json beside model.safetensors makes the checkpoint loadable with from_pretrained
+        acc.unwrap_model(t.model).config.save_pretrained(tmp)
+        state = {"step": t.step, "loss_noise": t.noise.state_dict(), "window": t.window.state_dict()}
+        (tmp / "train_state.json").write_text(json.dumps(state))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        keep = t.config.checkpoints.keep
+        for old in checkpoints_of(t.run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def restore(t: Trainer) -> None:
+    ckpt = resolve_checkpoint(t.run_dir)
+    t.accelerator.load_state(str(ckpt))
+    state = json.loads((ckpt / "train_state.json").read_text())
+    t.step = state["step"]
+    t.noise.load_state_dict(state["loss_noise"])
+    t.window = Window.from_state(state["window"], t.accelerator.device)
+    t.tracker.truncate_after(t.step)
+    if t.main:
+        print(f"resumed {t.run_dir} from step {t.step}", file=sys.stderr)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(model, batches, accelerator, codebook_size: int) -> TokenStats | None:
+def evaluate(t: Trainer, batches: list[dict[str, torch.Tensor]]) -> TokenStats | None:
     if not batches:
         return None
-    model.eval()
+    acc = t.accelerator
+    t.model.eval()
     total = None
     for full in batches:
         # each process takes its rows of every batch; the sums are reduced below
-        batch = {k: v.tensor_split(accelerator.num_processes)[accelerator.process_index] for k, v in full.items()}
+        batch = {k: v.tensor_split(acc.num_processes)[acc.process_index] for k, v in full.items()}
         # a process left without rows still runs a forward (on a row it then ignores): under FSDP
         # every process must take part in each layer's parameter gathering
         idle = batch["labels"].shape[0] == 0
         if idle:
             batch = {k: v[:1] for k, v in full.items()}
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            _, stats = _forward_stats(model, batch, codebook_size, None)
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with acc.autocast():
+            _, stats = forward_stats(t.model, batch, t.codebook_size, None)
         if not idle:
             total = stats if total is None else total + stats
-    model.train()
+    t.model.train()
     if total is None:  # more processes than rows
-        total = TokenStats.zeros(batches[0]["labels"].shape[1], accelerator.device)
+        total = TokenStats.zeros(batches[0]["labels"].shape[1], acc.device)
     return total.all_reduce()
 
 
-def _save_checkpoint(
-    accelerator, model, run_dir: Path, step: int, state: dict[str, Any], keep: int, sharded: bool
-) -> Path:
-    from safetensors.torch import save_file
+def log_eval(t: Trainer) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for prefix, batches in (("eval/", t.eval_batches), ("train_subset/", t.train_probe)):
+        stats = evaluate(t, batches)
+        if stats is not None:
+            metrics.update(stats.summary(prefix))
+    if "eval/loss" in metrics and "train_subset/loss" in metrics:
+        metrics["eval/gap"] = metrics["eval/loss"] - metrics["train_subset/loss"]
+    t.tracker.log(metrics, t.step)
+    return metrics
 
-    final = run_dir / CHECKPOINTS / f"step_{step:06d}"
-    tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # weights (safetensors), optimizer, scheduler, RNG of every process
-    # FSDP saves shards; generation wants whole weights, gathered here by every process together
-    full = accelerator.get_state_dict(model) if sharded else None
-    if accelerator.is_main_process:
-        if full is not None:  # the same file, with the same keys, that save_state writes without FSDP
-            save_file(full, tmp / "model.safetensors", metadata={"format": "pt"})
-        # config.json beside model.safetensors makes the checkpoint loadable with from_pretrained
-        accelerator.unwrap_model(model).config.save_pretrained(tmp)
-        (tmp / "train_state.json").write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)  # a checkpoint dir either exists whole or not at all
-        for old in checkpoints_of(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+
+# --- demos --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Demos:
+    """Fixed prompts and seed, audio under RUN/demos/step_XXXXXX, so checkpoints compare by ear.
+
+    Every process holds the callback (so all agree on the demo steps); only the main one generates.
+    Under FSDP no process holds the whole model, so the demo loads the gathered weights of the
+    checkpoint the loop writes at that step.
+    """
+
+    trainer: Trainer
+    prompts: list[str]
+    codec: Any
+
+    @classmethod
+    def for_run(cls, t: Trainer, eval_data: CodesDataset) -> Demos | None:
+        d = t.config.demos
+        if d.every <= 0 and not d.prompts:
+            return None
+        prompts = list(d.prompts) or [eval_data.text(i) for i in range(min(len(eval_data), 4))]
+        if not prompts:
+            return None
+        from diamusic.codecs import load_codec
+
+        codec = load_codec(t.run_dir / "codec") if t.main else None
+        return cls(t, prompts[: d.num_prompts], codec)
+
+    def due(self, step: int) -> bool:
+        return step == self.trainer.config.steps or due(step, self.trainer.config.demos.every)
+
+    def __call__(self, step: int) -> None:
+        from diamusic.generate import write_demos
+
+        t = self.trainer
+        if not t.main:
+            return
+        acc = t.accelerator
+        model = load_run(t.run_dir, step, str(acc.device)).model if t.sharded else acc.unwrap_model(t.model)
+        write_demos(model, t.run_dir, step, self.prompts, t.config.demos.seconds, self.codec, t.tracker)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def train_step(t: Trainer, micro_batches: list[dict[str, torch.Tensor]]) -> StepOutput:
+    acc = t.accelerator
+    # every micro-batch of every process is normalised by the same global valid-target count
+    counts = torch.tensor(
+        [
+            sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches),
+            sum(len(b["ends"]) for b in micro_batches),
+            sum(int(b["ends"].sum()) for b in micro_batches),
+        ],
+        device=acc.device,
+    )
+    valid, samples, eos_samples = acc.reduce(counts, "sum").tolist()
+    stats = None
+    for m, batch in enumerate(micro_batches):
+        batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+        last = m == len(micro_batches) - 1
+        with acc.no_sync(t.model) if not last else contextlib.nullcontext(), acc.autocast():
+            loss_sum, micro_stats = forward_stats(t.model, batch, t.codebook_size, t.weights)
+            # DDP averages gradients over processes; scale back to a sum over the global batch
+            acc.backward(loss_sum * acc.num_processes / max(valid, 1))
+        stats = micro_stats if stats is None else stats + micro_stats
+    grad_norm = acc.clip_grad_norm_(t.model.parameters(), t.config.optim.grad_clip)
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return StepOutput(stats.all_reduce(), float(grad_norm), samples, eos_samples)
 
 
 def train(
@@ -254,250 +456,73 @@ def train(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train (or resume) a run. ``stop_after`` ends the process early as if killed after that step."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, set_seed
-
-    run_dir = Path(run_dir)
-    use_gpu = torch.cuda.is_available()
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and use_gpu)
-    # our schedule counts optimizer steps; accelerate would otherwise step it once per process
-    accelerator = Accelerator(
-        mixed_precision="bf16" if bf16 else "no", cpu=not use_gpu, step_scheduler_with_optimizer=False
-    )
-    main = accelerator.is_main_process
-    set_seed(config.seed)
-
-    # --- data -----------------------------------------------------------------------------------
-    if not config.data.path:
-        raise DataError("no dataset: pass --data DATASET_DIR (written by `diamusic prepare`)")
-    train_data = CodesDataset(config.data.path, "train")
-    eval_data = CodesDataset(config.data.path, "eval")
-    vocab = train_data.vocab
-    pattern = DelayPattern.parse(config.delay_pattern, num_codebooks=vocab.num_codebooks)
-    _prepare_run_dir(run_dir, config, train_data, resume, force)
-    plan = BatchPlan(
-        seed=config.seed,
-        batch_size=config.batch_size,
-        grad_accum=config.grad_accum,
-        max_frames=config.data.max_frames,
-        cfg_dropout=config.cfg_dropout,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
-    eos = config.data.eos_in_loss
-    # batches of the global batch size, so the evaluated clips do not depend on the process count
-    eval_batch = config.batch_size * accelerator.num_processes
-    eval_batches = fixed_batches(
-        eval_data, eval_batch, config.eval_batches, pattern, config.data.max_frames, config.seed, eos
-    )
-    # the same clips every time, so the train/eval gap (memorisation) is read off like for like
-    train_probe = fixed_batches(
-        train_data, eval_batch, config.eval_batches, pattern, config.data.max_frames, config.seed, eos
-    )
-
-    # --- model and optimiser --------------------------------------------------------------------
-    model, notes = _build(config, pattern, train_data)
-    n_params = count_parameters(model)
-    if main and not resume:
-        _write_run_files(run_dir, config, train_data, pattern, notes)
-    accelerator.wait_for_everyone()
-    o = config.optim
-    optimizer = torch.optim.AdamW(
-        param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), fused=use_gpu or None
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    weights = (
-        torch.tensor(config.codebook_weights, dtype=torch.float32, device=accelerator.device)
-        if config.codebook_weights
-        else None
-    )
-    if weights is not None and weights.numel() != vocab.num_codebooks:
-        raise RunError(f"codebook_weights has {weights.numel()} entries for {vocab.num_codebooks} codebooks")
-
-    tracker = Tracker(
-        run_dir,
-        config.tracker,
-        to_dict(config),
-        config.wandb_project,
-        config.wandb_group,
-        config.run_name,
-        main,
-    )
-    noise = LossNoise()
-    window: TokenStats | None = None
-    start = 0
-    if resume:
-        ckpt = resolve_checkpoint(run_dir)
-        accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / "train_state.json").read_text())
-        start = state["step"]
-        noise.load_state_dict(state["loss_noise"])
-        window = _stats_from_lists(state["window"], accelerator.device) if state.get("window") else None
-        tracker.truncate_after(start)
-        if main:
-            print(f"resumed {run_dir} from step {start}", file=sys.stderr)
-    if main:
-        print(
-            f"run {run_dir}: {n_params / 1e6:.2f}M params, pattern {pattern}, {len(train_data)} train / "
-            f"{len(eval_data)} eval clips, {accelerator.num_processes} process(es), "
-            f"{'bf16' if bf16 else 'fp32'} on {accelerator.device}",
-            file=sys.stderr,
-        )
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-
-    loader = torch.utils.data.DataLoader(
-        StepBatches(train_data, plan, pattern, start, config.steps, eos),
-        batch_size=None,
-        shuffle=False,
-        num_workers=config.data.num_workers,
-        pin_memory=use_gpu,
-        persistent_workers=config.data.num_workers > 0,
-    )
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    demo = _demo_hook(config, run_dir, eval_data, accelerator, tracker, sharded)
-
-    # --- the loop -------------------------------------------------------------------------------
-    bar = None
-    if progress and main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True)
-    model.train()
-    step = start
+    t = setup(config, Path(run_dir), resume, force)
+    bar = _progress_bar(t) if progress and t.main else None
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
-    tokens, tick, window_steps = 0, time.time(), 0
     interrupted = False
-
-    def checkpoint() -> None:
-        state = {
-            "step": step,
-            "loss_noise": noise.state_dict(),
-            "window": _stats_to_lists(window) if window is not None else None,
-        }
-        _save_checkpoint(accelerator, model, run_dir, step, state, config.keep_checkpoints, sharded)
-
+    t.model.train()
     try:
-        for micro_batches in loader:
-            # every micro-batch of every process is normalised by the same global valid-target count
-            valid = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
-            total_valid = accelerator.reduce(torch.tensor(valid, device=accelerator.device), "sum").item()
-            tokens += total_valid
-            step_stats = None
-            for m, batch in enumerate(micro_batches):
-                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-                sync = m == len(micro_batches) - 1
-                with (
-                    accelerator.no_sync(model) if not sync else contextlib.nullcontext(),
-                    accelerator.autocast(),
-                ):
-                    loss_sum, stats = _forward_stats(model, batch, vocab.codebook_size, weights)
-                    # DDP averages gradients over processes; scale back to a sum over the global batch
-                    loss = loss_sum * accelerator.num_processes / max(total_valid, 1)
-                    accelerator.backward(loss)
-                step_stats = stats if step_stats is None else step_stats + stats
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_steps += 1
-
-            step_stats = step_stats.all_reduce()
-            step_loss = float(step_stats.loss_sum.sum() / step_stats.count.sum().clamp_min(1))
-            loss_noise = noise.update(step_loss)
-            window = step_stats if window is None else window + step_stats
-            if step % config.log_every == 0 or step == config.steps:
-                elapsed = max(time.time() - tick, 1e-9)
+        for micro_batches in data_loader(t):
+            out = train_step(t, micro_batches)
+            t.step += 1
+            loss_noise = t.noise.update(out.loss)
+            t.window.add(out)
+            end = t.step == config.steps
+            if due(t.step, config.logging.every) or end:
                 last_train = {
-                    **window.summary("train/"),
+                    **t.window.summary(),
                     "train/loss_noise": loss_noise,
-                    "train/lr": scheduler.get_last_lr()[0],
-                    "train/grad_norm": float(grad_norm),
-                    "perf/tokens_per_s": tokens / elapsed,  # valid loss targets of all processes
-                    "perf/step_s": elapsed / window_steps,
+                    "train/lr": t.scheduler.get_last_lr()[0],
+                    "train/grad_norm": out.grad_norm,
                 }
-                if use_gpu:
+                if torch.cuda.is_available():
                     last_train["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                tracker.log(last_train, step)
-                window, tokens, tick, window_steps = None, 0, time.time(), 0
+                t.tracker.log(last_train, t.step)
+                t.window = Window()
             if bar:
-                bar.update(1)
-                if last_train:
-                    bar.set_postfix(
-                        loss=f"{last_train['train/loss']:.3f}",
-                        ent=f"{last_train['train/entropy']:.2f}",
-                        tok_s=f"{last_train['perf/tokens_per_s']:.0f}",
-                    )
-            if step % config.eval_every == 0 or step == config.steps:
-                last_eval = _log_eval(model, eval_batches, train_probe, accelerator, vocab.codebook_size, tracker, step)
-            demo_now = demo is not None and (
-                step == config.steps or (config.demo_every > 0 and step % config.demo_every == 0)
-            )
-            if step % config.checkpoint_every == 0 or step == config.steps or (demo_now and sharded):
-                checkpoint()
+                bar(last_train)
+            if due(t.step, config.eval.every) or end:
+                last_eval = log_eval(t)
+            demo_now = t.demos is not None and t.demos.due(t.step)
+            if due(t.step, config.checkpoints.every) or end or (demo_now and t.sharded):
+                save_checkpoint(t)
             if demo_now:
-                demo(model, step)
-            if stop_after is not None and step >= stop_after:
+                t.demos(t.step)
+            if stop_after is not None and t.step >= stop_after:
                 break
     except KeyboardInterrupt:
         interrupted = True
-        if main:
-            print(f"\ninterrupted: saving a checkpoint at step {step}", file=sys.stderr)
-        checkpoint()
+        if t.main:
+            print(f"\ninterrupted: saving a checkpoint at step {t.step}", file=sys.stderr)
+        save_checkpoint(t)
     finally:
         if bar:
+            bar(None)
+        t.tracker.close()
+    return TrainResult(t.run_dir, t.step, interrupted, last_train, last_eval, t.main)
+
+
+def data_loader(t: Trainer) -> torch.utils.data.DataLoader:
+    workers = t.config.data.num_workers
+    pin = t.accelerator.device.type == "cuda"
+    return torch.utils.data.DataLoader(
+        t.batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0
+    )
+
+
+def _progress_bar(t: Trainer) -> Callable[[dict[str, float] | None], None]:
+    """One tick per optimizer step showing the last logged loss; called with None to close."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=t.config.steps, initial=t.step, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def tick(last: dict[str, float] | None) -> None:
+        if last is None:
             bar.close()
-        tracker.close()
-    return TrainResult(run_dir, step, interrupted, last_train, last_eval, main)
-
-
-def _stats_to_lists(stats: TokenStats) -> dict[str, list[float]]:
-    return {f.name: getattr(stats, f.name).tolist() for f in dataclasses.fields(stats)}
-
-
-def _stats_from_lists(values: dict[str, list[float]], device: torch.device) -> TokenStats:
-    return TokenStats(**{k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in values.items()})
-
-
-def _log_eval(model, eval_batches, train_probe, accelerator, codebook_size: int, tracker, step: int) -> dict:
-    metrics: dict[str, float] = {}
-    for prefix, batches in (("eval/", eval_batches), ("train_subset/", train_probe)):
-        stats = evaluate(model, batches, accelerator, codebook_size)
-        if stats is not None:
-            metrics.update(stats.summary(prefix))
-    if "eval/loss" in metrics and "train_subset/loss" in metrics:
-        metrics["eval/gap"] = metrics["eval/loss"] - metrics["train_subset/loss"]
-    tracker.log(metrics, step)
-    return metrics
-
-
-def _demo_hook(
-    config: TrainConfig, run_dir: Path, eval_data: CodesDataset, accelerator, tracker: Tracker, sharded: bool
-):
-    """Fixed prompts, fixed seed, audio under RUN/demos/step_XXXXXX; None when demos are off.
-
-    Every process gets the hook (so all agree on the demo steps); only the main one generates.
-    ``sharded`` (FSDP): no process holds the whole model, so the demo loads the gathered weights
-    of the checkpoint written at that step (the loop writes one there).
-    """
-    if config.demo_every <= 0 and not config.demo_prompts:
-        return None
-    prompts = list(config.demo_prompts) or [eval_data.text(i) for i in range(min(len(eval_data), 4))]
-    prompts = prompts[: max(1, config.demo_num_prompts)]
-    if not prompts:
-        return None
-    from diamusic.codecs import load_codec
-    from diamusic.generate import load_run, write_demos
-
-    codec = load_codec(run_dir / "codec") if accelerator.is_main_process else None
-
-    def run(model: torch.nn.Module, step: int) -> None:
-        if not accelerator.is_main_process:
             return
-        whole = load_run(run_dir, step, str(accelerator.device)).model if sharded else accelerator.unwrap_model(model)
-        write_demos(whole, run_dir, step, prompts, config.demo_seconds, codec, tracker)
+        bar.update(1)
+        if last:
+            bar.set_postfix(loss=f"{last['train/loss']:.3f}", ent=f"{last['train/entropy']:.2f}")
 
-    return run
+    return tick

@@ -1,0 +1,211 @@
+"""Reading a prepared dataset back: clips from memory-mapped shards, and the batches of training
+and evaluation (crops, CFG caption drops, the decoder layout of `diamusic.tokens`)."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diamusic.data import FORMAT, DataError
+from diamusic.patterns import DelayPattern
+from diamusic.tokens import AudioVocab, build_decoder_batch, encode_text
+
+OPEN_SHARDS = 64  # memory maps kept open per dataset object
+
+
+class CodesDataset:
+    """The clips of one split, read from memory-mapped shards."""
+
+    def __init__(self, path: str | Path, split: str | None = "train") -> None:
+        self.path = Path(path)
+        card_path = self.path / "card.json"
+        if not card_path.exists():
+            raise DataError(f"{self.path} is not a prepared dataset (no card.json): prepare it first")
+        self.card: dict[str, Any] = json.loads(card_path.read_text())
+        if self.card.get("format", 1) != FORMAT:
+            # older datasets do not say which clip ends its source: training would put EOS at every cut
+            raise DataError(
+                f"{self.path} was prepared by an older diamusic (dataset format {self.card.get('format', 1)}, "
+                f"need {FORMAT}): run the same prepare again to update it"
+            )
+        rows = [json.loads(line) for line in (self.path / "index.jsonl").read_text().splitlines()]
+        self.rows = [r for r in rows if split is None or r["split"] == split]
+        self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.card["fingerprint"]
+
+    @property
+    def vocab(self) -> AudioVocab:
+        codec = self.card["codec"]
+        return AudioVocab(codebook_size=codec["codebook_size"], num_codebooks=codec["num_codebooks"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def codes(self, i: int) -> np.ndarray:
+        row = self.rows[i]
+        shard = self._shards.get(row["shard"])
+        if shard is None:
+            # opened lazily so DataLoader workers each map the file themselves; each map holds a file
+            # descriptor, so only the most recently used shards stay open
+            shard = np.load(self.path / "shards" / f"{row['shard']:05d}.npy", mmap_mode="r")
+            self._shards[row["shard"]] = shard
+            if len(self._shards) > OPEN_SHARDS:
+                self._shards.popitem(last=False)
+        else:
+            self._shards.move_to_end(row["shard"])
+        return shard[row["offset"] : row["offset"] + row["frames"]]
+
+    def text(self, i: int) -> str:
+        return self.rows[i]["text"]
+
+    def final(self, i: int) -> bool:
+        """Whether clip i is the last piece of its source, so that its end is the music's end."""
+        return self.rows[i]["final"]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which clips, crops and caption drops make up each step, as a pure function of the step.
+
+    Sample n of the run (counted over optimizer steps, accumulation micro-batches and processes) is
+    drawn from an epoch permutation seeded by (seed, epoch), and its crop and CFG drop from
+    (seed, n). Any process, any DataLoader worker and any resumed run therefore agree on every
+    batch without carrying sampler state; process r of w takes its slice of each global batch.
+    """
+
+    seed: int
+    batch_size: int  # per process and micro-batch
+    grad_accum: int
+    crop_frames: int
+    cfg_dropout: float
+    # share of crops of a final clip placed to end at its end: a random crop of a long clip rarely
+    # reaches the end, so without them the model would almost never see where music stops
+    eos_crop_share: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+
+    def samples(self, step: int, micro: int, num_clips: int) -> list[tuple[int, int, bool]]:
+        """(sample number n, clip index, drop caption) for this process's part of one micro-batch."""
+        global_batch = self.batch_size * self.world_size
+        first = ((step * self.grad_accum + micro) * global_batch) + self.rank * self.batch_size
+        out = []
+        for n in range(first, first + self.batch_size):
+            epoch, position = divmod(n, num_clips)
+            clip = int(_permutation(self.seed, epoch, num_clips)[position])
+            drop = bool(np.random.default_rng([self.seed, n, 1]).random() < self.cfg_dropout)
+            out.append((n, clip, drop))
+        return out
+
+    def crop(self, n: int, frames: int, final: bool) -> int:
+        """The first frame of sample n's crop of a clip of ``frames`` frames."""
+        if frames <= self.crop_frames:
+            return 0
+        if final and np.random.default_rng([self.seed, n, 3]).random() < self.eos_crop_share:
+            return frames - self.crop_frames
+        return int(np.random.default_rng([self.seed, n, 2]).integers(0, frames - self.crop_frames + 1))
+
+
+_PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(seed: int, epoch: int, size: int) -> np.ndarray:
+    key = (seed, epoch, size)
+    if key not in _PERMUTATIONS:
+        _PERMUTATIONS.clear()  # one epoch at a time is all a run needs
+        _PERMUTATIONS[key] = np.random.default_rng([seed, epoch, 0]).permutation(size)
+    return _PERMUTATIONS[key]
+
+
+def make_batch(
+    dataset: CodesDataset,
+    picks: Sequence[tuple[int, int, bool]],
+    pattern: DelayPattern,
+    crop_frames: int,
+    plan: BatchPlan | None = None,
+    eos_in_loss: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Model inputs for (sample number, clip, drop caption) picks, cropped by ``plan`` (at 0 without one).
+
+    ``ends`` (B,) says which samples end with EOS: those whose crop reaches the end of a final clip.
+    """
+    codes, ends, texts = [], [], []
+    for n, clip, drop in picks:
+        full = dataset.codes(clip)
+        final = dataset.final(clip)
+        start = plan.crop(n, full.shape[0], final) if plan else 0
+        piece = full[start : start + crop_frames]
+        codes.append(torch.from_numpy(piece.astype(np.int64)))
+        ends.append(final and start + piece.shape[0] == full.shape[0])
+        texts.append(None if drop else dataset.text(clip))
+    decoder_input_ids, labels = build_decoder_batch(codes, pattern, dataset.vocab, eos_in_loss, ends)
+    input_ids, attention_mask = encode_text(texts)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "decoder_input_ids": decoder_input_ids,
+        "labels": labels,
+        "ends": torch.tensor(ends),
+    }
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item k = the micro-batches of optimizer step ``start + k`` for this process (DataLoader-ready)."""
+
+    def __init__(
+        self,
+        dataset: CodesDataset,
+        plan: BatchPlan,
+        pattern: DelayPattern,
+        start: int,
+        steps: int,
+        eos_in_loss: bool = True,
+    ) -> None:
+        if len(dataset) == 0:
+            raise DataError(f"{dataset.path} has no training clips")
+        self.dataset, self.plan, self.pattern = dataset, plan, pattern
+        self.start, self.steps, self.eos_in_loss = start, steps, eos_in_loss
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __getitem__(self, k: int) -> list[dict[str, torch.Tensor]]:
+        step = self.start + k
+        return [
+            make_batch(
+                self.dataset,
+                self.plan.samples(step, m, len(self.dataset)),
+                self.pattern,
+                self.plan.crop_frames,
+                self.plan,
+                self.eos_in_loss,
+            )
+            for m in range(self.plan.grad_accum)
+        ]
+
+
+def fixed_batches(
+    dataset: CodesDataset,
+    batch_size: int,
+    num_batches: int,
+    pattern: DelayPattern,
+    crop_frames: int,
+    seed: int = 0,
+    eos_in_loss: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """Deterministic evaluation batches: a seeded subset of clips, cropped from their start, captions kept."""
+    order = np.random.default_rng([seed, 7]).permutation(len(dataset))[: batch_size * num_batches]
+    batches = []
+    for b in range(0, len(order), batch_size):
+        picks = [(0, int(i), False) for i in order[b : b + batch_size]]
+        batches.append(make_batch(dataset, picks, pattern, crop_frames, None, eos_in_loss))
+    return batches

@@ -1,0 +1,61 @@
+"""`inspect`: what a prepared dataset holds (counts, durations, per-codebook code usage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diamusic.data.dataset import CodesDataset
+
+
+def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
+    """Counts, duration histogram and per-codebook code usage (perplexity of the code histogram)."""
+    data = CodesDataset(path, split=None)
+    card, vocab = data.card, data.vocab
+    frame_rate = card["codec"]["frame_rate"]
+    seconds = np.array([r["frames"] / frame_rate for r in data.rows])
+    counts = np.zeros((vocab.num_codebooks, vocab.codebook_size), dtype=np.int64)
+    for shard in sorted({r["shard"] for r in data.rows}):
+        codes = np.load(data.path / "shards" / f"{shard:05d}.npy", mmap_mode="r")
+        for c in range(vocab.num_codebooks):
+            counts[c] += np.bincount(codes[:, c], minlength=vocab.codebook_size)
+    probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(probs > 0, probs * np.log(probs), 0.0).sum(axis=1)
+    edges = np.array([0, 2, 5, 10, 20, 30, 60, np.inf])
+    hist, _ = np.histogram(seconds, bins=edges)
+    report = {
+        "clips": card["clips"],
+        "train_clips": card["train_clips"],
+        "eval_clips": card["eval_clips"],
+        "hours": card["hours"],
+        "rejected": card["rejected"],
+        "codec": card["codec"]["name"],
+        "fingerprint": card["fingerprint"],
+        "duration_histogram": {
+            f"{lo:g}-{hi:g}s" if np.isfinite(hi) else f">{lo:g}s": int(n)
+            for lo, hi, n in zip(edges[:-1], edges[1:], hist, strict=True)
+        },
+        "codebook_perplexity": [float(np.exp(h)) for h in entropy],
+        "codebook_used": [int((counts[c] > 0).sum()) for c in range(vocab.num_codebooks)],
+    }
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
+        a.hist(seconds, bins=30, color="#4477aa")
+        a.set_xlabel("clip seconds")
+        a.set_ylabel("clips")
+        b.bar(range(vocab.num_codebooks), report["codebook_perplexity"], color="#aa7744")
+        b.set_xlabel("codebook")
+        b.set_ylabel(f"code perplexity (max {vocab.codebook_size})")
+        fig.suptitle(f"{data.path.name}: {card['clips']} clips, {card['hours']:.2f} h, codec {card['codec']['name']}")
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+    return report

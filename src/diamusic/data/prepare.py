@@ -1,0 +1,272 @@
+"""`prepare`: encode a source once into a dataset directory (see `diamusic.data` for its layout).
+
+A shard is committed by renaming its .jsonl into place after its .npy, so a killed run never
+leaves a shard that looks finished, and a re-run skips every committed shard. Several processes
+may each take a share of the shards (``shard=(i, n)``); the last one to finish writes the card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diamusic.codecs import Codec, codec_class, load_codec
+from diamusic.data import FORMAT, DataError
+from diamusic.data.sources import MIN_CLIP_SECONDS, Rejected, SourceItem, clips_of, source_items, split_of
+from diamusic.tokens import MAX_TEXT_BYTES
+
+ITEMS_PER_SHARD = 32
+
+
+@dataclass
+class PrepareResult:
+    clips: int
+    hours: float
+    rejected: int
+    seconds: float
+    audio_seconds_encoded: float
+    complete: bool
+    captions_truncated: int = 0
+
+
+def prepare(
+    source: str,
+    codec: str,
+    out: str | Path,
+    limit: int | None = None,
+    max_seconds: float = 30.0,
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    eval_fraction: float = 0.05,
+    codec_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> PrepareResult:
+    """Encode a source once into a dataset directory; resumable and splittable with ``shard``."""
+    start = time.time()
+    out = Path(out)
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise DataError(f"shard {index}/{count}: expected i/n with 0 <= i < n")
+    if not 0 <= eval_fraction < 1:
+        raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    if not max_seconds > MIN_CLIP_SECONDS:
+        raise DataError(f"max_seconds must be > {MIN_CLIP_SECONDS}, got {max_seconds}")
+    codec_type = codec_class(codec)
+    codec_type.check_options(codec_options or {})
+    items = source_items(source, limit, seed)
+    job = {
+        "source": source,
+        "codec": codec,
+        "limit": limit,
+        "max_seconds": max_seconds,
+        "seed": seed,
+        "eval_fraction": eval_fraction,
+        "codec_options": codec_options or {},
+    }
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    _check_same_job(out, job)
+    split = split_of([i.id for i in items], seed, eval_fraction)
+    codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed})
+
+    n_shards = (len(items) + ITEMS_PER_SHARD - 1) // ITEMS_PER_SHARD
+    mine = [s for s in range(n_shards) if s % count == index]
+    todo = [s for s in mine if not (out / "shards" / f"{s:05d}.jsonl").exists()]
+    audio_seconds = 0.0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        size = [len(items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]) for s in range(n_shards)]
+        done = sum(size[s] for s in mine if s not in todo)
+        bar = tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
+    for s in todo:
+        members = items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]
+        array, rows, seconds = _encode_shard(s, members, split, codec_obj, max_seconds)
+        audio_seconds += seconds
+        base = out / "shards" / f"{s:05d}"
+        with open(base.with_suffix(".npy.tmp"), "wb") as f:
+            np.save(f, array)
+        os.replace(base.with_suffix(".npy.tmp"), base.with_suffix(".npy"))
+        _atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
+        if bar:
+            bar.update(len(members))
+    if bar:
+        bar.close()
+
+    complete = all((out / "shards" / f"{s:05d}.jsonl").exists() for s in range(n_shards))
+    clips = hours = rejected = truncated = 0
+    if complete:
+        card = _finalize(out, n_shards, codec_obj, source)
+        clips, hours, rejected = card["clips"], card["hours"], card["rejected"]
+        truncated = card["captions_truncated"]
+        if clips == 0:
+            raise DataError(f"no usable clips: all {rejected} inputs were rejected (see {out}/rejected.jsonl)")
+    return PrepareResult(clips, hours, rejected, time.time() - start, audio_seconds, complete, truncated)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _check_same_job(out: Path, job: dict[str, Any]) -> None:
+    """Refuse to resume into a directory prepared with other settings (that would mix datasets)."""
+    path = out / "job.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != job:
+            diff = next(k for k in job if previous.get(k) != job[k])
+            raise DataError(
+                f"{out} was prepared with {diff}={previous.get(diff)!r}, not {job[diff]!r}: "
+                "prepare into another directory"
+            )
+    else:
+        _atomic_write(path, json.dumps(job, indent=1).encode())
+
+
+def _codec_for(
+    codec_type: type, out: Path, items: list[SourceItem], split: dict[str, str], options: dict[str, Any]
+) -> Codec:
+    codec_dir = out / "codec"
+    if (codec_dir / "codec.json").exists():
+        return load_codec(codec_dir)
+
+    def training_audio(max_seconds: float) -> tuple[list[np.ndarray], int]:
+        # training inputs only, so the eval split's reconstruction stays honest
+        waves, rate, total = [], 0, 0.0
+        for item in items:
+            if split[item.id] != "train" or total >= max_seconds:
+                continue
+            try:
+                wave, sr, _ = item.load()
+            except Rejected:
+                continue
+            if rate and sr != rate:
+                import librosa
+
+                wave = librosa.resample(wave, orig_sr=sr, target_sr=rate)
+            rate = rate or sr
+            waves.append(wave)
+            total += len(wave) / rate
+        if waves:
+            print(f"fitting the codec on {total / 60:.1f} min of training audio...", file=sys.stderr)
+        return waves, rate
+
+    codec = codec_type.from_options(options, training_audio)
+    # several shard processes may race here; the fit is deterministic, so any winner is correct
+    tmp = out / f"codec.tmp{os.getpid()}"
+    codec.save(tmp)
+    try:
+        os.rename(tmp, codec_dir)
+        return codec
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return load_codec(codec_dir)
+
+
+def _encode_shard(
+    shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float
+) -> tuple[np.ndarray, list[dict[str, Any]], float]:
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray, int]] = []
+    for item in items:
+        try:
+            wave, rate, text = item.load()
+        except Rejected as reason:
+            rows.append({"id": item.id, "rejected": str(reason)})
+            continue
+        raw = text.encode("utf-8")
+        truncated = len(raw) > MAX_TEXT_BYTES
+        if truncated:
+            text = raw[:MAX_TEXT_BYTES].decode("utf-8", errors="ignore")
+        for k, clip in clips_of(wave, rate, max_seconds):
+            clip_id = f"{item.id}#{k}"
+            if isinstance(clip, str):
+                rows.append({"id": clip_id, "rejected": clip})
+                continue
+            row = {"id": clip_id, "text": text, "source": item.id, "split": split[item.id]}
+            if truncated:
+                row["caption_truncated"] = True
+            pending.append((row, clip, rate))
+    by_rate: dict[int, list[int]] = {}
+    for n, (_, _, rate) in enumerate(pending):
+        by_rate.setdefault(rate, []).append(n)
+    encoded: dict[int, np.ndarray] = {}
+    for rate, members in by_rate.items():
+        for n, codes in zip(members, codec.encode_batch([pending[n][1] for n in members], rate), strict=True):
+            encoded[n] = np.asarray(codes)
+    audio_seconds, offset = 0.0, 0
+    blocks: list[np.ndarray] = []
+    kept: list[dict[str, Any]] = []
+    for n, (row, clip, rate) in enumerate(pending):
+        codes = encoded[n]
+        if codes.shape[0] == 0:
+            rows.append({"id": row["id"], "rejected": "encodes to zero frames"})
+            continue
+        row.update(frames=int(codes.shape[0]), offset=offset, shard=shard, final=False)
+        offset += codes.shape[0]
+        blocks.append(codes.astype(np.uint16))
+        kept.append(row)
+        audio_seconds += len(clip) / rate
+    # the last kept clip of each source is where its music ends: the only clip whose end is an EOS
+    last = {row["source"]: row for row in kept}
+    for row in last.values():
+        row["final"] = True
+    array = np.concatenate(blocks) if blocks else np.zeros((0, codec.num_codebooks), dtype=np.uint16)
+    return array, rows + kept, audio_seconds
+
+
+def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, Any]:
+    digest = hashlib.sha256(codec.fingerprint.encode())
+    clips, rejected, truncated = [], [], 0
+    for s in range(n_shards):
+        base = out / "shards" / f"{s:05d}"
+        digest.update(base.with_suffix(".npy").read_bytes())
+        for line in base.with_suffix(".jsonl").read_text().splitlines():
+            row = json.loads(line)
+            (rejected if "rejected" in row else clips).append(row)
+            truncated += bool(row.get("caption_truncated"))
+    # shards written before clips said whether they end their source: a source's clips sit in one
+    # shard, in order, so its last one is the final one
+    older = {row["source"]: row for row in clips if "final" not in row}
+    for row in clips:
+        row.setdefault("final", row is older.get(row["source"]))
+    for row in clips:
+        digest.update(f"{row['id']}|{row['text']}|{row['frames']}|{row['split']}|{row['final']}\n".encode())
+    frames = np.array([r["frames"] for r in clips] or [0])
+    seconds = frames / codec.frame_rate
+    card = {
+        "format": FORMAT,
+        "fingerprint": digest.hexdigest()[:16],
+        "source": source,
+        "clips": len(clips),
+        "train_clips": sum(r["split"] == "train" for r in clips),
+        "eval_clips": sum(r["split"] == "eval" for r in clips),
+        "hours": float(seconds.sum() / 3600),
+        "mean_seconds": float(seconds.mean()) if clips else 0.0,
+        "rejected": len(rejected),
+        "captions_truncated": truncated,
+        "codec": {
+            "name": codec.name,
+            "fingerprint": codec.fingerprint,
+            "sample_rate": codec.sample_rate,
+            "frame_rate": codec.frame_rate,
+            "num_codebooks": codec.num_codebooks,
+            "codebook_size": codec.codebook_size,
+        },
+        "shards": n_shards,
+    }
+    _atomic_write(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in clips).encode())
+    _atomic_write(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
+    _atomic_write(out / "card.json", json.dumps(card, indent=2).encode())
+    return card

@@ -1,0 +1,140 @@
+"""Inputs of `prepare`: the built-in melodies or a folder of audio with captions, the train/eval
+split, and the cutting of long audio into clips."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diamusic.data import DataError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+MIN_CLIP_SECONDS = 0.5
+SILENCE_RMS = 1e-3  # about -60 dBFS
+
+
+class Rejected(Exception):
+    """An input that is skipped, with the reason recorded in rejected.jsonl."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One input (a file or a built-in melody); ``load`` returns (mono wave, sample rate, caption)."""
+
+    id: str
+    load: Callable[[], tuple[np.ndarray, int, str]]
+
+
+def melody_items(limit: int | None, seed: int) -> list[SourceItem]:
+    from diamusic import corpus
+
+    render_rate = 22050  # the synth's partials stay far below 11 kHz
+
+    def loader(melody: corpus.Melody) -> Callable[[], tuple[np.ndarray, int, str]]:
+        def load() -> tuple[np.ndarray, int, str]:
+            instrument = corpus.pick_instrument(melody, seed)
+            wave = corpus.render(melody, render_rate, instrument, seed)
+            return wave, render_rate, corpus.caption(melody, instrument)
+
+        return load
+
+    return [SourceItem(m.id, loader(m)) for m in corpus.iter_melodies(limit=limit, seed=seed)]
+
+
+def _read_captions(folder: Path) -> dict[str, str]:
+    """file name (relative to folder) -> caption, from metadata.jsonl or metadata.csv."""
+    captions: dict[str, str] = {}
+    jsonl, table = folder / "metadata.jsonl", folder / "metadata.csv"
+    if jsonl.exists():
+        for n, line in enumerate(jsonl.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+                captions[str(row["file"])] = str(row["text"])
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{jsonl}:{n}: expected a JSON object with 'file' and 'text' ({exc})") from exc
+    elif table.exists():
+        try:
+            with table.open(newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    if "file" not in row or "text" not in row:
+                        raise DataError(f"{table}: needs the columns 'file' and 'text'")
+                    if row["text"] is not None:  # a short row: no caption here, maybe a sidecar
+                        captions[row["file"]] = row["text"]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{table}: not UTF-8") from exc
+    return captions
+
+
+def folder_items(folder: Path) -> list[SourceItem]:
+    if not folder.is_dir():
+        raise DataError(f"source {str(folder)!r} is neither 'melodies' nor a folder")
+    captions = _read_captions(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+
+    def loader(path: Path, rel: str) -> Callable[[], tuple[np.ndarray, int, str]]:
+        def load() -> tuple[np.ndarray, int, str]:
+            text = captions.get(rel)
+            sidecar = path.with_suffix(".txt")
+            if text is None and sidecar.exists():
+                try:
+                    text = sidecar.read_bytes().decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    raise Rejected("caption file is not UTF-8") from exc
+            if text is None or not str(text).strip():
+                raise Rejected("no caption (metadata.jsonl/csv entry or sidecar .txt)")
+            if path.stat().st_size == 0:
+                raise Rejected("empty file")
+            import soundfile as sf
+
+            try:
+                wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            except Exception as exc:  # libsndfile raises several types for non-audio input
+                raise Rejected(f"unreadable audio ({type(exc).__name__})") from exc
+            return wave.mean(axis=1), int(rate), str(text).strip()
+
+        return load
+
+    return [SourceItem(str(p.relative_to(folder)), loader(p, str(p.relative_to(folder)))) for p in files]
+
+
+def source_items(source: str, limit: int | None, seed: int) -> list[SourceItem]:
+    """'melodies' (the built-in corpus) or a folder of audio files with captions."""
+    items = melody_items(limit, seed) if source == "melodies" else folder_items(Path(source))
+    items = items[:limit] if limit is not None else items
+    if not items:
+        raise DataError(f"source {source!r} has no inputs")
+    return items
+
+
+def split_of(ids: Sequence[str], seed: int, eval_fraction: float) -> dict[str, str]:
+    """Deterministic train/eval split by hash, over inputs (clips of one file never straddle it)."""
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    # at least one eval input whatever the fraction, so eval loss and the train/eval gap always exist
+    n_eval = max(1, round(eval_fraction * len(ids))) if len(ids) > 1 else 0
+    eval_ids = set(ranked[:n_eval])
+    return {i: ("eval" if i in eval_ids else "train") for i in ids}
+
+
+def clips_of(wave: np.ndarray, rate: int, max_seconds: float) -> Iterator[tuple[int, np.ndarray | str]]:
+    """Split into clips of at most max_seconds; yields (k, clip) or (k, rejection reason)."""
+    step = max(1, int(max_seconds * rate))
+    for k, start in enumerate(range(0, max(len(wave), 1), step)):
+        clip = wave[start : start + step]
+        if len(clip) < MIN_CLIP_SECONDS * rate:
+            yield k, f"too short ({len(clip) / rate:.2f} s < {MIN_CLIP_SECONDS} s)"
+        elif not np.isfinite(clip).all():
+            yield k, "non-finite samples"
+        elif float(np.sqrt(np.mean(clip.astype(np.float64) ** 2))) < SILENCE_RMS:
+            yield k, "silent"
+        else:
+            yield k, clip

@@ -1,0 +1,186 @@
+"""A run directory: its files, its checkpoints, the checks before resuming it, and loading it back.
+
+A run directory holds ``run.json`` (resolved config, pattern, dataset fingerprint, codec card,
+code version, notes), ``config.yaml``, ``metrics.jsonl``, ``codec/`` (so generation needs only
+the run), ``checkpoints/step_XXXXXX/`` and ``demos/step_XXXXXX/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+
+from diamusic import __version__
+from diamusic.codecs import Codec, load_codec
+from diamusic.config import TrainConfig, to_dict
+from diamusic.errors import DiamusicError
+from diamusic.model import load_lora_checkpoint, pattern_of, vocab_of
+from diamusic.patterns import DelayPattern
+from diamusic.tokens import AudioVocab
+
+if TYPE_CHECKING:
+    from transformers import DiaForConditionalGeneration
+
+    from diamusic.data.dataset import CodesDataset
+
+RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+DEMOS = "demos"
+
+
+class RunError(DiamusicError):
+    """A run directory or resume request that cannot be honoured; one line for the user."""
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / step_name(step)
+
+
+def demo_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / DEMOS / step_name(step)
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step_"))
+
+
+def checkpoints_of(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a write in progress is a ``.tmp`` directory)."""
+    root = Path(run_dir) / CHECKPOINTS
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
+
+
+def resolve_checkpoint(run_dir: Path, which: str | int = "latest") -> Path:
+    """``latest`` or a step number (an int or its digits) -> that checkpoint's directory."""
+    found = checkpoints_of(run_dir)
+    if not found:
+        raise RunError(f"{run_dir} has no checkpoints")
+    if which == "latest":
+        return found[-1]
+    if not str(which).isdigit():
+        raise RunError(f"checkpoint {which!r}: expected a step number or 'latest'")
+    wanted = checkpoint_dir(run_dir, int(which))
+    if wanted not in found:
+        steps = ", ".join(str(step_of(p)) for p in found)
+        raise RunError(f"{run_dir} has no checkpoint at step {int(which)} (have: {steps})")
+    return wanted
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and a dirty mark) when run from a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", ""
+    return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
+
+
+def default_device() -> str:
+    """Where training and generation run unless told otherwise."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_run_dir(run_dir: Path, config: TrainConfig, fingerprint: str, resume: bool, force: bool) -> None:
+    """A new run needs a directory without a run; a resumed one the same pattern, model and dataset."""
+    run_file = run_dir / RUN_FILE
+    if not resume:
+        if run_file.exists():
+            raise RunError(f"{run_dir} already holds a run: resume it or choose another run directory")
+        return
+    if not run_file.exists():
+        raise RunError(f"cannot resume: {run_dir} holds no run (no {RUN_FILE})")
+    previous = json.loads(run_file.read_text())
+    old = previous["config"]
+    checks = [
+        ("delay pattern", old["delay_pattern"], config.delay_pattern),
+        ("model", f"{old['model']['preset']}/{old['model']['init']}", f"{config.model.preset}/{config.model.init}"),
+        ("dataset fingerprint", previous["dataset_fingerprint"], fingerprint),
+    ]
+    for what, was, now in checks:
+        if str(was) != str(now) and not force:
+            raise RunError(f"cannot resume: the run used {what} {was}, not {now} (force it to override)")
+
+
+def write_run_files(
+    run_dir: Path,
+    config: TrainConfig,
+    data: CodesDataset,
+    pattern: DelayPattern,
+    notes: list[str],
+    parameters: dict[str, int],
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    info = {
+        "config": to_dict(config),
+        "pattern": {"name": pattern.name, "delays": pattern.to_list()},
+        "dataset": str(data.path.resolve()),
+        "dataset_fingerprint": data.fingerprint,
+        "codec": data.card["codec"],
+        "code_version": code_version(),
+        "notes": notes,
+        "parameters": parameters,  # total and trainable (fewer with LoRA or a frozen encoder)
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    tmp = run_dir / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, run_dir / RUN_FILE)
+    # generation must work from the run dir alone, so the codec travels with it
+    if not (run_dir / "codec").exists():
+        shutil.copytree(data.path / "codec", run_dir / "codec")
+
+
+@dataclass
+class LoadedRun:
+    model: DiaForConditionalGeneration
+    pattern: DelayPattern
+    vocab: AudioVocab
+    codec: Codec
+    checkpoint: Path
+    info: dict[str, Any]  # run.json
+
+
+def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str | None = None) -> LoadedRun:
+    """The model of one checkpoint, with the pattern and codec the run was trained with."""
+    from transformers import DiaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
+    info = json.loads((run_dir / RUN_FILE).read_text())
+    ckpt = resolve_checkpoint(run_dir, checkpoint)
+    model_config = info["config"]["model"]
+    hf_logging.disable_progress_bar()  # a local checkpoint loads in a blink; keep stderr for errors
+    try:
+        if model_config["lora_rank"] > 0:
+            model = load_lora_checkpoint(ckpt, model_config["lora_rank"], model_config["lora_alpha"])
+        else:
+            model = DiaForConditionalGeneration.from_pretrained(ckpt)
+    finally:
+        hf_logging.enable_progress_bar()
+    model = model.to(device or default_device()).eval()
+    return LoadedRun(model, pattern_of(model), vocab_of(model), load_codec(run_dir / "codec"), ckpt, info)
