@@ -11,7 +11,7 @@ import torch
 
 from diamusic.generate import GenerationError, SamplingConfig, generate_codes, guide, nucleus, sample_logits
 from diamusic.metrics import token_stats
-from diamusic.model import build_model, load_pretrained
+from diamusic.model import build_model, load_pretrained, vocab_of
 from diamusic.patterns import PRESETS, DelayPattern
 from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch, encode_text
 
@@ -23,8 +23,8 @@ DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(pattern: str, seed: int = 0):
-    return build_model("tiny", DelayPattern.parse(pattern), VOCAB, seed=seed)
+def tiny(pattern: str, seed: int = 0, vocab: AudioVocab = VOCAB):
+    return build_model("tiny", DelayPattern.parse(pattern), vocab, seed=seed)
 
 
 def edit_logits(model, edit: Callable[[int, torch.Tensor], None]):
@@ -40,10 +40,10 @@ def edit_logits(model, edit: Callable[[int, torch.Tensor], None]):
     return model.logits_dense.register_forward_hook(hook)
 
 
-def lively(pattern: str, seed: int):
+def lively(pattern: str, seed: int, vocab: AudioVocab = VOCAB):
     """A tiny model whose weight matrices are scaled up 4x. An untrained one repeats a code with an EOS
     margin that barely moves, so an EOS boost ends every sample at step 1 or never; this one varies."""
-    model = tiny(pattern, seed=seed)
+    model = tiny(pattern, seed=seed, vocab=vocab)
     with torch.no_grad():
         for weight in model.parameters():
             if weight.ndim == 2:
@@ -54,15 +54,17 @@ def lively(pattern: str, seed: int):
 def boost_eos(model, boost: float):
     """Add a constant to EOS on every row and channel: stateless, so our loop and transformers' see the same logits."""
 
+    vocab = vocab_of(model)
+
     def hook(module, args, out):
-        out.view(out.shape[0], VOCAB.num_codebooks, VOCAB.vocab_size)[..., VOCAB.eos] += boost
+        out.view(out.shape[0], vocab.num_codebooks, vocab.vocab_size)[..., vocab.eos] += boost
 
     return model.logits_dense.register_forward_hook(hook)
 
 
-def eos_frames(delayed: torch.Tensor) -> list[int]:
+def eos_frames(delayed: torch.Tensor, vocab: AudioVocab = VOCAB) -> list[int]:
     """Frames per sample of a (B, steps, C) delayed sequence: channel 0's EOS at step e means e - 1 frames."""
-    return [int((row[:, 0] == VOCAB.eos).nonzero()[0]) - 1 for row in delayed]
+    return [int((row[:, 0] == vocab.eos).nonzero()[0]) - 1 for row in delayed]
 
 
 def hf_generate(
@@ -72,13 +74,14 @@ def hf_generate(
     max_frames: int,
     guidance_scale: float | None = None,
     top_k: int | None = None,
+    vocab: AudioVocab = VOCAB,
 ) -> torch.Tensor:
     """transformers' greedy Dia generation set up like DiaProcessor's generation mode (no audio prompt)."""
     input_ids, attention_mask = encode_text(texts)
     batch = len(texts)
     # the processor's "delay mask": channel c is BOS for steps 0..d_c and free (PAD) after
-    first = torch.full((batch, 1, pattern.num_codebooks), VOCAB.bos, dtype=torch.long)
-    delay_mask = pattern.apply(first, bos=VOCAB.bos, pad=VOCAB.pad)  # (B, 1 + max_delay, C)
+    first = torch.full((batch, 1, pattern.num_codebooks), vocab.bos, dtype=torch.long)
+    delay_mask = pattern.apply(first, bos=vocab.bos, pad=vocab.pad)  # (B, 1 + max_delay, C)
     return model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -118,24 +121,28 @@ def test_greedy_matches_transformers_generate(name, tmp_path):
     assert ours.stopped_on_eos == [True, False]
 
 
-@pytest.mark.parametrize("top_k", [2, 3, 4, 5])
+@pytest.mark.parametrize(
+    ("top_k", "codebook_size", "boost"), [(2, 32, 3.0), (3, 32, 3.0), (4, 32, 3.0), (5, 32, 3.0), (45, 64, 1.0)]
+)
 @pytest.mark.parametrize("name", ["dia", "musicgen"])
-def test_greedy_cfg_filter_matches_transformers_when_special_ids_take_top_k_slots(name, top_k):
+def test_greedy_cfg_filter_matches_transformers_when_special_ids_take_top_k_slots(name, top_k, codebook_size, boost):
     """Dia and transformers take the CFG filter's top-k over the whole vocabulary and only then mask the
-    special ids, so an EOS ranked in it uses up a slot; greedy decoding exposes any other order."""
+    special ids, so an EOS ranked in it uses up a slot; greedy decoding exposes any other order.
+    (Dia's default k of 45 needs more than 45 ids, so that case runs on 64 codes.)"""
     pattern = DelayPattern.parse(name)
-    model = lively(name, seed=1)
+    vocab = AudioVocab(codebook_size=codebook_size, num_codebooks=9)
+    model = lively(name, seed=1, vocab=vocab)
     texts = ["a jig in D major, 6/8", "slow air"]
-    hook = boost_eos(model, 3.0)  # EOS often in the top-k on every channel, and it ends channel 0 at times
+    hook = boost_eos(model, boost)  # EOS often in the top-k on every channel, and it ends channel 0 at times
     sampling = SamplingConfig(max_frames=20, cfg_scale=3.0, cfg_filter_top_k=top_k, temperature=0.0)
-    ours = generate_codes(model, texts, pattern, VOCAB, sampling)
+    ours = generate_codes(model, texts, pattern, vocab, sampling)
     # (transformers' unconditional rows are zero bytes under the text's mask, ours zero bytes with one
     # position attended: all-zero rows encode the same state everywhere and cross-attention has no RoPE)
-    theirs = hf_generate(model, texts, pattern, max_frames=20, guidance_scale=3.0, top_k=top_k)
+    theirs = hf_generate(model, texts, pattern, 20, guidance_scale=3.0, top_k=top_k, vocab=vocab)
     hook.remove()
     assert ours.delayed.shape == theirs.shape
     assert torch.equal(ours.delayed, theirs)
-    frames = eos_frames(theirs)
+    frames = eos_frames(theirs, vocab)
     assert ours.frames == frames
     assert frames[0] != frames[1] and min(frames) < 20 and any(ours.stopped_on_eos)
 
