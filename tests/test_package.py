@@ -7,7 +7,7 @@ import diamusic
 
 # each module may import only modules listed before it (lazy imports inside functions included)
 ORDER = [
-    "errors", "patterns", "tokens", "pitch", "corpus", "codecs", "model", "metrics", "tracking",
+    "errors", "stats", "patterns", "tokens", "pitch", "corpus", "codecs", "model", "metrics", "tracking",
     "data", "data.sources", "data.dataset", "data.prepare", "data.inspect",
     "config", "runs", "generate", "train", "ablate", "cli",
 ]  # fmt: skip
