@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint browser demo clean
 
 setup: $(STAMP)
 
@@ -19,14 +19,21 @@ $(STAMP): pyproject.toml
 	  fi; \
 	fi
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps "tinysoundfont>=0.3,<0.4"
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: lint
+test: lint browser
 	$(VENV)/bin/python -m pytest
+
+# the report's test opens it in a real browser: Debian's chromium, installed when missing and possible
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "note: chromium is not installed and could not be; the report's browser test will be skipped"
 
 demo: setup
 	$(VENV)/bin/diamusic demo

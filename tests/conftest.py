@@ -78,3 +78,16 @@ def ragged_dataset(tmp_path_factory):
     out = folder.parent / "data"
     prepare(str(folder), "spectral-rvq", out, max_seconds=1.2, codec_options={"codebook_size": 16}, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_ablation(melody_dataset, tmp_path_factory):
+    """Two patterns x two seeds, four steps each, with demos and one generation per run (shared, read-only)."""
+    from diamusic.ablate import ablate
+
+    overrides = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.batches": 1, "eval.every": 4,
+                 "checkpoints.every": 4, "logging.every": 1, "optim.warmup_steps": 1, "demos.every": 2,
+                 "demos.seconds": 0.3}  # fmt: skip
+    out = tmp_path_factory.mktemp("ablation") / "ab"
+    ablate(melody_dataset, out, "dia,musicgen", 2, overrides=overrides, prompts=2, seconds=0.3, progress=False)
+    return out

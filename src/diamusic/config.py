@@ -84,6 +84,7 @@ class TrackingConfig:
     project: str = "diamusic"  # wandb project
     group: str | None = None  # wandb group
     run_name: str | None = None  # default: the run directory's name
+    tags: list[str] = field(default_factory=list)  # wandb tags (an ablation tags pattern and seed)
 
 
 @dataclass

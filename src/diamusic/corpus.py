@@ -1,24 +1,34 @@
-"""Built-in melodies from music21's bundled corpus, and the additive synth that renders them.
+"""Built-in music from music21's bundled corpus: melodies, their arrangement, rendering and captions.
 
 Three collections ship with music21 and need no download: the Essen folksong collection and O'Neill's
-Music of Ireland (many tunes per .abc file) and the Bach chorales (one MusicXML file each, of which we keep
-the soprano line). They are for non-commercial research use, like the corpus itself.
+Music of Ireland (many tunes per .abc file) and the Bach chorales (one MusicXML file each: the soprano is
+the melody, the alto, tenor and bass are kept as its accompaniment). They are for non-commercial research
+use, like the corpus itself. Each melody carries what its score says about it: key, metre, tempo, the
+measures, and a form for captions taken from the file's own metadata (Essen's origin "O:" and genre "R:"
+fields, O'Neill's rhythm "R:" field or title, else the metre; "Bach chorale").
 
 Parsing with music21 is the slow part (see benchmarks/RESULTS.md), so we index the
 .abc files with a cheap text scan, parse only the tunes a caller actually iterates over, and memoise
 the parsed melodies in memory.
 
-The synth plays each melody with a little human imperfection (a per-render detuning of a few cents,
-vibrato, per-note velocity, timing and intonation jitter, attack/release envelopes, a per-render tweak of
-the timbre) so that a codec or language model cannot treat the audio as a lookup table of 12 pitches.
+`diamusic.render.render_piece` is what datasets use: it arranges a melody (solo, or over a harmonised
+accompaniment / the chorale's own voices, optionally with drums), renders it offline with the General
+MIDI SoundFont that ships in `pretty_midi` (or with the additive synth below), and captions it; every
+choice is drawn deterministically from (piece, seed). The design is in its module docstring.
+
+The additive synth (`render`) plays a melody alone with a little human imperfection (a per-render detuning
+of a few cents, vibrato, per-note velocity, timing and intonation jitter, attack/release envelopes, a
+per-render tweak of the timbre) so that a codec or language model cannot treat the audio as a lookup table
+of 12 pitches. It stays as it was, for the codec benchmarks and tests that were measured with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +56,36 @@ class Melody:
     tempo_bpm: float  # quarter notes per minute
     collection: str  # a value of COLLECTIONS
     title: str
+    # What a listener would call the piece, from the score's own metadata where it has any: "German love
+    # song", "Irish jig", "Bach chorale". Empty for hand-made melodies (render.py then falls back on the
+    # collection).
+    form: str = ""
+    # (start s, length s) of every full measure on the notes' clock; an opening pickup measure is left out,
+    # so the first entry is the first downbeat. The harmoniser and drum patterns follow these.
+    bars: tuple[tuple[float, float], ...] = ()
+    # The other voices of a multi-part score (a chorale's alto, tenor and bass), same clock and format as
+    # `notes` except that a part may hold chords; empty for single-line tunes.
+    accompaniment: tuple[tuple[tuple[float, float, float], ...], ...] = ()
 
     @property
     def duration(self) -> float:
         return max(start + dur for _, start, dur in self.notes)
+
+    def excerpt(self, seconds: float) -> Melody:
+        """The opening: melody notes that end by `seconds` (at least one), and the measures and accompaniment
+        up to the last of them."""
+        notes = tuple(n for n in self.notes if n[1] + n[2] <= seconds + 1e-9) or self.notes[:1]
+        end = max(s + d for _, s, d in notes)
+        parts = tuple(
+            tuple((p, s, round(min(d, end - s), 6)) for p, s, d in part if s < end - 1e-6)
+            for part in self.accompaniment
+        )
+        return dataclasses.replace(
+            self,
+            notes=notes,
+            bars=tuple(b for b in self.bars if b[0] < end - 1e-6),
+            accompaniment=tuple(p for p in parts if p),
+        )
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -137,7 +173,30 @@ def estimate_key(notes: tuple[tuple[float, float, float], ...], sharps: int | No
     return f"{names[tonic]} {mode}"
 
 
-def _melody_from_part(part, source: _Source, title: str, score) -> Melody | None:
+def _timed_notes(part, origin: float, sec_per_quarter: float, end: float) -> tuple[tuple[float, float, float], ...]:
+    """A voice of the score as (midi pitch, start s, duration s), every pitch of a chord kept, cut at `end`."""
+    out = []
+    for n in part.stripTies().flatten().notes:
+        start, dur = (float(n.offset) - origin) * sec_per_quarter, float(n.quarterLength) * sec_per_quarter
+        if dur <= 0 or start < -1e-6 or start >= end - 1e-6:
+            continue
+        dur = min(dur, end - start)
+        out.extend((float(p.midi), round(start, 6), round(dur, 6)) for p in n.pitches)
+    return tuple(sorted(out, key=lambda r: (r[1], r[0])))
+
+
+def _bars(part, origin: float, sec_per_quarter: float, end: float) -> tuple[tuple[float, float], ...]:
+    bars = []
+    for m in part.getElementsByClass("Measure"):
+        if float(m.paddingLeft) > 0:  # an anacrusis: its first beat is not a downbeat
+            continue
+        start, length = (float(m.offset) - origin) * sec_per_quarter, float(m.duration.quarterLength) * sec_per_quarter
+        if length > 0 and start >= -1e-6 and start < end - 1e-6:
+            bars.append((round(start, 6), round(length, 6)))
+    return tuple(bars)
+
+
+def _melody_from_part(part, source: _Source, title: str, score, others: tuple = ()) -> Melody | None:
     from music21 import chord, key, meter, tempo
 
     flat = part.stripTies().flatten()
@@ -166,10 +225,12 @@ def _melody_from_part(part, source: _Source, title: str, score) -> Melody | None
     notes = tuple(notes)
     if len(notes) < MIN_NOTES or notes[-1][1] + notes[-1][2] < MIN_SECONDS:
         return None
+    end = notes[-1][1] + notes[-1][2]
 
     signatures = list(part.recurse().getElementsByClass(key.KeySignature))
     sharps = signatures[0].sharps if signatures else None
     meters = list(part.recurse().getElementsByClass(meter.TimeSignature))
+    accompaniment = tuple(v for v in (_timed_notes(p, origin, sec_per_quarter, end) for p in others) if v)
     return Melody(
         id=source.id,
         notes=notes,
@@ -178,7 +239,91 @@ def _melody_from_part(part, source: _Source, title: str, score) -> Melody | None
         tempo_bpm=float(round(bpm, 2)),
         collection=COLLECTIONS[source.collection],
         title=title,
+        bars=_bars(part, origin, sec_per_quarter, end),
+        accompaniment=accompaniment,
     )
+
+
+# Essen "O:" (origin) fields name regions from the continent down; the first token we know names the piece.
+_ESSEN_ORIGINS = {
+    "Deutschland": "German",
+    "China": "Chinese",
+    "Lothringen": "Lorraine",
+    "Luxemburg": "Luxembourgish",
+    "Elsass": "Alsatian",
+    "Oesterreich": "Austrian",
+    "Schweiz": "Swiss",
+    "Niederlande": "Dutch",
+    "Irland": "Irish",
+    "Island": "Icelandic",
+    "Ungarn": "Hungarian",
+    "Jugoslawien": "Yugoslav",
+    "Tschechoslowakei": "Czech",
+    "Polen": "Polish",
+    "Frankreich": "French",
+    "Daenemark": "Danish",
+    "Schweden": "Swedish",
+    "Rumaenien": "Romanian",
+}
+# Essen "R:" (genre) fields are German keyword lists; the earliest keyword wins ("Romanze, Ballade, Lied,
+# religioeses Lied" is a ballad).
+_ESSEN_GENRES = (
+    ("ballade", "folk ballad"),
+    ("romanze", "folk ballad"),
+    ("wiegen", "lullaby"),
+    ("kinder", "children's song"),
+    ("religi", "sacred folk song"),
+    ("geistlich", "sacred folk song"),
+    ("liebe", "love song"),
+    ("tanz", "dance song"),
+    ("soldaten", "soldiers' song"),
+    ("kriegs", "soldiers' song"),
+    ("shange", "mountain song"),
+)
+# O'Neill's "R:" (rhythm) field, then words of the title; both are the transcriber's own classification.
+_IRISH_FORMS = (
+    ("slip jig", "slip jig"),
+    ("slipjig", "slip jig"),
+    ("double jig", "jig"),
+    ("jig", "jig"),
+    ("reel", "reel"),
+    ("hornpipe", "hornpipe"),
+    ("highland", "highland fling"),
+    ("slide", "slide"),
+    ("polka", "polka"),
+    ("waltz", "waltz"),
+    ("march", "march"),
+    ("lament", "lament"),
+    ("air", "air"),
+)
+
+
+def _abc_field(abc: str, name: str) -> str:
+    m = re.search(rf"(?m)^{name}:[ \t]*(.*)$", abc)
+    return m.group(1).strip() if m else ""
+
+
+def _form(source: _Source, meter: str) -> str:
+    """The genre words a caption uses, from the score's metadata; see the tables above."""
+    if source.collection == "bach":
+        return "Bach chorale"
+    abc = source.abc or ""
+    if source.collection == "essen":
+        nation = ""
+        for token in re.split(r"[,;/]", _abc_field(abc, "O")):
+            nation = _ESSEN_ORIGINS.get(token.split("(")[0].strip(), "")
+            if nation:
+                break
+        rhythm = _abc_field(abc, "R").lower()
+        hits = [(rhythm.find(word), genre) for word, genre in _ESSEN_GENRES if word in rhythm]
+        genre = min(hits)[1] if hits else "folk song"
+        return f"{nation} {genre}".strip()
+    for text in (_abc_field(abc, "R").lower(), _abc_field(abc, "T").lower()):
+        for word, form in _IRISH_FORMS:
+            if re.search(rf"\b{word}\b", text):
+                return f"Irish {form}"
+    # the metre alone tells only the jigs; a 4/4 or 2/2 tune may be a reel, hornpipe, march or song air
+    return {"6/8": "Irish jig", "9/8": "Irish slip jig"}.get(meter, "Irish tune")
 
 
 def _title(score, source: _Source) -> str:
@@ -195,6 +340,7 @@ def _parse(source: _Source) -> Melody | None:
     from music21 import converter, corpus
 
     try:
+        others: tuple = ()
         if source.abc is not None:
             score = converter.parse(source.abc, format="abc")
             if len(score.parts) != 1:
@@ -202,11 +348,13 @@ def _parse(source: _Source) -> Melody | None:
             part = score.parts[0]
         else:
             score = corpus.parse(source.path)
-            sopranos = [p for p in score.parts if (p.partName or "").strip() == "Soprano"]
-            if not sopranos:  # not a four-part chorale (instrumental works, analyses)
+            voices = {(p.partName or "").strip(): p for p in reversed(score.parts)}  # first of a name wins
+            if "Soprano" not in voices:  # not a four-part chorale (instrumental works, analyses)
                 return None
-            part = sopranos[0]
-        return _melody_from_part(part, source, _title(score, source), score)
+            part = voices["Soprano"]
+            others = tuple(voices[name] for name in ("Alto", "Tenor", "Bass") if name in voices)
+        melody = _melody_from_part(part, source, _title(score, source), score, others=others)
+        return None if melody is None else dataclasses.replace(melody, form=_form(source, melody.meter))
     except Exception:  # music21 raises many types on malformed scores; an unusable piece is just skipped
         return None
 
@@ -320,20 +468,22 @@ def _lookup(table: np.ndarray, cycles: np.ndarray) -> np.ndarray:
     return table[i] * (1.0 - frac) + table[i + 1] * frac
 
 
-def render(melody: Melody, sample_rate: int, instrument: str, seed: int) -> np.ndarray:
-    """Render a melody to float32 mono audio at `sample_rate`, peak <= 1.
+def _synth_into(
+    out: np.ndarray,
+    notes: Iterable[tuple[float, float, float]],
+    sample_rate: int,
+    instrument: str,
+    perf: Performance,
+    rng: np.random.Generator,
+    velocities: Sequence[float] | None = None,
+) -> None:
+    """Add the additive-synth rendering of `notes` to `out`.
 
-    Deterministic for (melody, sample_rate, instrument, seed); different seeds give a different detuning,
-    vibrato, dynamics and timing. The audio lasts until the last note's release has died away.
+    Without `velocities` the synth humanises the notes itself (onset jitter, gate, velocity), which is what
+    `render` wants; with them (0-1, one per note) the notes play exactly as given, because render.py has
+    already humanised them and reports the timing it chose.
     """
-    if instrument not in _TIMBRES:
-        raise ValueError(f"unknown instrument {instrument!r}; choose from {INSTRUMENTS}")
     timbre = _TIMBRES[instrument]
-    perf = performance(melody, instrument, seed)
-    rng = np.random.default_rng(_stable_int("notes", melody.id, instrument, seed))
-    tail = timbre.release + 0.25
-    out = np.zeros(int(np.ceil((melody.duration + tail + 0.05) * sample_rate)), dtype=np.float64)
-
     tilt = np.arange(1, len(timbre.harmonics) + 1, dtype=np.float64) ** -perf.brightness
     sustained_amps = np.asarray(timbre.harmonics) * tilt
     sustained_amps *= rng.uniform(0.8, 1.2, size=len(sustained_amps))  # per-render timbre variation
@@ -341,9 +491,12 @@ def render(melody: Melody, sample_rate: int, instrument: str, seed: int) -> np.n
     dull_amps[: len(timbre.dull)] = timbre.dull[: len(dull_amps)]
     vib_phase = rng.uniform(0, 2 * np.pi)
 
-    for pitch, start, dur in melody.notes:
-        onset = max(0.0, start + rng.normal(0.0, 0.008))
-        sounding = max(0.06, dur * timbre.legato * rng.uniform(0.95, 1.02))
+    for i, (pitch, start, dur) in enumerate(notes):
+        if velocities is None:
+            onset = max(0.0, start + rng.normal(0.0, 0.008))
+            sounding = max(0.06, dur * timbre.legato * rng.uniform(0.95, 1.02))
+        else:
+            onset, sounding = start, max(0.02, dur)
         n0 = int(round(onset * sample_rate))
         n = min(int((sounding + timbre.release) * sample_rate), len(out) - n0)
         if n <= 0:
@@ -357,6 +510,8 @@ def render(melody: Melody, sample_rate: int, instrument: str, seed: int) -> np.n
         cycles = np.cumsum(f0 * 2 ** (vib / 1200.0)) / sample_rate + rng.uniform()
 
         velocity = rng.uniform(0.65, 1.0)
+        if velocities is not None:
+            velocity = velocities[i]
         if timbre.decay > 0:  # plucked: bright at the attack, decaying towards a duller spectrum
             decay = np.exp(-t / (timbre.decay * rng.uniform(0.8, 1.2)))
             tone = decay * (
@@ -374,6 +529,22 @@ def render(melody: Melody, sample_rate: int, instrument: str, seed: int) -> np.n
         )
         out[n0 : n0 + n] += velocity * envelope * tone
 
+
+def render(melody: Melody, sample_rate: int, instrument: str, seed: int) -> np.ndarray:
+    """Render a melody to float32 mono audio at `sample_rate`, peak <= 1, with the additive synth.
+
+    Deterministic for (melody, sample_rate, instrument, seed); different seeds give a different detuning,
+    vibrato, dynamics and timing. The audio lasts until the last note's release has died away. Plays only
+    `melody.notes`; `diamusic.render.render_piece` is the arranged, captioned rendering.
+    """
+    if instrument not in _TIMBRES:
+        raise ValueError(f"unknown instrument {instrument!r}; choose from {INSTRUMENTS}")
+    timbre = _TIMBRES[instrument]
+    perf = performance(melody, instrument, seed)
+    rng = np.random.default_rng(_stable_int("notes", melody.id, instrument, seed))
+    tail = timbre.release + 0.25
+    out = np.zeros(int(np.ceil((melody.duration + tail + 0.05) * sample_rate)), dtype=np.float64)
+    _synth_into(out, melody.notes, sample_rate, instrument, perf, rng)
     peak = np.abs(out).max()
     if peak > 0:
         out *= perf.gain / peak

@@ -23,6 +23,7 @@ class Tracker:
         group: str | None = None,
         name: str | None = None,
         enabled: bool = True,
+        tags: list[str] | None = None,
     ) -> None:
         self.enabled = enabled  # only the main process writes
         self.path = run_dir / "metrics.jsonl"
@@ -45,6 +46,7 @@ class Tracker:
                 config=config,
                 id=run_id,
                 resume="allow",
+                tags=tags or None,
             )
             id_file.write_text(run_id)
         if "tensorboard" in backends:

@@ -242,6 +242,7 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
             tracking.group,
             tracking.run_name,
             accelerator.is_main_process,
+            tracking.tags,
         ),
         codebook_size=train_data.vocab.codebook_size,
         weights=torch.tensor(weights, dtype=torch.float32, device=accelerator.device) if weights else None,

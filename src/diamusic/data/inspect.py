@@ -1,7 +1,9 @@
-"""`inspect`: what a prepared dataset holds (counts, durations, per-codebook code usage)."""
+"""`inspect`: what a prepared dataset holds (counts, durations, per-codebook code usage, and for the
+built-in corpus the mix of instruments, textures, keys and tempos)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
         },
         "codebook_perplexity": [float(np.exp(h)) for h in entropy],
         "codebook_used": [int((counts[c] > 0).sum()) for c in range(vocab.num_codebooks)],
+        "mix": mix(data.rows),
     }
     if png:
         import matplotlib
@@ -59,3 +62,27 @@ def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
         fig.savefig(png, dpi=110)
         plt.close(fig)
     return report
+
+
+TEMPO_BINS = (0, 70, 90, 110, 130, 160, 1000)  # bpm
+
+
+def mix(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Clips per texture, melody instrument, accompaniment instrument, key and tempo band (from the
+    tags the built-in corpus records; empty for a folder of audio), most common first."""
+    tagged = [r["tags"] for r in rows if "tags" in r]
+    counts: dict[str, Counter] = {
+        "texture": Counter(t["texture"] for t in tagged),
+        "melody_instrument": Counter(t["melody_instrument"] for t in tagged),
+        "accompaniment": Counter(a for t in tagged for a in t["accompaniment"]),
+        "key": Counter(t["key"] for t in tagged),
+        "tempo_bpm": Counter(_band(t["tempo_bpm"]) for t in tagged),
+    }
+    return {name: dict(c.most_common()) for name, c in counts.items() if c}
+
+
+def _band(bpm: float) -> str:
+    for lo, hi in zip(TEMPO_BINS[:-1], TEMPO_BINS[1:], strict=True):
+        if lo <= bpm < hi:
+            return f"{lo}-{hi}" if hi < TEMPO_BINS[-1] else f">={lo}"
+    return f">={TEMPO_BINS[-1]}"

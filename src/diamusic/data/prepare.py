@@ -21,7 +21,17 @@ import numpy as np
 
 from diamusic.codecs import Codec, codec_class, load_codec
 from diamusic.data import FORMAT, DataError
-from diamusic.data.sources import MIN_CLIP_SECONDS, Rejected, SourceItem, clips_of, source_items, split_of
+from diamusic.data.sources import (
+    MIN_CLIP_SECONDS,
+    Rejected,
+    SourceItem,
+    clip_samples,
+    clips_of,
+    corpus_options,
+    notes_in,
+    source_items,
+    split_of,
+)
 from diamusic.tokens import MAX_TEXT_BYTES
 
 ITEMS_PER_SHARD = 32
@@ -48,9 +58,13 @@ def prepare(
     shard: tuple[int, int] = (0, 1),
     eval_fraction: float = 0.05,
     codec_options: dict[str, Any] | None = None,
+    corpus: dict[str, str] | None = None,
     progress: bool = True,
 ) -> PrepareResult:
-    """Encode a source once into a dataset directory; resumable and splittable with ``shard``."""
+    """Encode a source once into a dataset directory; resumable and splittable with ``shard``.
+
+    ``corpus`` (``renderer``, ``texture``) says how the built-in melodies are rendered.
+    """
     start = time.time()
     out = Path(out)
     index, count = shard
@@ -62,7 +76,8 @@ def prepare(
         raise DataError(f"max_seconds must be > {MIN_CLIP_SECONDS}, got {max_seconds}")
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
-    items = source_items(source, limit, seed)
+    corpus = corpus_options(source, corpus)
+    items = source_items(source, limit, seed, corpus)
     job = {
         "source": source,
         "codec": codec,
@@ -71,6 +86,7 @@ def prepare(
         "seed": seed,
         "eval_fraction": eval_fraction,
         "codec_options": codec_options or {},
+        **({"corpus": corpus} if corpus else {}),
     }
     (out / "shards").mkdir(parents=True, exist_ok=True)
     _check_same_job(out, job)
@@ -148,9 +164,10 @@ def _codec_for(
             if split[item.id] != "train" or total >= max_seconds:
                 continue
             try:
-                wave, sr, _ = item.load()
+                loaded = item.load()
             except Rejected:
                 continue
+            wave, sr = loaded.wave, loaded.sample_rate
             if rate and sr != rate:
                 import librosa
 
@@ -181,10 +198,11 @@ def _encode_shard(
     pending: list[tuple[dict[str, Any], np.ndarray, int]] = []
     for item in items:
         try:
-            wave, rate, text = item.load()
+            loaded = item.load()
         except Rejected as reason:
             rows.append({"id": item.id, "rejected": str(reason)})
             continue
+        wave, rate, text = loaded.wave, loaded.sample_rate, loaded.caption
         raw = text.encode("utf-8")
         truncated = len(raw) > MAX_TEXT_BYTES
         if truncated:
@@ -197,6 +215,11 @@ def _encode_shard(
             row = {"id": clip_id, "text": text, "source": item.id, "split": split[item.id]}
             if truncated:
                 row["caption_truncated"] = True
+            if loaded.tags is not None:
+                row["tags"] = loaded.tags
+            if loaded.melody is not None:  # the reference melody of this clip, for melody metrics
+                start = k * clip_samples(max_seconds, rate) / rate
+                row["melody"] = notes_in(loaded.melody, start, start + len(clip) / rate)
             pending.append((row, clip, rate))
     by_rate: dict[int, list[int]] = {}
     for n, (_, _, rate) in enumerate(pending):

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,24 +24,38 @@ class Rejected(Exception):
     """An input that is skipped, with the reason recorded in rejected.jsonl."""
 
 
+Note = tuple[float, float, float]  # (midi pitch, start s, duration s)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One input as audio: a mono wave and its caption; the built-in corpus also knows the melody
+    it played (the reference for melody metrics) and what it rendered (tags for inspection)."""
+
+    wave: np.ndarray
+    sample_rate: int
+    caption: str
+    melody: tuple[Note, ...] | None = None
+    tags: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class SourceItem:
-    """One input (a file or a built-in melody); ``load`` returns (mono wave, sample rate, caption)."""
+    """One input (a file or a built-in melody), loaded on demand."""
 
     id: str
-    load: Callable[[], tuple[np.ndarray, int, str]]
+    load: Callable[[], Loaded]
 
 
-def melody_items(limit: int | None, seed: int) -> list[SourceItem]:
-    from diamusic import corpus
+def melody_items(limit: int | None, seed: int, renderer: str, texture: str) -> list[SourceItem]:
+    from diamusic import corpus, render
 
-    render_rate = 22050  # the synth's partials stay far below 11 kHz
+    render.check_options(renderer, texture)  # before any melody is parsed or anything written
 
-    def loader(melody: corpus.Melody) -> Callable[[], tuple[np.ndarray, int, str]]:
-        def load() -> tuple[np.ndarray, int, str]:
-            instrument = corpus.pick_instrument(melody, seed)
-            wave = corpus.render(melody, render_rate, instrument, seed)
-            return wave, render_rate, corpus.caption(melody, instrument)
+    def loader(melody: corpus.Melody) -> Callable[[], Loaded]:
+        def load() -> Loaded:
+            r = render.render_piece(melody, seed, renderer, texture)
+            return Loaded(r.wave, r.sample_rate, r.caption, r.melody, r.tags)
 
         return load
 
@@ -81,8 +96,8 @@ def folder_items(folder: Path) -> list[SourceItem]:
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
 
-    def loader(path: Path, rel: str) -> Callable[[], tuple[np.ndarray, int, str]]:
-        def load() -> tuple[np.ndarray, int, str]:
+    def loader(path: Path, rel: str) -> Callable[[], Loaded]:
+        def load() -> Loaded:
             text = captions.get(rel)
             sidecar = path.with_suffix(".txt")
             if text is None and sidecar.exists():
@@ -100,16 +115,28 @@ def folder_items(folder: Path) -> list[SourceItem]:
                 wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
             except Exception as exc:  # libsndfile raises several types for non-audio input
                 raise Rejected(f"unreadable audio ({type(exc).__name__})") from exc
-            return wave.mean(axis=1), int(rate), str(text).strip()
+            return Loaded(wave.mean(axis=1), int(rate), str(text).strip())
 
         return load
 
     return [SourceItem(str(p.relative_to(folder)), loader(p, str(p.relative_to(folder)))) for p in files]
 
 
-def source_items(source: str, limit: int | None, seed: int) -> list[SourceItem]:
-    """'melodies' (the built-in corpus) or a folder of audio files with captions."""
-    items = melody_items(limit, seed) if source == "melodies" else folder_items(Path(source))
+CORPUS_DEFAULTS = {"renderer": "soundfont", "texture": "mixed"}
+
+
+def corpus_options(source: str, corpus: dict[str, str] | None) -> dict[str, str] | None:
+    """How the built-in melodies are rendered (defaults filled in); None for a folder of audio."""
+    if source == "melodies":
+        return {**CORPUS_DEFAULTS, **(corpus or {})}
+    if corpus:
+        raise DataError(f"{' and '.join(corpus)} only apply to the built-in melodies, not to a folder of audio")
+    return None
+
+
+def source_items(source: str, limit: int | None, seed: int, corpus: dict[str, str] | None) -> list[SourceItem]:
+    """'melodies' (the built-in corpus, rendered as ``corpus`` says) or a folder of audio files with captions."""
+    items = melody_items(limit, seed, **corpus) if corpus is not None else folder_items(Path(source))
     items = items[:limit] if limit is not None else items
     if not items:
         raise DataError(f"source {source!r} has no inputs")
@@ -125,9 +152,13 @@ def split_of(ids: Sequence[str], seed: int, eval_fraction: float) -> dict[str, s
     return {i: ("eval" if i in eval_ids else "train") for i in ids}
 
 
+def clip_samples(max_seconds: float, rate: int) -> int:
+    return max(1, int(max_seconds * rate))
+
+
 def clips_of(wave: np.ndarray, rate: int, max_seconds: float) -> Iterator[tuple[int, np.ndarray | str]]:
     """Split into clips of at most max_seconds; yields (k, clip) or (k, rejection reason)."""
-    step = max(1, int(max_seconds * rate))
+    step = clip_samples(max_seconds, rate)
     for k, start in enumerate(range(0, max(len(wave), 1), step)):
         clip = wave[start : start + step]
         if len(clip) < MIN_CLIP_SECONDS * rate:
@@ -138,3 +169,13 @@ def clips_of(wave: np.ndarray, rate: int, max_seconds: float) -> Iterator[tuple[
             yield k, "silent"
         else:
             yield k, clip
+
+
+def notes_in(notes: Sequence[Note], start: float, end: float) -> list[list[float]]:
+    """The notes sounding in [start, end), cut to it, with times relative to ``start``."""
+    out = []
+    for pitch, onset, duration in notes:
+        a, b = max(onset, start), min(onset + duration, end)
+        if b > a:
+            out.append([round(pitch, 3), round(a - start, 4), round(b - a, 4)])
+    return out

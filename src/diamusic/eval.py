@@ -1,0 +1,294 @@
+"""Evaluating one checkpoint: teacher-forced losses (split into edge and interior frames), and
+audio generated from eval captions scored for speed, melody and closeness to the data.
+
+Edge frames: a delayed codebook sees BOS in another codebook's context near a crop's start, and
+PAD in place of lower codebooks' later frames near its end; how many frames that touches grows
+with the pattern's delays. So the loss is also reported on the interior frames only, those at
+least ``edge`` frames from both ends of their crop, where every pattern compared (``edge`` = the
+largest max delay among them) sees real frames in every codebook: a like-for-like comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diamusic import pitch
+from diamusic.config import from_dict
+from diamusic.data.dataset import CodesDataset, fixed_batches
+from diamusic.errors import DiamusicError
+from diamusic.generate import SamplingConfig, generate_codes
+from diamusic.metrics import TokenStats, token_stats
+from diamusic.patterns import DelayPattern
+from diamusic.runs import LoadedRun, load_run
+from diamusic.tokens import IGNORE_INDEX, AudioVocab
+from diamusic.tracking import read_metrics
+
+IN_TUNE_CENTS = 25.0  # every pitch is within 50 cents of some semitone: a quarter of that is the test
+
+
+class EvalError(DiamusicError):
+    """An evaluation that cannot run as asked."""
+
+
+# --- teacher-forced -----------------------------------------------------------------------------
+
+
+def interior(labels: torch.Tensor, pattern: DelayPattern, vocab: AudioVocab, edge: int) -> torch.Tensor:
+    """(B, C, S) bool: targets of frames at least ``edge`` frames from both ends of their crop.
+
+    Label position s of codebook c is frame ``s - delays[c]``; a crop's length is the count of
+    codebook 0's real-code targets (its EOS target, if any, is frame T and so an edge target).
+    """
+    steps = torch.arange(labels.shape[-1], device=labels.device)
+    delays = torch.tensor(pattern.delays, device=labels.device)
+    frame = steps[None, None, :] - delays[None, :, None]  # (1, C, S)
+    first = labels[:, 0]
+    length = ((first != IGNORE_INDEX) & (first != vocab.eos)).sum(-1)  # (B,)
+    inside = (frame >= edge) & (frame < length[:, None, None] - edge)
+    return inside & (labels != IGNORE_INDEX)
+
+
+@torch.no_grad()
+def teacher_forced(
+    model: torch.nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    pattern: DelayPattern,
+    vocab: AudioVocab,
+    edge: int,
+) -> dict[str, TokenStats]:
+    """Stats over all targets, the interior ones and the edge ones, for fixed batches."""
+    device = next(model.parameters()).device
+    parts: dict[str, TokenStats] = {}
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+            use_cache=False,
+        ).logits
+        labels = batch["labels"]
+        inside = interior(labels, pattern, vocab, edge)
+        for name, keep in (("", None), ("interior/", inside), ("edge/", ~inside)):
+            masked = labels if keep is None else labels.masked_fill(~keep, IGNORE_INDEX)
+            _, stats = token_stats(logits, masked, vocab.codebook_size)
+            parts[name] = stats if name not in parts else parts[name] + stats
+    return parts
+
+
+# --- generated audio ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A caption from the eval split, with what its clip tells about the music asked for."""
+
+    text: str
+    key: str | None  # from the built-in corpus's tags
+    reference: np.ndarray  # the clip's codes (frames, C), decoded for reference-based metrics
+    melody: list[list[float]] | None  # the clip's melody notes (pitch, start s, duration s)
+
+
+def eval_prompts(data: CodesDataset, count: int) -> list[Prompt]:
+    """The first ``count`` eval clips (their order is the dataset's, so every run gets the same ones)."""
+    prompts = []
+    for i in range(min(count, len(data))):
+        tags = data.rows[i].get("tags") or {}
+        prompts.append(Prompt(data.text(i), tags.get("key"), np.asarray(data.codes(i)), data.rows[i].get("melody")))
+    return prompts
+
+
+MIN_NOTE_FRAMES = 3  # pitch-track frames (23 ms each) a note must hold: shorter runs are glides between notes
+
+
+def note_rate(voiced: np.ndarray, midi: np.ndarray, seconds: float) -> float:
+    """Notes per second: runs of voiced frames on one rounded pitch, at least MIN_NOTE_FRAMES long."""
+    if seconds <= 0:
+        return math.nan
+    rounded = np.where(voiced, np.round(midi), -1)
+    bounds = np.flatnonzero(np.concatenate([[True], rounded[1:] != rounded[:-1], [True]]))
+    runs = zip(bounds[:-1], bounds[1:], strict=True)
+    return float(sum(1 for a, b in runs if rounded[a] >= 0 and b - a >= MIN_NOTE_FRAMES) / seconds)
+
+
+def melody_metrics(wave: np.ndarray, rate: int, key: str | None) -> dict[str, float]:
+    """Reference-free: voiced ratio, pitch stability, in-tune ratio, note rate, in-key ratio (with a key)."""
+    _, f0, voiced = pitch.pitch_track(wave, rate)
+    midi = np.where(voiced, pitch.hz_to_midi(np.where(voiced, f0, 440.0)), 0.0)
+    out = pitch.melody_stats(wave, rate, key)
+    cents = 100 * np.abs(midi[voiced] - np.round(midi[voiced]))
+    out["in_tune_ratio"] = float((cents <= IN_TUNE_CENTS).mean()) if voiced.any() else math.nan
+    out["note_rate"] = note_rate(voiced, midi, len(wave) / rate)
+    return out
+
+
+def melody_agreement(wave: np.ndarray, rate: int, notes: list[list[float]]) -> float:
+    """Raw pitch accuracy (mir_eval, 50 cents) of a wave's pitch track against reference notes."""
+    import mir_eval
+
+    times, f0, _ = pitch.pitch_track(wave, rate)
+    ref = np.zeros_like(f0)
+    for p, start, duration in notes:
+        ref[(times >= start) & (times < start + duration)] = 440.0 * 2 ** ((p - 69) / 12)
+    if not (ref > 0).any():
+        return math.nan
+    voicing = mir_eval.melody.to_cent_voicing(times, ref, times, f0)
+    return float(mir_eval.melody.raw_pitch_accuracy(*voicing, cent_tolerance=50.0))
+
+
+def audio_features(wave: np.ndarray, rate: int) -> np.ndarray:
+    """Mean and std over time of chroma (12) and MFCC (13): a clip-level summary, ours, not a learnt embedding."""
+    import librosa
+
+    y = pitch._to_analysis_rate(wave, rate)
+    chroma = librosa.feature.chroma_stft(y=y, sr=pitch.ANALYSIS_RATE, tuning=0.0)
+    mfcc = librosa.feature.mfcc(y=y, sr=pitch.ANALYSIS_RATE, n_mfcc=13)
+    return np.concatenate([chroma.mean(1), chroma.std(1), mfcc.mean(1), mfcc.std(1)])
+
+
+def frechet_diagonal(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians with diagonal covariances fitted to rows of ``a`` and ``b``.
+
+    Diagonal because an evaluation generates a handful of clips, too few for a full covariance of
+    50 features; it still compares means and spreads feature by feature.
+    """
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    var_a, var_b = a.var(0), b.var(0)
+    return float(((mu_a - mu_b) ** 2).sum() + (var_a + var_b - 2 * np.sqrt(var_a * var_b)).sum())
+
+
+def usage_divergence(generated: list[np.ndarray], real: list[np.ndarray], codebook_size: int) -> list[float]:
+    """Jensen-Shannon divergence (nats) per codebook between generated and real code histograms."""
+    out = []
+    for c in range(real[0].shape[1]):
+        p = np.bincount(np.concatenate([g[:, c] for g in generated]), minlength=codebook_size) + 1e-9
+        q = np.bincount(np.concatenate([r[:, c] for r in real]), minlength=codebook_size) + 1e-9
+        p, q = p / p.sum(), q / q.sum()
+        m = (p + q) / 2
+        out.append(float(0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum()))
+    return out
+
+
+def generated_metrics(
+    run: LoadedRun, prompts: list[Prompt], seconds: float, audio_dir: Path | None = None
+) -> dict[str, float]:
+    """Generate one clip per prompt (seed = its index) and score it; means over prompts.
+
+    With ``audio_dir``, each generation and its reference are kept as ``gen_NN.wav`` / ``ref_NN.wav``
+    beside ``prompts.json`` (the captions), for listening.
+    """
+    codec, rows = run.codec, []
+    sampling_seconds = 0.0
+    frames = decode_steps = 0
+    generated_codes, generated_feats, real_feats = [], [], []
+    for i, prompt in enumerate(prompts):
+        sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=i)
+        result = generate_codes(run.model, [prompt.text], run.pattern, run.vocab, sampling)
+        sampling_seconds += result.seconds
+        frames += result.frames[0]
+        decode_steps += result.decode_steps
+        codes = result.codes[0]
+        generated_codes.append(codes)
+        wave = codec.decode(codes) if len(codes) > 1 else np.zeros(codec.sample_rate // 10, dtype=np.float32)
+        reference = codec.decode(prompt.reference)
+        if audio_dir is not None:
+            _write_wavs(audio_dir, i, wave, reference, codec.sample_rate)
+        row = melody_metrics(wave, codec.sample_rate, prompt.key)
+        row["chroma_cosine"] = pitch.chroma_cosine(reference, wave, codec.sample_rate)
+        if prompt.melody:
+            row["melody_agreement"] = melody_agreement(wave, codec.sample_rate, prompt.melody)
+        row["stopped_on_eos"] = float(result.stopped_on_eos[0])
+        rows.append(row)
+        generated_feats.append(audio_features(wave, codec.sample_rate))
+        real_feats.append(audio_features(reference, codec.sample_rate))
+    if audio_dir is not None:
+        (audio_dir / "prompts.json").write_text(json.dumps([p.text for p in prompts], indent=1))
+    keys = sorted(set().union(*rows))  # the in-key and reference metrics exist only where a prompt has them
+    out = {f"gen/{k}": _nanmean([r.get(k, math.nan) for r in rows]) for k in keys}
+    audio_seconds = frames / codec.frame_rate
+    out.update(
+        {
+            "gen/decode_steps": decode_steps / len(prompts),
+            "gen/frames_per_s": frames / max(sampling_seconds, 1e-9),
+            "gen/real_time_factor": audio_seconds / max(sampling_seconds, 1e-9),
+            "gen/seconds": audio_seconds / len(prompts),
+            "gen/frechet_features": frechet_diagonal(np.stack(generated_feats), np.stack(real_feats)),
+        }
+    )
+    usage = usage_divergence(generated_codes, [p.reference for p in prompts], run.vocab.codebook_size)
+    out.update({f"gen/usage_js/cb{c}": v for c, v in enumerate(usage)})
+    out["gen/usage_js"] = float(np.mean(usage))
+    return out
+
+
+def _write_wavs(folder: Path, i: int, wave: np.ndarray, reference: np.ndarray, rate: int) -> None:
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sf.write(folder / f"gen_{i:02d}.wav", wave, rate)
+    sf.write(folder / f"ref_{i:02d}.wav", reference, rate)
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+# --- one checkpoint -----------------------------------------------------------------------------
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    checkpoint: str | int = "latest",
+    prompts: int = 4,
+    seconds: float = 4.0,
+    edge: int | None = None,
+    device: str | None = None,
+    out: str | Path | None = None,
+    audio_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Every metric of one checkpoint, as one flat dict (also written to ``out`` as JSON).
+
+    ``edge`` defaults to the run's own max delay; an ablation passes the largest of its patterns'.
+    ``audio_dir`` keeps the generated and reference audio.
+    """
+    start = time.perf_counter()
+    run = load_run(run_dir, checkpoint, device)
+    config = from_dict(run.info["config"])
+    data_path = Path(run.info["dataset"])
+    if not (data_path / "card.json").exists():
+        raise EvalError(f"the run's dataset {data_path} is gone: evaluation needs its eval split")
+    edge = run.pattern.max_delay if edge is None else edge
+    eval_data, train_data = CodesDataset(data_path, "eval"), CodesDataset(data_path, "train")
+    result: dict[str, Any] = {"run": str(run_dir), "checkpoint": run.checkpoint.name, "edge_frames": edge}
+    result["pattern"] = {"name": run.pattern.name, "delays": run.pattern.to_list()}
+    losses = {}
+    for prefix, data in (("eval/", eval_data), ("train_subset/", train_data)):
+        batches = fixed_batches(
+            data, config.batch_size, config.eval.batches, run.pattern, config.data.crop_frames, config.seed
+        )
+        for part, stats in teacher_forced(run.model, batches, run.pattern, run.vocab, edge).items():
+            losses.update(stats.summary(prefix + part))
+    losses["eval/gap"] = losses["eval/loss"] - losses["train_subset/loss"]
+    result.update(losses)
+    history = read_metrics(run_dir)
+    for key in ("train/loss", "train/entropy", "train/loss_noise"):
+        logged = [row[key] for row in history if key in row]
+        if logged:
+            result[key] = logged[-1]
+    if prompts > 0:
+        folder = Path(audio_dir) if audio_dir is not None else None
+        result.update(generated_metrics(run, eval_prompts(eval_data, prompts), seconds, folder))
+    result["seconds"] = time.perf_counter() - start
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result

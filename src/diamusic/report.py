@@ -1,0 +1,269 @@
+"""Plots and the listening report of an ablation directory.
+
+`write_report(DIR)` reads what `ablate` left there (ablation.json, summary.json, each run's
+metrics.jsonl, generated/ and demos/) and writes PNG plots under ``DIR/plots`` and one HTML page,
+``DIR/report.html``, that opens from disk: images and audio are files beside it, linked by
+relative paths, and nothing is fetched from the network. A small script in the page checks that
+every image and audio element loaded and writes the count into ``#selfcheck``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from diamusic.ablate import PLAN_FILE, AblationError, run_name
+from diamusic.patterns import DelayPattern
+from diamusic.runs import DEMOS, step_of
+from diamusic.stats import Estimate, mean_ci
+from diamusic.tracking import read_metrics
+
+BAR_METRICS = [
+    ("train/loss_noise", "loss noise"),
+    ("gen/decode_steps", "decode steps"),
+    ("gen/in_key_ratio", "in-key ratio"),
+    ("gen/in_tune_ratio", "in-tune ratio"),
+    ("gen/pitch_stability", "pitch stability"),
+    ("gen/chroma_cosine", "chroma similarity"),
+    ("gen/melody_agreement", "melody agreement"),
+    ("gen/usage_js", "code usage divergence"),
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _runs(out: Path, plan: dict[str, Any]) -> dict[str, dict[int, Path]]:
+    patterns = [DelayPattern.parse(d) for d in plan["patterns"]]
+    return {run_name(p): {s: out / "runs" / run_name(p) / f"seed{s}" for s in plan["seeds"]} for p in patterns}
+
+
+def _curve(runs: dict[int, Path], key: str) -> tuple[list[int], list[Estimate]]:
+    """Per step logged by every seed: the mean and t-interval of ``key`` over seeds."""
+    by_seed = [{row["step"]: row[key] for row in read_metrics(r) if key in row} for r in runs.values()]
+    steps = sorted(set.intersection(*(set(s) for s in by_seed))) if by_seed else []
+    return steps, [mean_ci([s[step] for s in by_seed]) for step in steps]
+
+
+def plot_curves(out: Path, runs: dict[str, dict[int, Path]], keys: list[tuple[str, str]], name: str) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], keys, strict=True):
+        for pattern, by_seed in runs.items():
+            steps, estimates = _curve(by_seed, key)
+            if not steps:
+                continue
+            means = [e.mean for e in estimates]
+            (line,) = ax.plot(steps, means, marker="o" if len(steps) < 8 else None, ms=3, label=pattern)
+            low = [e.low if not math.isnan(e.low) else e.mean for e in estimates]
+            high = [e.high if not math.isnan(e.high) else e.mean for e in estimates]
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("mean over seeds, band: 95% interval")
+    fig.tight_layout()
+    path = out / "plots" / name
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(out: Path, summary: dict[str, Any], keys: list[tuple[str, str]], name: str) -> Path | None:
+    """Small multiples: one panel per metric, one bar per pattern, 95% interval as the error bar."""
+    metrics = {m["key"]: m for m in summary["metrics"]}
+    present = [(k, t) for k, t in keys if k in metrics]
+    if not present:
+        return None
+    plt = _plt()
+    names = list(summary["patterns"])
+    cols = min(4, len(present))
+    rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, present, strict=False):
+        estimates = [metrics[key]["per_pattern"][n] for n in names]
+        errors = [0.0 if math.isnan(e["high"]) else e["high"] - e["mean"] for e in estimates]
+        ax.bar(names, [e["mean"] for e in estimates], yerr=errors, capsize=4, color=["C0", "C1", "C2", "C3", "C4"])
+        ax.set_title(title + (" ↓" if metrics[key]["lower_is_better"] else " ↑"), fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    for ax in list(axes.flat)[len(present) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / "plots" / name
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_codebooks(out: Path, summary: dict[str, Any]) -> Path | None:
+    rows = sorted(
+        (m for m in summary["metrics"] if m["key"].startswith("eval/loss/cb")), key=lambda m: int(m["key"][12:])
+    )
+    if not rows:
+        return None
+    plt = _plt()
+    names = list(summary["patterns"])
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for i, n in enumerate(names):
+        means = [m["per_pattern"][n]["mean"] for m in rows]
+        errors = [0.0 if math.isnan(m["per_pattern"][n]["high"]) else m["per_pattern"][n]["high"] - x
+                  for m, x in zip(rows, means, strict=True)]  # fmt: skip
+        ax.bar([c + i * width for c in range(len(rows))], means, width, yerr=errors, capsize=2, label=n)
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(rows))], [f"cb{c}" for c in range(len(rows))])
+    ax.set_ylabel("eval loss (nats)")
+    ax.set_title("eval loss per codebook (95% interval over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "plots" / "codebooks.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+SELFCHECK = """
+<script>
+// counts what loaded: the report's own test reads #selfcheck after the page settles
+function check() {
+  const imgs = [...document.images];
+  const audios = [...document.querySelectorAll('audio')];
+  const badImg = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  const badAudio = audios.filter(a => a.error || a.readyState < 1).length;
+  document.getElementById('selfcheck').textContent =
+    `images ${imgs.length} failed ${badImg}; audio ${audios.length} failed ${badAudio}`;
+}
+window.addEventListener('load', () => setTimeout(check, 1500));
+</script>
+"""
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; max-width: 1400px; }
+table { border-collapse: collapse; font-size: 13px; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.win { font-weight: bold; }
+audio { width: 220px; height: 32px; }
+.prompt { font-size: 13px; color: #333; max-width: 260px; }
+img { max-width: 100%; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _table(summary: dict[str, Any]) -> str:
+    names = list(summary["patterns"])
+    ref = summary["reference"]
+    others = [n for n in names if n != ref]
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["metric", *names, *(f"{n} − {ref}" for n in others), "winner"])
+    body = []
+    for m in summary["metrics"]:
+        cells = [f"<td>{_e(m['label'])} {'↓' if m['lower_is_better'] else '↑'}</td>"]
+        for n in names:
+            e = Estimate(**m["per_pattern"][n])
+            cells.append(f"<td class='{'win' if m['winner'] == n else ''}'>{_e(e.format())}</td>")
+        for n in others:
+            d = Estimate(**m["versus_reference"][n])
+            cells.append(f"<td>{_e(d.format())}{' *' if d.excludes_zero() else ''}</td>")
+        cells.append(f"<td>{_e(m['winner'] or 'no clear winner')}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _audio(out: Path, path: Path) -> str:
+    return f"<audio controls preload='auto' src='{_e(path.relative_to(out).as_posix())}'></audio>"
+
+
+def _listening(out: Path, runs: dict[str, dict[int, Path]]) -> str:
+    names = list(runs)
+    first = next(iter(runs[names[0]].values())) / "generated"
+    prompts = json.loads((first / "prompts.json").read_text()) if (first / "prompts.json").exists() else []
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["prompt", "reference (through the codec)", *names])
+    rows = []
+    for i, text in enumerate(prompts):
+        cells = [f"<td class='prompt'>{_e(text)}</td>", f"<td>{_audio(out, first / f'ref_{i:02d}.wav')}</td>"]
+        for n in names:
+            players = [f"seed {s}<br>{_audio(out, r / 'generated' / f'gen_{i:02d}.wav')}"
+                       for s, r in runs[n].items() if (r / "generated" / f"gen_{i:02d}.wav").exists()]  # fmt: skip
+            cells.append("<td>" + "<br>".join(players) + "</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _demos(out: Path, runs: dict[str, dict[int, Path]]) -> str:
+    sections = []
+    for n, by_seed in runs.items():
+        seed, run = next(iter(by_seed.items()))
+        steps = sorted((run / DEMOS).glob("step_*"), key=step_of)
+        rows = []
+        for folder in steps:
+            wavs = sorted(folder.glob("demo_*.wav"))
+            captions = [json.loads(w.with_suffix(".json").read_text())["text"] for w in wavs]
+            players = "".join(f"<td><span class='prompt'>{_e(c)}</span><br>{_audio(out, w)}</td>"
+                              for w, c in zip(wavs, captions, strict=True))  # fmt: skip
+            rows.append(f"<tr><td>step {step_of(folder)}</td>{players}</tr>")
+        sections.append(f"<h3>{_e(n)} (seed {seed})</h3><table>{''.join(rows)}</table>")
+    return "".join(sections)
+
+
+def write_report(out: str | Path) -> Path:
+    """Plots and report.html for an ablation directory; returns the page's path."""
+    out = Path(out)
+    if not (out / PLAN_FILE).exists() or not (out / "summary.json").exists():
+        raise AblationError(f"{out} holds no finished ablation (no {PLAN_FILE} and summary.json)")
+    plan = json.loads((out / PLAN_FILE).read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    runs = _runs(out, plan)
+    (out / "plots").mkdir(exist_ok=True)
+    grids = []
+    for name, delays in summary["patterns"].items():
+        path = out / "plots" / f"pattern_{name}.png"
+        DelayPattern.parse(delays).plot(str(path), steps=24)
+        grids.append(path)
+    loss = plot_curves(out, runs, [("train/loss", "train loss"), ("eval/loss", "eval loss")], "loss.png")
+    entropy = plot_curves(out, runs, [("train/entropy", "train entropy"), ("eval/entropy", "eval entropy")],
+                          "entropy.png")  # fmt: skip
+    bars = plot_bars(out, summary, BAR_METRICS, "metrics.png")
+    codebooks = plot_codebooks(out, summary)
+    images = [p for p in (loss, entropy, codebooks, bars) if p is not None]
+    img = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}'></p>" for p in images)
+    grid_html = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}'></p>" for p in grids)
+    seeds = ", ".join(map(str, summary["seeds"]))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Delay-pattern ablation</title><style>{STYLE}</style></head>
+<body>
+<h1>Delay-pattern ablation</h1>
+<p>{len(runs)} patterns x seeds {_e(seeds)}; differences against <b>{_e(summary["reference"])}</b>, paired by seed.
+Interior frames: at least {summary["edge_frames"]} frames from both ends of a crop.
+<span id="selfcheck">not checked</span></p>
+<h2>Summary</h2>
+<p>Means ± 95% t-interval over seeds; * = the paired interval excludes 0; a winner only where its paired
+interval against every other pattern excludes 0.</p>
+{_table(summary)}
+<h2>Curves and metrics</h2>
+{img}
+<h2>Listening: generations per prompt</h2>
+{_listening(out, runs)}
+<h2>Demos at checkpoints</h2>
+{_demos(out, runs)}
+<h2>Patterns</h2>
+{grid_html}
+{SELFCHECK}
+</body></html>
+"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,95 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diamusic import eval as evaluation
+from diamusic.patterns import DelayPattern
+from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch
+
+SR = 22050
+VOCAB = AudioVocab(codebook_size=32, num_codebooks=9)
+
+
+def notes(midis: list[float], seconds: float = 0.4) -> np.ndarray:
+    """Harmonic tones back to back (3 partials), one per (possibly fractional) MIDI pitch."""
+    n = int(seconds * SR)
+    f = np.repeat([440.0 * 2 ** ((m - 69) / 12) for m in midis], n)
+    phase = 2 * np.pi * np.cumsum(f) / SR
+    return (0.5 * np.sin(phase) + 0.2 * np.sin(2 * phase) + 0.1 * np.sin(3 * phase)).astype(np.float32)
+
+
+def test_interior_targets_are_the_frames_away_from_both_crop_ends():
+    pattern = DelayPattern.parse("dia")
+    codes = [torch.randint(0, 32, (40, 9)), torch.randint(0, 32, (25, 9))]
+    _, labels = build_decoder_batch(codes, pattern, VOCAB, ends=[True, False])
+    inside = evaluation.interior(labels, pattern, VOCAB, edge=5)
+    # per codebook: frames 5..34 of the 40-frame crop and 5..19 of the 25-frame one
+    assert inside[0].sum(-1).tolist() == [30] * 9 and inside[1].sum(-1).tolist() == [15] * 9
+    assert not (labels[inside] == VOCAB.eos).any()  # EOS is a target at the end: always edge
+    assert not inside[labels == IGNORE_INDEX].any()
+    assert evaluation.interior(labels, pattern, VOCAB, edge=0).sum() == (labels[:, :, :] != IGNORE_INDEX).sum() - 9
+
+
+def test_melody_metrics_on_tones_with_known_pitch_and_key():
+    c_major = notes([60, 62, 64, 65, 67, 69, 71, 72])
+    m = evaluation.melody_metrics(c_major, SR, "C major")
+    assert m["in_key_ratio"] > 0.9 and m["in_tune_ratio"] > 0.85 and m["voiced_ratio"] > 0.8  # glides blur a few
+    assert m["note_rate"] == pytest.approx(1 / 0.4, rel=0.3)
+    cluster = notes([61, 63, 66, 68, 70, 61, 63, 66])  # the black keys: out of C major
+    assert evaluation.melody_metrics(cluster, SR, "C major")["in_key_ratio"] < 0.1
+    detuned = notes([60.4, 62.4, 64.4, 65.4])  # 40 cents sharp: in no semitone's 25-cent band
+    assert evaluation.melody_metrics(detuned, SR, None)["in_tune_ratio"] < 0.2
+
+
+def test_melody_agreement_against_reference_notes():
+    wave = notes([60, 64, 67, 72])
+    right = [[60, 0.0, 0.4], [64, 0.4, 0.4], [67, 0.8, 0.4], [72, 1.2, 0.4]]
+    wrong = [[p + 2, s, d] for p, s, d in right]
+    assert evaluation.melody_agreement(wave, SR, right) > 0.85
+    assert evaluation.melody_agreement(wave, SR, wrong) < 0.1
+    assert math.isnan(evaluation.melody_agreement(wave, SR, []))
+
+
+def test_distribution_scores_are_zero_for_identical_sets_and_grow_apart():
+    g = np.random.default_rng(0)
+    a = g.normal(size=(6, 50))
+    assert evaluation.frechet_diagonal(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert evaluation.frechet_diagonal(a, a + 1.0) == pytest.approx(50.0, rel=1e-6)
+    codes = [g.integers(0, 32, (100, 9)) for _ in range(3)]
+    assert max(evaluation.usage_divergence(codes, codes, 32)) < 1e-6
+    constant = [np.zeros((100, 9), dtype=np.int64)]
+    assert (
+        0.5
+        < min(evaluation.usage_divergence(constant, codes, 32))
+        <= max(evaluation.usage_divergence(constant, codes, 32))
+        <= math.log(2)
+    )
+
+
+def test_evaluate_run_reports_every_metric(tiny_run, tmp_path):
+    result = evaluation.evaluate_run(tiny_run, prompts=2, seconds=0.3, device="cpu", out=tmp_path / "e.json")
+    assert (tmp_path / "e.json").exists() and result["checkpoint"] == "step_000010" and result["edge_frames"] == 8
+    for prefix in ("eval/", "train_subset/"):
+        for part in ("", "interior/", "edge/"):
+            assert 0 < result[f"{prefix}{part}loss"] < 10, prefix + part
+            assert f"{prefix}{part}loss/cb8" in result and f"{prefix}{part}entropy" in result
+    assert result["eval/gap"] == pytest.approx(result["eval/loss"] - result["train_subset/loss"])
+    keys = ["train/loss", "train/loss_noise", "gen/frames_per_s", "gen/real_time_factor", "gen/decode_steps"]
+    keys += ["gen/voiced_ratio", "gen/chroma_cosine", "gen/frechet_features", "gen/usage_js", "gen/usage_js/cb8"]
+    for key in keys:
+        assert key in result and not math.isnan(result[key]), key
+
+
+def test_edge_and_interior_split_the_targets(tiny_run):
+    from diamusic.data.dataset import CodesDataset, fixed_batches
+    from diamusic.runs import load_run
+
+    run = load_run(tiny_run, device="cpu")
+    batches = fixed_batches(CodesDataset(run.info["dataset"], "eval"), 4, 1, run.pattern, 32)
+    parts = evaluation.teacher_forced(run.model, batches, run.pattern, run.vocab, edge=8)
+    whole, inner, edge = parts[""], parts["interior/"], parts["edge/"]
+    torch.testing.assert_close(inner.count + edge.count, whole.count)
+    torch.testing.assert_close(inner.loss_sum + edge.loss_sum, whole.loss_sum)
+    assert 0 < inner.count.sum() < whole.count.sum()

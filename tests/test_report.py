@@ -1,0 +1,52 @@
+"""The listening report: plots and one HTML page that a browser opens from disk with everything loaded."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from diamusic.report import write_report
+
+
+def test_report_writes_plots_and_links_every_file(small_ablation):
+    page = write_report(small_ablation)
+    text = page.read_text()
+    for name in ("loss.png", "entropy.png", "codebooks.png", "metrics.png", "pattern_dia.png", "pattern_musicgen.png"):
+        assert (small_ablation / "plots" / name).stat().st_size > 5000, name
+        assert f"plots/{name}" in text
+    sources = re.findall(r"src='([^']+)'", text)
+    assert sources and all((small_ablation / s).exists() for s in sources)  # relative paths, nothing remote
+    assert "http://" not in text and "https://" not in text
+    # 2 prompts x (reference + 2 patterns x 2 seeds), and 2 demo steps x 2 prompts per pattern
+    assert len(re.findall(r"<audio ", text)) == 2 * (1 + 2 * 2) + 2 * 2 * 2
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium here: `make test` installs Debian's chromium where it can (apt-get as root)")
+    page = write_report(small_ablation)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required",
+             "--virtual-time-budget=8000", "--allow-file-access-from-files"]  # fmt: skip
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    check = re.search(r'id="selfcheck">([^<]*)<', dom.stdout)
+    assert check, dom.stderr[-2000:]
+    counts = re.fullmatch(r"images (\d+) failed (\d+); audio (\d+) failed (\d+)", check.group(1))
+    assert counts, check.group(1)
+    images, bad_images, audios, bad_audio = map(int, counts.groups())
+    assert images >= 6 and bad_images == 0 and audios == 18 and bad_audio == 0
+    # the table has one column per pattern (plus the metric, the difference and the winner)
+    header = re.search(r"<table><tbody><tr>(.*?)</tr>", dom.stdout).group(1)
+    assert re.findall(r"<th>([^<]*)</th>", header) == ["metric", "dia", "musicgen", "musicgen − dia", "winner"]
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1400,2400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)  # fmt: skip
+    assert shot.stat().st_size > 20_000
+    summary = json.loads((small_ablation / "summary.json").read_text())
+    assert list(summary["patterns"]) == ["dia", "musicgen"]
