@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="demo directory (re-runs reuse its data and finished runs)")
     demo.add_argument("--patterns", nargs="+", default=["dia", "musicgen", "compressed"])
     demo.add_argument("--melodies", type=_positive, default=80, help="melodies from the built-in corpus")
-    demo.add_argument("--steps", type=_positive, default=400, help="optimizer steps per run")
+    demo.add_argument("--steps", type=_positive, default=300, help="optimizer steps per run")
     demo.add_argument("--seeds", type=_positive, default=3, help="seeds per pattern")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -119,22 +119,23 @@ def note_rate(voiced: np.ndarray, midi: np.ndarray, seconds: float) -> float:
     return float(sum(1 for a, b in runs if rounded[a] >= 0 and b - a >= MIN_NOTE_FRAMES) / seconds)
 
 
-def melody_metrics(wave: np.ndarray, rate: int, key: str | None) -> dict[str, float]:
+def melody_metrics(wave: np.ndarray, rate: int, key: str | None, track: pitch.Track | None = None) -> dict[str, float]:
     """Reference-free: voiced ratio, pitch stability, in-tune ratio, note rate, in-key ratio (with a key)."""
-    _, f0, voiced = pitch.pitch_track(wave, rate)
+    track = track if track is not None else pitch.pitch_track(wave, rate)
+    _, f0, voiced = track
     midi = np.where(voiced, pitch.hz_to_midi(np.where(voiced, f0, 440.0)), 0.0)
-    out = pitch.melody_stats(wave, rate, key)
+    out = pitch.melody_stats(wave, rate, key, track)
     cents = 100 * np.abs(midi[voiced] - np.round(midi[voiced]))
     out["in_tune_ratio"] = float((cents <= IN_TUNE_CENTS).mean()) if voiced.any() else math.nan
     out["note_rate"] = note_rate(voiced, midi, len(wave) / rate)
     return out
 
 
-def melody_agreement(wave: np.ndarray, rate: int, notes: list[list[float]]) -> float:
+def melody_agreement(wave: np.ndarray, rate: int, notes: list[list[float]], track: pitch.Track | None = None) -> float:
     """Raw pitch accuracy (mir_eval, 50 cents) of a wave's pitch track against reference notes."""
     import mir_eval
 
-    times, f0, _ = pitch.pitch_track(wave, rate)
+    times, f0, _ = track if track is not None else pitch.pitch_track(wave, rate)
     ref = np.zeros_like(f0)
     for p, start, duration in notes:
         ref[(times >= start) & (times < start + duration)] = 440.0 * 2 ** ((p - 69) / 12)
@@ -201,10 +202,11 @@ def generated_metrics(
         reference = codec.decode(prompt.reference)
         if audio_dir is not None:
             _write_wavs(audio_dir, i, wave, reference, codec.sample_rate)
-        row = melody_metrics(wave, codec.sample_rate, prompt.key)
+        track = pitch.pitch_track(wave, codec.sample_rate)
+        row = melody_metrics(wave, codec.sample_rate, prompt.key, track)
         row["chroma_cosine"] = pitch.chroma_cosine(reference, wave, codec.sample_rate)
         if prompt.melody:
-            row["melody_agreement"] = melody_agreement(wave, codec.sample_rate, prompt.melody)
+            row["melody_agreement"] = melody_agreement(wave, codec.sample_rate, prompt.melody, track)
         row["stopped_on_eos"] = float(result.stopped_on_eos[0])
         rows.append(row)
         generated_feats.append(audio_features(wave, codec.sample_rate))

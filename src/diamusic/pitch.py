@@ -113,7 +113,12 @@ def _voiced_runs(voiced: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
-def melody_stats(wave: np.ndarray, sample_rate: int, key: str | None = None) -> dict[str, float]:
+Track = tuple[np.ndarray, np.ndarray, np.ndarray]  # pitch_track's (times, f0, voiced)
+
+
+def melody_stats(
+    wave: np.ndarray, sample_rate: int, key: str | None = None, track: Track | None = None
+) -> dict[str, float]:
     """Reference-free melody statistics of one wave.
 
     - voiced_ratio: fraction of frames pyin calls voiced.
@@ -124,7 +129,7 @@ def melody_stats(wave: np.ndarray, sample_rate: int, key: str | None = None) -> 
     - in_key_ratio (only when `key` is given): fraction of voiced frames whose rounded pitch class belongs
       to the key's scale (see `_MODES`; minor includes the raised 7th). nan when nothing is voiced.
     """
-    _, f0, voiced = pitch_track(wave, sample_rate)
+    _, f0, voiced = track if track is not None else pitch_track(wave, sample_rate)  # pyin is the slow part
     stats: dict[str, float] = {"voiced_ratio": float(voiced.mean()) if len(voiced) else 0.0}
     midi = np.zeros_like(f0)
     midi[voiced] = hz_to_midi(f0[voiced])
