@@ -128,3 +128,13 @@ def test_demo_refuses_a_bad_pattern_before_any_work(tmp_path):
 def test_nan_free_table_for_one_seed():
     rows = summarise({"dia": {0: {"eval/loss": 3.0}}, "musicgen": {0: {"eval/loss": 2.0}}}, "dia")
     assert rows[0].winner is None and math.isnan(rows[0].versus_reference["musicgen"].low)
+
+
+def test_demo_commands_are_commands_the_cli_takes(tmp_path):
+    from diamusic.cli import build_parser
+
+    commands = ablate.demo_commands(tmp_path, ["dia", "musicgen"], 80, 300, 3, ["batch_size=4"])
+    parsed = [build_parser().parse_args(c.split()[1:]) for c in commands]
+    assert [p.command for p in parsed] == ["prepare", "ablate", "report"]
+    assert parsed[0].codebook_size == 256 and parsed[0].eval_fraction == 0.1
+    assert parsed[1].seeds == 3 and parsed[1].steps == 300 and "batch_size=4" in parsed[1].set

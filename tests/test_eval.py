@@ -93,3 +93,17 @@ def test_edge_and_interior_split_the_targets(tiny_run):
     torch.testing.assert_close(inner.count + edge.count, whole.count)
     torch.testing.assert_close(inner.loss_sum + edge.loss_sum, whole.loss_sum)
     assert 0 < inner.count.sum() < whole.count.sum()
+
+
+def test_eval_cli_prints_and_writes(tiny_run, tmp_path, capsys):
+    import json
+
+    from diamusic.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(tiny_run), "--prompts", "1", "--seconds", "0.3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "step_000010" in printed and "eval/interior/loss" in printed
+    assert json.loads(out.read_text())["checkpoint"] == "step_000010"
+    assert main(["eval", "--run", str(tmp_path), "--prompts", "0"]) == 2  # not a run: one line
+    assert capsys.readouterr().err.startswith("diamusic: error:")

@@ -333,17 +333,33 @@ def demo(
 
     parse_patterns(patterns, SpectralConfig.levels)  # before anything is prepared or trained
     data = out / "data"
-    # a small codebook so a few hundred CPU steps show real learning; 1024 is the codec default
-    prepare(
-        "melodies",
-        "spectral-rvq",
-        data,
-        limit=melodies,
-        max_seconds=8.0,
-        eval_fraction=0.1,
-        codec_options={"codebook_size": 256},
-        progress=progress,
-    )
-    overrides = {"steps": steps, "data.crop_frames": 86, "eval.every": steps, "demos.every": max(1, steps // 2)}
-    # 3 prompts of 3 s each keep the pitch tracking of 9 evaluations to a few minutes on 2 cores
-    return ablate(data, out / "ablation", patterns, seeds, "tiny-cpu", overrides, sets, 3, 3.0, progress=progress)
+    prepare("melodies", "spectral-rvq", data, limit=melodies, progress=progress, **DEMO_PREPARE)
+    overrides = {"steps": steps, **_demo_overrides(steps)}
+    return ablate(data, out / "ablation", patterns, seeds, "tiny-cpu", overrides, sets, **DEMO_EVAL, progress=progress)
+
+
+# a small codebook so a few hundred CPU steps show real learning (1024 is the codec default); 3 prompts
+# of 3 s each keep the pitch tracking of 9 evaluations to a few minutes on 2 cores
+DEMO_PREPARE = {"max_seconds": 8.0, "eval_fraction": 0.1, "codec_options": {"codebook_size": 256}}
+DEMO_EVAL = {"prompts": 3, "seconds": 3.0}
+
+
+def _demo_overrides(steps: int) -> dict[str, Any]:
+    return {"data.crop_frames": 86, "eval.every": steps, "demos.every": max(1, steps // 2)}
+
+
+def demo_commands(
+    out: Path, patterns: list[str], melodies: int, steps: int, seeds: int, sets: list[str] | None = None
+) -> list[str]:
+    """The `diamusic` commands that do what `demo` does, so a user can rerun or vary each step."""
+    p = DEMO_PREPARE
+    sets = [f"{k}={v}" for k, v in _demo_overrides(steps).items()] + list(sets or [])
+    return [
+        f"diamusic prepare --source melodies --codec spectral-rvq --out {out / 'data'} --limit {melodies} "
+        f"--max-seconds {p['max_seconds']:g} --eval-fraction {p['eval_fraction']:g} "
+        f"--codebook-size {p['codec_options']['codebook_size']}",
+        f"diamusic ablate --data {out / 'data'} --out {out / 'ablation'} --patterns {','.join(patterns)} "
+        f"--seeds {seeds} --steps {steps} --prompts {DEMO_EVAL['prompts']} --seconds {DEMO_EVAL['seconds']:g} "
+        + " ".join(f"--set {s}" for s in sets),
+        f"diamusic report {out / 'ablation'}",
+    ]

@@ -46,7 +46,9 @@ def _positive(text: str) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from diamusic.data.prepare import prepare
 
-    options = {"codebook_size": args.codebook_size, "dac_model": args.dac_model}
+    # only what was given: the codec's own defaults apply otherwise, and job.json records just the choices
+    given = {"codebook_size": args.codebook_size, "dac_model": args.dac_model}
+    options = {k: v for k, v in given.items() if v is not None}
     result = prepare(
         args.source,
         args.codec,
@@ -196,10 +198,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from diamusic.ablate import demo
+    from diamusic.ablate import demo, demo_commands
     from diamusic.report import write_report
 
-    result = demo(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set, not args.quiet)
+    out = Path(args.out)
+    print("the demo runs, as commands:\n  " + "\n  ".join(demo_commands(out, args.patterns, args.melodies, args.steps,
+          args.seeds, args.set)), file=sys.stderr)  # fmt: skip
+    result = demo(out, args.patterns, args.melodies, args.steps, args.seeds, args.set, not args.quiet)
     page = write_report(result.out)
     print(result.summary.read_text())
     print(f"wrote {result.summary}; runs, their demos and generated audio under {result.out / 'runs'}")
@@ -233,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--texture", help="built-in melodies: solo | accompanied | mixed (default)")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: this process's share of the job")
-    prep.add_argument("--codebook-size", type=int, default=1024, help="spectral-rvq codebook size")
-    prep.add_argument("--dac-model", default="descript/dac_44khz", help="DAC hub id or local directory")
+    prep.add_argument("--codebook-size", type=int, help="spectral-rvq codebook size (default 1024)")
+    prep.add_argument("--dac-model", help="DAC hub id or local directory (default descript/dac_44khz)")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_prepare)
 
