@@ -42,6 +42,18 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def _upper(e: dict[str, float]) -> float:
+    """The error bar above a mean: none where one seed gives no interval."""
+    return 0.0 if math.isnan(e["high"]) else e["high"] - e["mean"]
+
+
 def _runs(out: Path, plan: dict[str, Any]) -> dict[str, dict[int, Path]]:
     patterns = [DelayPattern.parse(d) for d in plan["patterns"]]
     return {run_name(p): {s: out / "runs" / run_name(p) / f"seed{s}" for s in plan["seeds"]} for p in patterns}
@@ -72,11 +84,7 @@ def plot_curves(out: Path, runs: dict[str, dict[int, Path]], keys: list[tuple[st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("mean over seeds, band: 95% interval")
-    fig.tight_layout()
-    path = out / "plots" / name
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "plots" / name)
 
 
 def plot_bars(out: Path, summary: dict[str, Any], keys: list[tuple[str, str]], name: str) -> Path | None:
@@ -92,17 +100,13 @@ def plot_bars(out: Path, summary: dict[str, Any], keys: list[tuple[str, str]], n
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
     for ax, (key, title) in zip(axes.flat, present, strict=False):
         estimates = [metrics[key]["per_pattern"][n] for n in names]
-        errors = [0.0 if math.isnan(e["high"]) else e["high"] - e["mean"] for e in estimates]
+        errors = [_upper(e) for e in estimates]
         ax.bar(names, [e["mean"] for e in estimates], yerr=errors, capsize=4, color=["C0", "C1", "C2", "C3", "C4"])
         ax.set_title(title + (" ↓" if metrics[key]["lower_is_better"] else " ↑"), fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
-    fig.tight_layout()
-    path = out / "plots" / name
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "plots" / name)
 
 
 def plot_codebooks(out: Path, summary: dict[str, Any]) -> Path | None:
@@ -117,18 +121,13 @@ def plot_codebooks(out: Path, summary: dict[str, Any]) -> Path | None:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for i, n in enumerate(names):
         means = [m["per_pattern"][n]["mean"] for m in rows]
-        errors = [0.0 if math.isnan(m["per_pattern"][n]["high"]) else m["per_pattern"][n]["high"] - x
-                  for m, x in zip(rows, means, strict=True)]  # fmt: skip
+        errors = [_upper(m["per_pattern"][n]) for m in rows]
         ax.bar([c + i * width for c in range(len(rows))], means, width, yerr=errors, capsize=2, label=n)
     ax.set_xticks([c + 0.4 - width / 2 for c in range(len(rows))], [f"cb{c}" for c in range(len(rows))])
     ax.set_ylabel("eval loss (nats)")
     ax.set_title("eval loss per codebook (95% interval over seeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "plots" / "codebooks.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "plots" / "codebooks.png")
 
 
 # --- the page -----------------------------------------------------------------------------------
