@@ -16,8 +16,8 @@ torchcrepe imports torchaudio at module level only for `torchcrepe.load.audio` (
 call; the PyPI torchaudio wheel is a CUDA build that cannot load next to CPU torch, so we stand in an empty module
 for it when it is absent.
 
-    .venv/bin/python benchmarks/pitch_trackers.py            # 12 pieces x (solo, accompanied), ~4 min on 2 cores
-    .venv/bin/python benchmarks/pitch_trackers.py --pieces 4 --trackers pyin crepe-tiny
+    .venv/bin/python benchmarks/pitch_trackers.py  # 12 pieces x (solo, accompanied), crepe-full on 2; ~12 min
+    .venv/bin/python benchmarks/pitch_trackers.py --trackers pyin crepe-tiny  # ~3 min
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ def score(times: np.ndarray, est: np.ndarray, ref: np.ndarray) -> dict[str, floa
 def build_audio(pieces: int, seconds: float, textures: list[str]) -> dict[str, list[render.Rendering]]:
     melodies = list(corpus.iter_melodies(limit=pieces, seed=0))
     return {
-        texture: [render.render_piece(m.excerpt(seconds), seed, "soundfont", texture) for seed, m in enumerate(melodies)]
+        texture: [
+            render.render_piece(m.excerpt(seconds), seed, "soundfont", texture) for seed, m in enumerate(melodies)
+        ]
         for texture in textures
     }
 
@@ -128,6 +130,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="CREPE periodicity for voiced (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=512, help="CREPE frames per forward pass")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--full-pieces", type=int, default=2, help="crepe-full runs ~10x real time on 2 cores: only the first N pieces"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -158,6 +163,10 @@ def main() -> None:
         track(first.wave[: first.sample_rate], first.sample_rate)  # warm-up: model load, numba/jit compilation
         for texture, renderings in audio.items():
             scores, cpu, wall, dur = [], 0.0, 0.0, 0.0
+            if name == "crepe-full":
+                renderings = renderings[: args.full_pieces]
+            if not renderings:
+                continue
             for r in renderings:
                 c0, w0 = time.process_time(), time.perf_counter()
                 times, est = track(r.wave, r.sample_rate)
@@ -166,17 +175,23 @@ def main() -> None:
                 dur += len(r.wave) / r.sample_rate
                 scores.append(score(times, est, reference_f0(times, r.melody)))
             mean = {k: float(np.nanmean([s[k] for s in scores])) for k in scores[0]}
-            rows.append((name, texture, mean, cpu / dur, wall / dur))
+            rows.append((name, texture, len(renderings), mean, cpu / dur, wall / dur))
             print(f"{name} {texture}: done ({wall:.1f} s wall)", file=sys.stderr)
 
-    print(f"torch {torch.__version__}, torchcrepe {version}, {args.threads} threads; {args.pieces} pieces x "
-          f"{args.seconds:g} s excerpts (audio incl. release tail), CREPE threshold {args.threshold}\n")
-    print("| tracker | texture | RPA 50c | RPA 20c | voicing recall | voicing false alarm | CPU s / audio s "
-          "| wall s / audio s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, texture, m, cpu_rt, wall_rt in rows:
-        print(f"| {name} | {texture} | {m['rpa50']:.3f} | {m['rpa20']:.3f} | {m['vr']:.3f} | {m['vfa']:.3f} "
-              f"| {cpu_rt:.3f} | {wall_rt:.3f} |")
+    print(
+        f"torch {torch.__version__}, torchcrepe {version}, {args.threads} threads; {args.pieces} pieces x "
+        f"{args.seconds:g} s excerpts (audio incl. release tail), CREPE threshold {args.threshold}\n"
+    )
+    print(
+        "| tracker | texture | pieces | RPA 50c | RPA 20c | voicing recall | voicing false alarm | CPU s / audio s "
+        "| wall s / audio s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, texture, n, m, cpu_rt, wall_rt in rows:
+        print(
+            f"| {name} | {texture} | {n} | {m['rpa50']:.3f} | {m['rpa20']:.3f} | {m['vr']:.3f} | {m['vfa']:.3f} "
+            f"| {cpu_rt:.3f} | {wall_rt:.3f} |"
+        )
 
 
 if __name__ == "__main__":
