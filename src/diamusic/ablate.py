@@ -353,6 +353,9 @@ def demo_commands(
     out: Path, patterns: list[str], melodies: int, steps: int, seeds: int, sets: list[str] | None = None
 ) -> list[str]:
     """The `diamusic` commands that do what `demo` does, so a user can rerun or vary each step."""
+    from diamusic.codecs import SpectralConfig
+
+    parse_patterns(patterns, SpectralConfig.levels)  # a bad pattern is one line, before anything is printed
     p = DEMO_PREPARE
     sets = [f"{k}={v}" for k, v in _demo_overrides(steps).items()] + list(sets or [])
     return [
