@@ -25,7 +25,7 @@ from diamusic.data.prepare import prepare
 from diamusic.errors import DiamusicError
 from diamusic.eval import evaluate_run
 from diamusic.patterns import DelayPattern
-from diamusic.runs import RUN_FILE, checkpoints_of, step_of
+from diamusic.runs import RUN_FILE, checkpoints_of, step_name, step_of
 from diamusic.stats import Estimate, mean_ci, paired_difference, winner
 from diamusic.train import train
 
@@ -162,16 +162,15 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
     done = [step_of(p) for p in checkpoints_of(run_dir)]
     if config.steps not in done:
         resume = (run_dir / RUN_FILE).exists()
-        print(f"\n== {'resuming' if resume else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
-        # a run killed before its first checkpoint has nothing to resume from: start it over
-        if resume and not done:
+        if resume and not done:  # killed before its first checkpoint: nothing to resume from, start it over
             shutil.rmtree(run_dir)
             resume = False
+        print(f"\n== {'resuming' if resume else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
         train(config, run_dir, resume=resume, progress=progress)
     eval_file = run_dir / "eval.json"
     if eval_file.exists():
         result = json.loads(eval_file.read_text())
-        if result.get("checkpoint") == f"step_{config.steps:06d}":
+        if result.get("checkpoint") == step_name(config.steps):
             return result
     audio = run_dir / "generated"
     return evaluate_run(run_dir, config.steps, plan.prompts, plan.seconds, plan.edge, out=eval_file, audio_dir=audio)
