@@ -56,7 +56,12 @@ def test_distribution_scores_are_zero_for_identical_sets_and_grow_apart():
     g = np.random.default_rng(0)
     a = g.normal(size=(6, 50))
     assert evaluation.frechet_diagonal(a, a) == pytest.approx(0.0, abs=1e-9)
-    assert evaluation.frechet_diagonal(a, a + 1.0) == pytest.approx(50.0, rel=1e-6)
+    shifted = a + a.std(0)  # every feature moved by one real standard deviation
+    assert evaluation.frechet_diagonal(shifted, a) == pytest.approx(50.0, rel=1e-6)
+    # features count in units of their real spread: rescaling one (MFCC energy vs chroma) changes nothing
+    stretched = np.ones(50)
+    stretched[0] = 1000.0
+    assert evaluation.frechet_diagonal(shifted * stretched, a * stretched) == pytest.approx(50.0, rel=1e-6)
     codes = [g.integers(0, 32, (100, 9)) for _ in range(3)]
     assert max(evaluation.usage_divergence(codes, codes, 32)) < 1e-6
     constant = [np.zeros((100, 9), dtype=np.int64)]
@@ -66,6 +71,20 @@ def test_distribution_scores_are_zero_for_identical_sets_and_grow_apart():
         <= max(evaluation.usage_divergence(constant, codes, 32))
         <= math.log(2)
     )
+
+
+def test_eval_prompts_take_one_clip_per_source_first():
+    class Clips:
+        rows = [{"source": s, "text": f"{s}{k}"} for s, k in ["a0", "a1", "a2", "b0", "c0", "c1"]]
+
+        def text(self, i: int) -> str:
+            return self.rows[i]["text"]
+
+        def codes(self, i: int) -> np.ndarray:
+            return np.zeros((4, 9), dtype=np.int64)
+
+    assert [p.text for p in evaluation.eval_prompts(Clips(), 3)] == ["a0", "b0", "c0"]
+    assert [p.text for p in evaluation.eval_prompts(Clips(), 5)] == ["a0", "b0", "c0", "a1", "a2"]
 
 
 def test_evaluate_run_reports_every_metric(tiny_run, tmp_path):

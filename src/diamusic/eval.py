@@ -98,9 +98,14 @@ class Prompt:
 
 
 def eval_prompts(data: CodesDataset, count: int) -> list[Prompt]:
-    """The first ``count`` eval clips (their order is the dataset's, so every run gets the same ones)."""
+    """The first clip of each of the first ``count`` eval sources, in the dataset's order (so every
+    run gets the same ones); a source's later clips are taken only when sources run out."""
+    firsts, rest, seen = [], [], set()
+    for i, row in enumerate(data.rows):
+        (rest if row.get("source") in seen else firsts).append(i)
+        seen.add(row.get("source"))
     prompts = []
-    for i in range(min(count, len(data))):
+    for i in (firsts + rest)[:count]:
         tags = data.rows[i].get("tags") or {}
         prompts.append(Prompt(data.text(i), tags.get("key"), np.asarray(data.codes(i)), data.rows[i].get("melody")))
     return prompts
@@ -156,11 +161,16 @@ def audio_features(wave: np.ndarray, rate: int) -> np.ndarray:
 
 
 def frechet_diagonal(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians with diagonal covariances fitted to rows of ``a`` and ``b``.
+    """Fréchet distance between Gaussians with diagonal covariances fitted to rows of ``a`` and ``b``,
+    each feature first scaled by its spread in ``b`` (the real clips).
 
     Diagonal because an evaluation generates a handful of clips, too few for a full covariance of
-    50 features; it still compares means and spreads feature by feature.
+    50 features; scaled so that MFCC energy (hundreds) does not drown chroma (0 to 1): each feature
+    counts in units of the real data's own variation.
     """
+    scale = b.std(0)
+    scale = np.where(scale > 1e-8, scale, 1.0)  # a constant real feature is compared unscaled
+    a, b = a / scale, b / scale
     mu_a, mu_b = a.mean(0), b.mean(0)
     var_a, var_b = a.var(0), b.var(0)
     return float(((mu_a - mu_b) ** 2).sum() + (var_a + var_b - 2 * np.sqrt(var_a * var_b)).sum())
