@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from diamusic.patterns import PRESETS, DelayPattern
 
@@ -41,6 +43,29 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, like every other error (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -213,7 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diamusic", description=__doc__)
+    parser = _Parser(prog="diamusic", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -231,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--source", required=True, help="'melodies' (built-in corpus) or a folder of audio")
     prep.add_argument("--codec", default="spectral-rvq", help="dac | spectral-rvq (offline, not DAC quality)")
     prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
-    prep.add_argument("--limit", type=int, help="use at most N inputs")
-    prep.add_argument("--max-seconds", type=float, default=30.0, help="split longer audio into clips")
+    prep.add_argument("--limit", type=_positive, help="use at most N inputs")
+    prep.add_argument("--max-seconds", type=_seconds, default=30.0, help="split longer audio into clips")
     prep.add_argument("--eval-fraction", type=float, default=0.05, help="share of inputs held out for eval")
     prep.add_argument("--renderer", help="built-in melodies: soundfont (General MIDI, default) | synth")
     prep.add_argument("--texture", help="built-in melodies: solo | accompanied | mixed (default)")
@@ -275,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--checkpoint", default="latest", help="a step number or 'latest'")
     gen.add_argument("--text", action="append", required=True, help="a caption, repeatable")
     gen.add_argument("--num", type=_positive, default=1, help="samples per text")
-    gen.add_argument("--seconds", type=float, default=10.0, help="length cap; generation stops earlier at EOS")
+    gen.add_argument("--seconds", type=_seconds, default=10.0, help="length cap; generation stops earlier at EOS")
     gen.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance (1 = off)")
     gen.add_argument(
         "--cfg-filter-top-k", type=int, default=45, help="Dia's CFG filter candidates; 0 = plain CFG sampling"
@@ -291,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="teacher-forced and generated-audio metrics of one checkpoint")
     ev.add_argument("--run", required=True, help="run directory from `diamusic train`")
     ev.add_argument("--checkpoint", default="latest", help="a step number or 'latest'")
-    ev.add_argument("--prompts", type=int, default=4, help="eval captions to generate from (0: none)")
-    ev.add_argument("--seconds", type=float, default=4.0, help="length cap of each generation")
+    ev.add_argument("--prompts", type=_count, default=4, help="eval captions to generate from (0: none)")
+    ev.add_argument("--seconds", type=_seconds, default=4.0, help="length cap of each generation")
     ev.add_argument("--device", help="cpu | cuda (default: cuda when present)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
@@ -304,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--patterns", default="dia,musicgen,compressed", help="presets and delay lists, comma-separated")
     ab.add_argument("--seeds", type=_positive, default=3, help="seeds per pattern (consecutive from the config's)")
     ab.add_argument("--steps", type=_positive, help="optimizer steps per run")
-    ab.add_argument("--prompts", type=int, default=4, help="eval captions each run generates from")
-    ab.add_argument("--seconds", type=float, default=4.0, help="length cap of each generation")
+    ab.add_argument("--prompts", type=_count, default=4, help="eval captions each run generates from")
+    ab.add_argument("--seconds", type=_seconds, default=4.0, help="length cap of each generation")
     ab.add_argument("--reference", default="dia", help="the pattern differences are taken against")
     ab.add_argument("--tracker", action="append", choices=["wandb", "tensorboard"], help="repeatable")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")

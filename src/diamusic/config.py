@@ -59,6 +59,9 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    # optimizer steps with a non-finite loss or gradient norm that are skipped (no update) before
+    # training stops; 0 stops at the first
+    skip_nonfinite_steps: int = 0
 
 
 @dataclass
@@ -198,8 +201,10 @@ def load_config(
         path = resolve_preset(preset)
         try:
             tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got a YAML {type(tree).__name__}")
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
@@ -234,6 +239,7 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= o.weight_decay < math.inf, "optim.weight_decay must be >= 0"),
         (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
         (0.0 < o.grad_clip < math.inf, "optim.grad_clip must be a finite number > 0"),
+        (o.skip_nonfinite_steps >= 0, "optim.skip_nonfinite_steps must be >= 0"),
         (config.model.preset in MODEL_PRESETS, f"model.preset must be one of {', '.join(MODEL_PRESETS)}"),
         (config.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 = full fine-tuning)"),
         (config.eval.every > 0, "eval.every must be > 0 (set it to steps to evaluate only at the end)"),

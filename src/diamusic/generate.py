@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,11 +68,11 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_frames < 1:
             raise GenerationError(f"max_frames must be >= 1, got {self.max_frames}")
-        if not self.cfg_scale >= 0:
-            raise GenerationError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not 0 <= self.cfg_scale < math.inf:
+            raise GenerationError(f"cfg_scale must be a finite number >= 0, got {self.cfg_scale}")
         if self.cfg_filter_top_k is not None and self.cfg_filter_top_k < 1:
             raise GenerationError(f"cfg_filter_top_k must be >= 1 or None, got {self.cfg_filter_top_k}")
-        if not self.temperature >= 0:
+        if not 0 <= self.temperature < math.inf:
             raise GenerationError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -81,6 +80,8 @@ class SamplingConfig:
     @classmethod
     def for_seconds(cls, seconds: float, frame_rate: float, **settings: Any) -> SamplingConfig:
         """A length cap in seconds of audio, rounded to codec frames."""
+        if not 0 < seconds < math.inf:
+            raise GenerationError(f"seconds must be a finite number > 0, got {seconds}")
         return cls(max_frames=max(1, round(seconds * frame_rate)), **settings)
 
     @property
@@ -286,6 +287,8 @@ def _check_model(
 ) -> None:
     if not texts:
         raise GenerationError("generate_codes needs at least one text")
+    if any(not text.strip() for text in texts):
+        raise GenerationError("empty text: give a caption (the empty prompt is what CFG guides away from)")
     config = model.config
     if list(config.delay_pattern) != pattern.to_list():
         raise GenerationError(
@@ -298,13 +301,17 @@ def _check_model(
             f"the model has {dec.num_channels} channels x vocab {dec.vocab_size}, the vocabulary "
             f"{vocab.num_codebooks} x {vocab.vocab_size}"
         )
-    longest = pattern.decode_steps(sampling.max_frames) + 1
-    if longest > dec.max_position_embeddings:
-        warnings.warn(
-            f"{sampling.max_frames} frames need {longest} decoder positions, more than the model's "
-            f"{dec.max_position_embeddings}: quality past its training length is not guaranteed",
-            stacklevel=3,
+    most = longest_cap(model, pattern)
+    if sampling.max_frames > most:  # past the model's positions, and the cache's memory grows without bound
+        raise GenerationError(
+            f"a length cap of {sampling.max_frames} frames needs {pattern.decode_steps(sampling.max_frames) + 1} "
+            f"decoder positions; the model has {dec.max_position_embeddings}, so at most {most} frames"
         )
+
+
+def longest_cap(model: DiaForConditionalGeneration, pattern: DelayPattern) -> int:
+    """The longest length cap in frames whose decode steps (BOS step included) fit the model's positions."""
+    return model.config.decoder_config.max_position_embeddings - 2 - pattern.max_delay
 
 
 # --- from a run directory to audio files --------------------------------------------------------
@@ -327,9 +334,13 @@ def generate_files(
 
     if not overwrite and out.is_dir() and any(out.glob(f"{stem}_*")):
         raise GenerationError(f"{out} already holds {stem}_* files: choose another output directory or overwrite")
-    pattern = pattern_of(model)
-    result = generate_codes(model, texts, pattern, vocab_of(model), sampling)
-    out.mkdir(parents=True, exist_ok=True)
+    pattern, vocab = pattern_of(model), vocab_of(model)
+    _check_model(model, texts, pattern, vocab, sampling)  # a refused request leaves no folder behind
+    try:  # before generating, so an unwritable destination costs nothing
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GenerationError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    result = generate_codes(model, texts, pattern, vocab, sampling)
     paths = []
     for i, (text, codes) in enumerate(zip(texts, result.codes, strict=True)):
         base = out / f"{stem}_{i:02d}"

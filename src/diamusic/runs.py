@@ -3,15 +3,21 @@
 A run directory holds ``run.json`` (resolved config, pattern, dataset fingerprint, codec card,
 code version, notes), ``config.yaml``, ``metrics.jsonl``, ``codec/`` (so generation needs only
 the run), ``checkpoints/step_XXXXXX/`` and ``demos/step_XXXXXX/``.
+
+A checkpoint is written as ``step_XXXXXX.tmp``, flushed, then renamed, so a directory named
+``step_XXXXXX`` is a finished write; its ``manifest.json`` holds each file's size and SHA-256,
+checked before the checkpoint is loaded, so a file damaged later is caught and named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,10 +41,15 @@ if TYPE_CHECKING:
 RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
 DEMOS = "demos"
+MANIFEST = "manifest.json"
 
 
 class RunError(DiamusicError):
     """A run directory or resume request that cannot be honoured; one line for the user."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint that is damaged (fails its manifest) or could not be written."""
 
 
 def step_name(step: int) -> str:
@@ -79,6 +90,80 @@ def resolve_checkpoint(run_dir: Path, which: str | int = "latest") -> Path:
     return wanted
 
 
+# --- checkpoint integrity ------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries (so a rename inside it survives a power cut)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path) -> None:
+    """Checksum every file of a finished checkpoint write into its manifest and flush all to disk."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
+    for path in [*files, folder / MANIFEST, *{p.parent for p in files}, folder]:
+        fsync_path(path)
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _model_file(name: str) -> bool:
+    return name == "config.json" or (name.endswith(".safetensors") and "/" not in name)
+
+
+def verify_checkpoint(folder: Path, model_only: bool = False) -> None:
+    """Refuse a checkpoint whose files differ from its manifest; ``model_only`` checks just the
+    files generation reads (config and weights), not the optimizer state."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        raise CheckpointError(
+            f"checkpoint {folder} has no {MANIFEST}, so its files cannot be checked "
+            "(written by an older diamusic, or copied in part)"
+        )
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: {manifest.name} is damaged ({exc})") from exc
+    for name, want in entries.items():
+        if model_only and not _model_file(name):
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder}: {name} is missing")
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {folder}: {name} is truncated or changed ({size} of {want['bytes']} bytes)"
+            )
+        if _sha256(path) != want["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: {name} is corrupted (its SHA-256 differs from the manifest)")
+
+
+def newest_intact_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint that passes its manifest; each damaged newer one is reported to ``warn``."""
+    for ckpt in reversed(checkpoints_of(run_dir)):
+        try:
+            verify_checkpoint(ckpt)
+        except CheckpointError as exc:
+            warn(f"{exc}; trying an older checkpoint")
+            continue
+        return ckpt
+    return None
+
+
 def code_version() -> str:
     """Package version plus the git commit (and a dirty mark) when run from a checkout."""
     here = Path(__file__).resolve().parent
@@ -103,13 +188,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_run_dir(run_dir: Path, config: TrainConfig, fingerprint: str, resume: bool, force: bool) -> None:
-    """A new run needs a directory without a run; a resumed one the same pattern, model and dataset."""
+def check_run_dir(
+    run_dir: Path, config: TrainConfig, fingerprint: str, codec: dict[str, Any], resume: bool, force: bool
+) -> dict[str, Any] | None:
+    """A new run needs a directory without a run; a resumed one the same pattern, model and dataset
+    (``force`` overrides those) and always a codec of the same shape. Returns the resumed run's
+    run.json, or None for a new run."""
     run_file = run_dir / RUN_FILE
     if not resume:
         if run_file.exists():
             raise RunError(f"{run_dir} already holds a run: resume it or choose another run directory")
-        return
+        return None
     if not run_file.exists():
         raise RunError(f"cannot resume: {run_dir} holds no run (no {RUN_FILE})")
     previous = json.loads(run_file.read_text())
@@ -122,6 +211,42 @@ def check_run_dir(run_dir: Path, config: TrainConfig, fingerprint: str, resume: 
     for what, was, now in checks:
         if str(was) != str(now) and not force:
             raise RunError(f"cannot resume: the run used {what} {was}, not {now} (force it to override)")
+    shape = {k: (c["num_codebooks"], c["codebook_size"]) for k, c in (("run", previous["codec"]), ("data", codec))}
+    if shape["run"] != shape["data"]:
+        (a, b), (c, d) = shape["run"], shape["data"]
+        raise RunError(
+            f"cannot resume: the run's codec has {a} codebooks x {b} codes, the dataset's {c} x {d}; "
+            "the model's vocabulary cannot change (start a new run, with model.init=pretrained from this one)"
+        )
+    return previous
+
+
+def record_dataset_switch(run_dir: Path, data: CodesDataset, step: int) -> str | None:
+    """After a forced resume onto another dataset: run.json names the new one (and keeps the old in
+    its history) and, where the codec changed, the run's ``codec/`` becomes the dataset's, so
+    generation decodes with the codec the model is now trained on. Returns a note, or None."""
+    run_file = run_dir / RUN_FILE
+    info = json.loads(run_file.read_text())
+    if info["dataset_fingerprint"] == data.fingerprint:
+        return None
+    switch = {k: info[k] for k in ("dataset", "dataset_fingerprint", "codec")}
+    info.setdefault("switches", []).append({"until_step": step, **switch})
+    info.update(dataset=str(data.path.resolve()), dataset_fingerprint=data.fingerprint, codec=data.card["codec"])
+    note = f"dataset switched at step {step}: {switch['dataset']} -> {info['dataset']}"
+    if switch["codec"].get("fingerprint") != data.card["codec"].get("fingerprint"):
+        staged = run_dir / "codec.new"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(data.path / "codec", staged)
+        shutil.rmtree(run_dir / "codec", ignore_errors=True)  # gone already if a kill came between these two
+        staged.rename(run_dir / "codec")
+        note += (
+            f" (codec {switch['codec'].get('fingerprint')} -> {data.card['codec'].get('fingerprint')}, codec/ replaced)"
+        )
+    info["notes"] = [*info.get("notes", []), note]
+    tmp = run_file.with_name(RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, run_file)
+    return note
 
 
 def write_run_files(
@@ -165,6 +290,7 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str | None = None) -> LoadedRun:
     """The model of one checkpoint, with the pattern and codec the run was trained with."""
+    from safetensors import SafetensorError
     from transformers import DiaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
@@ -173,6 +299,7 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str 
         raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
     info = json.loads((run_dir / RUN_FILE).read_text())
     ckpt = resolve_checkpoint(run_dir, checkpoint)
+    verify_checkpoint(ckpt, model_only=True)
     model_config = info["config"]["model"]
     hf_logging.disable_progress_bar()  # a local checkpoint loads in a blink; keep stderr for errors
     try:
@@ -180,6 +307,8 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str 
             model = load_lora_checkpoint(ckpt, model_config["lora_rank"], model_config["lora_alpha"])
         else:
             model = DiaForConditionalGeneration.from_pretrained(ckpt)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # deserialisers, on a file they cannot read
+        raise CheckpointError(f"cannot load checkpoint {ckpt}: {str(exc).strip().splitlines()[0]}") from exc
     finally:
         hf_logging.enable_progress_bar()
     model = model.to(device or default_device()).eval()

@@ -26,20 +26,31 @@ import torch
 from diamusic.config import TrainConfig, pattern_of_config, to_dict
 from diamusic.data import DataError
 from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches, fixed_batches
+from diamusic.errors import DiamusicError
 from diamusic.metrics import LossNoise, TokenStats, token_stats
 from diamusic.model import add_lora, build_model, count_parameters, load_pretrained
 from diamusic.patterns import DelayPattern
 from diamusic.runs import (
+    CHECKPOINTS,
+    CheckpointError,
     check_run_dir,
+    checkpoint_bytes,
     checkpoint_dir,
     checkpoints_of,
     default_device,
+    fsync_path,
     load_run,
-    resolve_checkpoint,
+    newest_intact_checkpoint,
+    record_dataset_switch,
+    write_manifest,
     write_run_files,
 )
 from diamusic.tokens import IGNORE_INDEX
 from diamusic.tracking import Tracker
+
+
+class TrainingDiverged(DiamusicError):
+    """A non-finite loss, gradient norm or weight: training stops before it can reach a checkpoint."""
 
 
 @dataclass
@@ -85,6 +96,7 @@ class StepOutput:
     grad_norm: float
     samples: int  # of the global batch
     eos_samples: int  # samples whose crop ends with EOS
+    finite: bool  # loss and gradient norm finite; otherwise the update was skipped
 
     @property
     def loss(self) -> float:
@@ -169,6 +181,7 @@ class Trainer:
     sharded: bool  # FSDP: no process holds the whole model
     demos: Demos | None
     step: int = 0
+    skipped_steps: int = 0  # non-finite steps whose update was skipped
     noise: LossNoise = field(default_factory=LossNoise)
     window: Window = field(default_factory=Window)
 
@@ -194,7 +207,14 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
     train_data = CodesDataset(config.data.path, "train")
     eval_data = CodesDataset(config.data.path, "eval")
     pattern = pattern_of_config(config)
-    check_run_dir(run_dir, config, train_data.fingerprint, resume, force)
+    previous = check_run_dir(run_dir, config, train_data.fingerprint, train_data.card["codec"], resume, force)
+    if previous is not None and not checkpoints_of(run_dir):
+        if accelerator.is_main_process:
+            print(
+                f"note: {run_dir} has no checkpoint yet (it stopped before its first): starting it over",
+                file=sys.stderr,
+            )
+        resume = False
     plan = BatchPlan(
         seed=config.seed,
         batch_size=config.batch_size,
@@ -212,9 +232,13 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         return fixed_batches(data, size, config.eval.batches, pattern, d.crop_frames, config.seed, d.eos_in_loss)
 
     model, notes = build(config, pattern, train_data)
+    check_demo_length(config, model, pattern, train_data.card["codec"]["frame_rate"])
     total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
-    if accelerator.is_main_process and not resume:
-        write_run_files(run_dir, config, train_data, pattern, notes, {"total": total, "trainable": trainable})
+    if accelerator.is_main_process:
+        if not resume:
+            write_run_files(run_dir, config, train_data, pattern, notes, {"total": total, "trainable": trainable})
+        for unfinished in (run_dir / CHECKPOINTS).glob("*.tmp"):  # a write cut short by a kill
+            shutil.rmtree(unfinished, ignore_errors=True)
     accelerator.wait_for_everyone()
     o = config.optim
     optimizer = torch.optim.AdamW(
@@ -252,6 +276,11 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
     if resume:
         restore(trainer)
         trainer.batches.start = trainer.step
+        switched = record_dataset_switch(run_dir, train_data, trainer.step) if trainer.main else None
+        if switched:
+            print(f"note: {switched}", file=sys.stderr)
+    else:
+        trainer.tracker.truncate_after(0)  # rows of an attempt that stopped before its first checkpoint
     trainer.demos = Demos.for_run(trainer, eval_data)
     if trainer.main:
         size = f"{total / 1e6:.2f}M params" + (f" ({trainable / 1e6:.2f}M trainable)" if trainable < total else "")
@@ -263,6 +292,16 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
     return trainer
+
+
+def check_demo_length(config: TrainConfig, model: torch.nn.Module, pattern: DelayPattern, frame_rate: float) -> None:
+    """A demo longer than the model can generate is refused before the run starts, not at its first demo."""
+    from diamusic.generate import longest_cap
+
+    d = config.demos
+    frames, most = d.seconds * frame_rate, longest_cap(model, pattern)
+    if (d.every > 0 or d.prompts) and frames > most:
+        raise DiamusicError(f"demos.seconds {d.seconds:g} is {frames:.0f} frames; the model generates at most {most}")
 
 
 def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tuple[torch.nn.Module, list[str]]:
@@ -291,41 +330,117 @@ def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tup
 
 def save_checkpoint(t: Trainer) -> Path:
     """Model, optimizer, scheduler, RNG of every process and the loop's own state, in one directory
-    that appears whole or not at all; keeps the newest ``checkpoints.keep``."""
+    that appears whole or not at all, with a manifest of checksums; keeps the newest
+    ``checkpoints.keep``. Non-finite weights are never written; a failed write removes what it
+    wrote and raises CheckpointError, leaving the earlier checkpoints as they were."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     acc = t.accelerator
     final = checkpoint_dir(t.run_dir, t.step)
     tmp = final.with_name(final.name + ".tmp")
+    if not weights_finite(t):
+        raise TrainingDiverged(f"step {t.step}: the weights hold NaN or inf, so no checkpoint was written")
     if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    # FSDP saves shards; generation wants whole weights, gathered here by every process together
-    full = acc.get_state_dict(t.model) if t.sharded else None
+        check_free_space(t, final)
+    try:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        # FSDP saves shards; generation wants whole weights, gathered here by every process together
+        full = acc.get_state_dict(t.model) if t.sharded else None
+        if acc.is_main_process:
+            if full is not None:  # the same file, with the same keys, that save_state writes without FSDP
+                save_file(full, tmp / "model.safetensors", metadata={"format": "pt"})
+            # config.json beside model.safetensors makes the checkpoint loadable with from_pretrained
+            acc.unwrap_model(t.model).config.save_pretrained(tmp)
+            state = {
+                "step": t.step,
+                "skipped_steps": t.skipped_steps,
+                "loss_noise": t.noise.state_dict(),
+                "window": t.window.state_dict(),
+            }
+            (tmp / "train_state.json").write_text(json.dumps(state))
+            write_manifest(tmp)
+            if final.exists():  # a damaged checkpoint of this step, passed over by the resume
+                shutil.rmtree(final)
+            tmp.rename(final)
+            fsync_path(final.parent)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        if acc.is_main_process:
+            reason = write_failure(exc, tmp.parent)  # before the partial write is removed and frees space
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"cannot write checkpoint to {final}: {reason}") from exc
+        raise
     if acc.is_main_process:
-        if full is not None:  # the same file, with the same keys, that save_state writes without FSDP
-            save_file(full, tmp / "model.safetensors", metadata={"format": "pt"})
-        # config.json beside model.safetensors makes the checkpoint loadable with from_pretrained
-        acc.unwrap_model(t.model).config.save_pretrained(tmp)
-        state = {"step": t.step, "loss_noise": t.noise.state_dict(), "window": t.window.state_dict()}
-        (tmp / "train_state.json").write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
         keep = t.config.checkpoints.keep
+        # every checkpoint older than the newest ``keep`` goes, never the one just written and verified
         for old in checkpoints_of(t.run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
 
 
+def weights_finite(t: Trainer) -> bool:
+    """Whether every process's weights (its shards under FSDP) are finite; one sync, not one per tensor."""
+    with torch.no_grad():
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in t.model.parameters()]
+        ok = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
+    return bool(t.accelerator.reduce(ok, "min") > 0)
+
+
+def check_free_space(t: Trainer, final: Path) -> None:
+    """Refuse to start a checkpoint that cannot fit: the newest one's size, or before the first, the
+    weights plus AdamW's two fp32 moments of the trainable ones."""
+    done = checkpoints_of(t.run_dir)
+    if done:
+        needed = checkpoint_bytes(done[-1])
+    else:
+        params = list(t.accelerator.unwrap_model(t.model).parameters())
+        needed = sum(p.numel() * (p.element_size() + (8 if p.requires_grad else 0)) for p in params)
+    free = shutil.disk_usage(t.run_dir).free
+    if free < needed:
+        raise CheckpointError(
+            f"cannot write checkpoint to {final}: no space left on device "
+            f"({free / 2**20:.0f} MiB free, about {needed / 2**20:.0f} MiB needed)"
+        )
+
+
+def write_failure(exc: BaseException, where: Path) -> str:
+    """Why a write failed, in words: deserialisers report a full disk as an I/O error or a bad position."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(where).free < 2**20:
+            return "no space left on device"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def restore(t: Trainer) -> None:
-    ckpt = resolve_checkpoint(t.run_dir)
-    t.accelerator.load_state(str(ckpt))
+    """The newest intact checkpoint (a damaged newer one is named and passed over)."""
+    from accelerate.utils import broadcast_object_list
+    from safetensors import SafetensorError
+
+    def warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    found = [newest_intact_checkpoint(t.run_dir, warn) if t.main else None]
+    ckpt = broadcast_object_list(found)[0]  # one process reads the checksums, all load the same step
+    if ckpt is None:
+        raise CheckpointError(
+            f"cannot resume: no checkpoint in {t.run_dir} is intact; remove its {CHECKPOINTS}/ to start the run over"
+        )
+    try:
+        t.accelerator.load_state(str(ckpt))
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot load checkpoint {ckpt}: {str(exc).strip().splitlines()[0]}") from exc
     state = json.loads((ckpt / "train_state.json").read_text())
     t.step = state["step"]
+    t.skipped_steps = state.get("skipped_steps", 0)
     t.noise.load_state_dict(state["loss_noise"])
     t.window = Window.from_state(state["window"], t.accelerator.device)
     t.tracker.truncate_after(t.step)
@@ -441,11 +556,15 @@ def train_step(t: Trainer, micro_batches: list[dict[str, torch.Tensor]]) -> Step
             # DDP averages gradients over processes; scale back to a sum over the global batch
             acc.backward(loss_sum * acc.num_processes / max(valid, 1))
         stats = micro_stats if stats is None else stats + micro_stats
-    grad_norm = acc.clip_grad_norm_(t.model.parameters(), t.config.optim.grad_clip)
-    t.optimizer.step()
+    grad_norm = float(acc.clip_grad_norm_(t.model.parameters(), t.config.optim.grad_clip))
+    stats = stats.all_reduce()
+    # every process sees the same reduced loss and global norm, so all skip or step together
+    finite = math.isfinite(grad_norm) and bool(torch.isfinite(stats.loss_sum.sum()))
+    if finite:
+        t.optimizer.step()
     t.scheduler.step()
     t.optimizer.zero_grad(set_to_none=True)
-    return StepOutput(stats.all_reduce(), float(grad_norm), samples, eos_samples)
+    return StepOutput(stats, grad_norm, samples, eos_samples, finite)
 
 
 def train(
@@ -467,13 +586,16 @@ def train(
         for micro_batches in data_loader(t):
             out = train_step(t, micro_batches)
             t.step += 1
-            loss_noise = t.noise.update(out.loss)
-            t.window.add(out)
+            if out.finite:
+                t.noise.update(out.loss)
+                t.window.add(out)
+            else:
+                skipped(t, out)
             end = t.step == config.steps
-            if due(t.step, config.logging.every) or end:
+            if (due(t.step, config.logging.every) or end) and t.window.stats is not None:
                 last_train = {
                     **t.window.summary(),
-                    "train/loss_noise": loss_noise,
+                    "train/loss_noise": t.noise.value,
                     "train/lr": t.scheduler.get_last_lr()[0],
                     "train/grad_norm": out.grad_norm,
                 }
@@ -502,6 +624,28 @@ def train(
             bar(None)
         t.tracker.close()
     return TrainResult(t.run_dir, t.step, interrupted, last_train, last_eval, t.main)
+
+
+def skipped(t: Trainer, out: StepOutput) -> None:
+    """A step whose update was skipped: logged, and the end of training once more than allowed."""
+    t.skipped_steps += 1
+    allowed = t.config.optim.skip_nonfinite_steps
+    t.tracker.log(
+        {"train/loss": out.loss, "train/grad_norm": out.grad_norm, "train/skipped_steps": t.skipped_steps}, t.step
+    )
+    what = f"loss {out.loss:.4g}, grad norm {out.grad_norm:.4g}"
+    if t.skipped_steps > allowed:
+        newest = checkpoints_of(t.run_dir)
+        since = f"; the newest checkpoint is {newest[-1].name}" if newest else "; no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged at step {t.step} ({what}){since} (lower optim.lr and resume, "
+            "or allow skipped steps with optim.skip_nonfinite_steps)"
+        )
+    if t.main:
+        print(
+            f"\nwarning: step {t.step}: {what}; update skipped ({t.skipped_steps} of {allowed} allowed)",
+            file=sys.stderr,
+        )
 
 
 def data_loader(t: Trainer) -> torch.utils.data.DataLoader:

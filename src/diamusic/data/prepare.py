@@ -8,6 +8,7 @@ may each take a share of the shards (``shard=(i, n)``); the last one to finish w
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -88,7 +89,10 @@ def prepare(
         "codec_options": codec_options or {},
         **({"corpus": corpus} if corpus else {}),
     }
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot write dataset to {out}: {exc.strerror or exc}") from exc
     _check_same_job(out, job)
     split = split_of([i.id for i in items], seed, eval_fraction)
     codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed})
@@ -109,10 +113,13 @@ def prepare(
         array, rows, seconds = _encode_shard(s, members, split, codec_obj, max_seconds)
         audio_seconds += seconds
         base = out / "shards" / f"{s:05d}"
-        with open(base.with_suffix(".npy.tmp"), "wb") as f:
-            np.save(f, array)
-        os.replace(base.with_suffix(".npy.tmp"), base.with_suffix(".npy"))
-        _atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
+        codes = io.BytesIO()
+        np.save(codes, array)
+        # the .jsonl goes last: its presence is what marks the shard done
+        files = {".npy": codes.getvalue(), ".jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode()}
+        _check_space(out, sum(len(data) for data in files.values()))
+        for suffix, data in files.items():
+            _atomic_write(base.with_suffix(suffix), data)
         if bar:
             bar.update(len(members))
     if bar:
@@ -130,9 +137,20 @@ def prepare(
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """The whole file or, on failure, the old one (or none) and no temporary left behind."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _check_space(out: Path, needed: int) -> None:
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise DataError(f"cannot write dataset to {out}: no space left on device ({free} bytes free, {needed} needed)")
 
 
 def _check_same_job(out: Path, job: dict[str, Any]) -> None:
@@ -182,7 +200,11 @@ def _codec_for(
     codec = codec_type.from_options(options, training_audio)
     # several shard processes may race here; the fit is deterministic, so any winner is correct
     tmp = out / f"codec.tmp{os.getpid()}"
-    codec.save(tmp)
+    try:
+        codec.save(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"cannot write the codec to {out}: {exc.strerror or exc}") from exc
     try:
         os.rename(tmp, codec_dir)
         return codec
