@@ -91,3 +91,34 @@ def small_ablation(melody_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation") / "ab"
     ablate(melody_dataset, out, "dia,musicgen", 2, overrides=overrides, prompts=2, seconds=0.3, progress=False)
     return out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(bytes)``: a real filesystem of that size (tmpfs) under tmp_path, or None where this
+    process may not mount one (not root, or no CAP_SYS_ADMIN); ``resize(path, bytes)`` grows it.
+    Full-disk tests use it when they can and patch the writer otherwise."""
+    import subprocess
+
+    mounted = []
+
+    class Disk:
+        @staticmethod
+        def mount(size: int):
+            path = tmp_path / f"disk{len(mounted)}"
+            path.mkdir()
+            if os.geteuid() != 0:
+                return None
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+            if done.returncode != 0:
+                return None
+            mounted.append(path)
+            return path
+
+        @staticmethod
+        def resize(path, size: int) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+    yield Disk
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -95,3 +95,85 @@ def test_a_bug_is_reported_as_internal_not_as_the_users_mistake(monkeypatch, cap
 def test_patterns_show_counts_decode_steps():
     result = run("patterns", "show", "dia", "--decode-steps", "5")
     assert result.returncode == 0 and "step  0  1  2  3  4\n" in result.stdout
+
+
+BAD_INPUT = [
+    # generate: lengths, sampling settings, text, run and checkpoint
+    (["generate", "--run", "{run}", "--text", "x", "--seconds", "0"], "expected a finite number of seconds > 0"),
+    (["generate", "--run", "{run}", "--text", "x", "--seconds", "-1"], "expected a finite number of seconds > 0"),
+    (["generate", "--run", "{run}", "--text", "x", "--seconds", "nan"], "expected a finite number of seconds > 0"),
+    (["generate", "--run", "{run}", "--text", "x", "--seconds", "1e9"], "decoder positions; the model has"),
+    (["generate", "--run", "{run}", "--text", "x", "--checkpoint", "abc"], "expected a step number or 'latest'"),
+    (["generate", "--run", "{run}", "--text", ""], "empty text"),
+    (["generate", "--run", "{run}", "--text", "x", "--temperature", "-1"], "temperature must be"),
+    (["generate", "--run", "{run}", "--text", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
+    (["generate", "--run", "{run}", "--text", "x", "--cfg-scale", "inf"], "cfg_scale must be a finite number"),
+    (["generate", "--run", "{run}", "--text", "x", "--cfg-filter-top-k", "-3"], "cfg_filter_top_k must be"),
+    (["generate", "--run", "{run}", "--text", "x", "--num", "0"], "expected a positive integer"),
+    (["generate", "--run", "{data}", "--text", "x"], "is not a run directory"),
+    (["generate", "--run", "{tmp}/missing", "--text", "x"], "is not a run directory"),
+    # train: numbers, keys, types, patterns, config files, paths
+    (["train", "--data", "{data}", "--steps", "0"], "steps must be > 0"),
+    (["train", "--data", "{data}", "--batch-size", "0"], "batch_size must be > 0"),
+    (["train", "--data", "{data}", "--lr", "nan"], "optim.lr must be a finite number > 0"),
+    (["train", "--data", "{data}", "--set", "optim.lrr=3"], "unknown config key 'optim.lrr'"),
+    (["train", "--data", "{data}", "--set", "steps=abc"], "steps: expected an integer"),
+    (["train", "--data", "{data}", "--set", "batch_size=1.5"], "batch_size: expected an integer"),
+    (["train", "--data", "{data}", "--set", "demos.every=1", "--set", "demos.seconds=1e6"], "demos.seconds 1e+06"),
+    (["train", "--data", "{data}", "--delay-pattern", "0,1,2"], "has 3 delays but the codec has 9 codebooks"),
+    (["train", "--data", "{data}", "--delay-pattern", "1,2,3,4,5,6,7,8,9"], "channel 0 must have delay 0"),
+    (["train", "--data", "{data}", "--config", "{tmp}/missing.yaml"], "no config file or preset"),
+    (["train", "--data", "{data}", "--config", "{bad_yaml}"], "not valid YAML"),
+    (["train", "--data", "{data}", "--config", "{list_yaml}"], "expected a mapping of config keys"),
+    (["train", "--data", "{tmp}/missing"], "not a prepared dataset"),
+    (["train", "--data", "{run}"], "not a prepared dataset"),
+    (["train", "--data", "{data}", "--steps", "x"], "argument --steps: invalid int value"),
+    # prepare: every option checked before job.json
+    (["prepare", "--source", "melodies", "--codec", "mp3"], "unknown codec 'mp3'"),
+    (["prepare", "--source", "melodies", "--codebook-size", "0"], "codebook_size must be an integer >= 2"),
+    (["prepare", "--source", "melodies", "--max-seconds", "0"], "expected a finite number of seconds > 0"),
+    (["prepare", "--source", "melodies", "--max-seconds", "0.2"], "max_seconds must be > 0.5"),
+    (["prepare", "--source", "melodies", "--eval-fraction", "2"], "eval_fraction must be in [0, 1)"),
+    (["prepare", "--source", "melodies", "--limit", "0"], "expected a positive integer"),
+    (["prepare", "--source", "melodies", "--renderer", "nope"], "unknown renderer 'nope'"),
+    (["prepare", "--source", "melodies", "--shard", "3/2"], "expected i/n with 0 <= i < n"),
+    (["prepare", "--source", "{tmp}/missing"], "neither 'melodies' nor a folder"),
+    # eval, ablate, report, data, patterns
+    (["eval", "--run", "{run}", "--prompts", "-1"], "expected an integer >= 0"),
+    (["eval", "--run", "{run}", "--seconds", "0"], "expected a finite number of seconds > 0"),
+    (["eval", "--run", "{run}", "--checkpoint", "7"], "no checkpoint at step 7"),
+    (["eval", "--run", "{data}"], "is not a run directory"),
+    (["ablate", "--data", "{data}", "--patterns", "dia,nope"], "unknown delay pattern 'nope'"),
+    (["ablate", "--data", "{data}", "--patterns", "1,2,3"], "the last custom pattern has 3 of 9 delays"),
+    (["ablate", "--data", "{data}", "--seeds", "0"], "expected a positive integer"),
+    (["ablate", "--data", "{data}", "--prompts", "-1"], "expected an integer >= 0"),
+    (["ablate", "--data", "{tmp}/missing"], "not a prepared dataset"),
+    (["report", "{data}"], "holds no finished ablation"),
+    (["data", "inspect", "{run}"], "not a prepared dataset"),
+    (["patterns", "show", "0,1"], "has 2 delays but the codec has 9 codebooks"),
+    (["patterns", "nope"], "invalid choice: 'nope'"),
+]
+OUT = {"generate": "--out", "train": "--out", "prepare": "--out", "ablate": "--out", "eval": "--out"}
+
+
+@pytest.mark.parametrize(("argv", "fragment"), BAD_INPUT, ids=[" ".join(a[:1] + a[2:])[:60] for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tiny_run, melody_dataset, tmp_path, capsys):
+    from diamusic.cli import main
+
+    (tmp_path / "bad.yaml").write_text("steps: [\n")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    places = {"run": tiny_run, "data": melody_dataset, "tmp": tmp_path}
+    places |= {"bad_yaml": tmp_path / "bad.yaml", "list_yaml": tmp_path / "list.yaml"}
+    argv = [a.format(**places) for a in argv]
+    if argv[0] in OUT:  # the destination a command would write: it must not appear
+        argv += [OUT[argv[0]], str(tmp_path / "out" / ("x.json" if argv[0] == "eval" else ""))]
+    shared_before = {p: sorted(p.rglob("*")) for p in (tiny_run, melody_dataset)}
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
+    assert "Traceback" not in lines[0]
+    assert not (tmp_path / "out").exists()
+    assert {p: sorted(p.rglob("*")) for p in (tiny_run, melody_dataset)} == shared_before

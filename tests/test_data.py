@@ -367,3 +367,100 @@ def test_corpus_options_are_checked_before_anything_is_written(audio_folder, tmp
     with pytest.raises(DataError, match="only apply to the built-in melodies"):
         prepare(str(audio_folder), "spectral-rvq", tmp_path / "b", corpus={"renderer": "synth"}, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _pages(path) -> int:
+    return -(-path.stat().st_size // 4096) * 4096  # what a file takes on tmpfs
+
+
+@pytest.mark.parametrize("stage", ["free-space-check", "write"])
+def test_prepare_on_a_full_disk_is_one_line_keeps_finished_shards_and_resumes(
+    audio_folder, tmp_path, small_disk, monkeypatch, stage
+):
+    """A real filesystem with room for the codec and one shard where this process may mount one,
+    else a patched one; after more room, the same prepare finishes with the same fingerprint."""
+    import errno
+    import pathlib
+    from collections import namedtuple
+
+    monkeypatch.setattr(prepare_module, "ITEMS_PER_SHARD", 3)
+    options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
+    reference = tmp_path / "reference"
+    prepare(str(audio_folder), "spectral-rvq", reference, **options)
+    first = [*(reference / "codec").iterdir(), reference / "job.json", *(reference / "shards").glob("00000.*")]
+    disk = small_disk.mount(sum(_pages(p) for p in first) + 4096)
+    real_disk = disk is not None
+    out = (disk or tmp_path / "disk") / "ds"
+    if stage == "write":
+        monkeypatch.setattr(prepare_module, "_check_space", lambda out, needed: None)
+    if not real_disk and stage == "write":
+        write_bytes = pathlib.Path.write_bytes
+
+        def full(path, data):
+            if path.name.startswith("00001.npy.tmp"):
+                write_bytes(path, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write_bytes(path, data)
+
+        monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    if not real_disk and stage != "write":
+        usage, real_usage = namedtuple("usage", "total used free"), prepare_module.shutil.disk_usage
+        fake = lambda p: usage(0, 0, 100) if (out / "shards" / "00000.jsonl").exists() else real_usage(p)  # noqa: E731
+        monkeypatch.setattr(prepare_module.shutil, "disk_usage", fake)
+
+    with pytest.raises(DataError) as caught:
+        prepare(str(audio_folder), "spectral-rvq", out, **options)
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and "no space left on device" in message.lower()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.jsonl", "00000.npy"]
+    assert not list(out.rglob("*.tmp*")) and not (out / "card.json").exists()
+
+    if real_disk:
+        small_disk.resize(disk, 10 * 2**20)
+    monkeypatch.undo()
+    monkeypatch.setattr(prepare_module, "ITEMS_PER_SHARD", 3)
+    assert prepare(str(audio_folder), "spectral-rvq", out, **options).complete
+    card = lambda d: json.loads((d / "card.json").read_text())  # noqa: E731
+    assert card(out)["fingerprint"] == card(reference)["fingerprint"]
+    print(f"full disk: {'a real tmpfs' if real_disk else 'a patched writer'}")
+
+
+KILL_PREPARE = """
+import os, signal, sys
+from diamusic.data import prepare as P
+where, folder, out = sys.argv[1:4]
+P.ITEMS_PER_SHARD = 3
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9: no handler runs
+if where == "encode":  # while encoding the third shard
+    encode, calls = P._encode_shard, [0]
+    def encode_then_die(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            die()
+        return encode(*args, **kwargs)
+    P._encode_shard = encode_then_die
+else:  # shard 1's codes written, its row file (the mark of a finished shard) not yet
+    write = P._atomic_write
+    P._atomic_write = lambda path, data: die() if path.name == "00001.jsonl" else write(path, data)
+P.prepare(folder, "spectral-rvq", out, max_seconds=2.0, codec_options={"codebook_size": 16}, progress=False)
+"""
+
+
+@pytest.mark.parametrize("where", ["encode", "between-files"])
+def test_prepare_killed_9_then_rerun_gives_the_same_dataset(audio_folder, tmp_path, monkeypatch, where):
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(prepare_module, "ITEMS_PER_SHARD", 3)
+    options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
+    prepare(str(audio_folder), "spectral-rvq", tmp_path / "whole", **options)
+    script = tmp_path / "kill_prepare.py"
+    script.write_text(KILL_PREPARE)
+    out = tmp_path / "killed"
+    done = subprocess.run([sys.executable, str(script), where, str(audio_folder), str(out)], capture_output=True)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert not (out / "card.json").exists() and (out / "shards" / "00000.jsonl").exists()
+    assert prepare(str(audio_folder), "spectral-rvq", out, **options).complete
+    card = lambda d: json.loads((d / "card.json").read_text())  # noqa: E731
+    assert card(out)["fingerprint"] == card(tmp_path / "whole")["fingerprint"]
+    assert (out / "index.jsonl").read_bytes() == (tmp_path / "whole" / "index.jsonl").read_bytes()

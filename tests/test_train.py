@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 import socket
 import subprocess
 import sys
@@ -348,3 +349,261 @@ def test_activation_checkpointing_with_lora_gives_the_same_run(melody_dataset, t
         a, b = losses(tmp_path / "plain", key), losses(tmp_path / "checkpointed", key)
         assert a[-1][1] != a[0][1]  # the adapters learn...
         assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-5), key  # ...as much with checkpointing
+
+
+# --- faults: divergence, damaged and unwritable checkpoints, kills -------------------------------
+
+CKPT_EVERY_2 = {**QUIET, "checkpoints.every": 2, "checkpoints.keep": 1}
+
+
+def nan_at(monkeypatch, steps: set[int]) -> None:
+    """Make the training forward of the given optimizer steps (grad_accum 1) return a NaN loss."""
+    from diamusic import train as train_module
+
+    real, calls = train_module.forward_stats, {"n": 0}
+
+    def forward(model, batch, codebook_size, weights):
+        loss_sum, stats = real(model, batch, codebook_size, weights)
+        if torch.is_grad_enabled():  # evaluation runs without gradients
+            calls["n"] += 1
+            if calls["n"] in steps:
+                loss_sum, stats.loss_sum = loss_sum * math.nan, stats.loss_sum * math.nan
+        return loss_sum, stats
+
+    monkeypatch.setattr(train_module, "forward_stats", forward)
+
+
+def assert_same_curve(a, b, key: str = "train/loss") -> None:
+    x, y = losses(a, key), losses(b, key)
+    assert [s for s, _ in x] == [s for s, _ in y]
+    assert [v for _, v in x] == pytest.approx([v for _, v in y], rel=1e-6, abs=1e-7), key
+
+
+def weights_of(checkpoint) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(checkpoint / "model.safetensors")
+
+
+def test_a_huge_learning_rate_stops_training_without_a_nonfinite_checkpoint(melody_dataset, tmp_path):
+    from diamusic.train import TrainingDiverged
+
+    config = tiny_config(melody_dataset, {**CKPT_EVERY_2, "optim.lr": 1e6, "optim.warmup_steps": 0})
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+ \(loss .*grad norm") as caught:
+        train(config, tmp_path / "run", progress=False)
+    stopped = int(str(caught.value).split("step ")[1].split(" ")[0])
+    assert stopped < 20
+    for ckpt in checkpoints_of(tmp_path / "run"):  # whatever was written holds finite weights
+        assert all(torch.isfinite(w).all() for w in weights_of(ckpt).values()), ckpt
+    assert losses(tmp_path / "run", "train/skipped_steps") == [(stopped, 1)]
+
+
+def test_a_nan_step_stops_keeps_the_last_good_checkpoint_and_resume_reproduces(melody_dataset, tmp_path, monkeypatch):
+    from diamusic.train import TrainingDiverged
+
+    config = tiny_config(melody_dataset, CKPT_EVERY_2)
+    train(config, tmp_path / "whole", progress=False)
+    with monkeypatch.context() as patch:
+        nan_at(patch, {7})
+        with pytest.raises(TrainingDiverged, match="diverged at step 7 .*newest checkpoint is step_000006"):
+            train(config, tmp_path / "split", progress=False)
+    assert [p.name for p in checkpoints_of(tmp_path / "split")] == ["step_000006"]  # keep-last-1 kept it
+    result = train(config, tmp_path / "split", resume=True, progress=False)
+    assert result.step == 20
+    assert_same_curve(tmp_path / "split", tmp_path / "whole")
+
+
+def test_skipped_nonfinite_steps_are_bounded_and_logged(melody_dataset, tmp_path, monkeypatch):
+    from diamusic.train import TrainingDiverged
+
+    config = tiny_config(melody_dataset, {**QUIET, "optim.skip_nonfinite_steps": 1})
+    nan_at(monkeypatch, {7})
+    result = train(config, tmp_path / "one", progress=False)
+    assert result.step == 20 and losses(tmp_path / "one", "train/skipped_steps") == [(7, 1)]
+    assert all(math.isfinite(v) for s, v in losses(tmp_path / "one") if s != 7)  # no NaN reaches a window mean
+    nan_at(monkeypatch, {3, 9})
+    with pytest.raises(TrainingDiverged, match="diverged at step 9"):
+        train(config, tmp_path / "two", progress=False)
+
+
+def test_resume_passes_over_a_damaged_checkpoint_and_reproduces(melody_dataset, tmp_path, capsys):
+    config = tiny_config(melody_dataset, {**QUIET, "checkpoints.every": 10}, steps=30)
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_after=20)
+    newest = checkpoints_of(tmp_path / "split")[-1]
+    data = bytearray((newest / "model.safetensors").read_bytes())
+    data[-64:] = bytes(64)
+    (newest / "model.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    train(config, tmp_path / "split", resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest}: model.safetensors is corrupted" in err and "from step 10" in err
+    assert_same_curve(tmp_path / "split", tmp_path / "whole")
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(melody_dataset, tmp_path, capsys):
+    config = tiny_config(melody_dataset, {**QUIET, "checkpoints.every": 10})
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_after=3)
+    assert not checkpoints_of(tmp_path / "split") and [s for s, _ in losses(tmp_path / "split")] == [1, 2, 3]
+    train(config, tmp_path / "split", resume=True, progress=False)
+    assert "has no checkpoint yet (it stopped before its first): starting it over" in capsys.readouterr().err
+    assert_same_curve(tmp_path / "split", tmp_path / "whole")
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from diamusic import train as T
+    from diamusic.cli import main
+    where, at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler, no cleanup: a real kill -9
+
+    if where == "step":  # inside the forward of optimizer step `at`
+        forward, calls = T.forward_stats, [0]
+        def forward_then_die(model, batch, *rest):
+            import torch
+            calls[0] += torch.is_grad_enabled()
+            if calls[0] == at:
+                die()
+            return forward(model, batch, *rest)
+        T.forward_stats = forward_then_die
+    elif where == "checkpoint":  # the files of step `at` written, its manifest not yet
+        manifest = T.write_manifest
+        T.write_manifest = lambda folder: die() if folder.name.startswith(f"step_{at:06d}") else manifest(folder)
+    sys.exit(main(argv))
+    """
+)
+
+
+def _train_cli(tmp_path, data, out: str, where: str = "none", at: int = 0, resume: bool = False):
+    script = tmp_path / "kill_train.py"
+    script.write_text(KILL_SCRIPT)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / out), "--steps", "20", "--batch-size", "4", "--quiet"]
+    for key, value in {**QUIET, "checkpoints.every": 10, "data.crop_frames": 32, "optim.warmup_steps": 5}.items():
+        argv += ["--set", f"{key}={value}"]
+    return subprocess.run(
+        [sys.executable, str(script), where, str(at), *argv, *(["--resume"] if resume else [])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def whole_cli_run(melody_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("whole")
+    assert _train_cli(tmp, melody_dataset, "run").returncode == 0
+    return tmp / "run"
+
+
+@pytest.mark.parametrize(
+    ("where", "at", "resumed_from"),
+    [("step", 3, None), ("step", 15, 10), ("checkpoint", 20, 10)],
+    ids=["step-before-first-checkpoint", "step", "checkpoint-write"],
+)
+def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(
+    melody_dataset, whole_cli_run, tmp_path, where, at, resumed_from
+):
+    killed = _train_cli(tmp_path, melody_dataset, "run", where, at)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpts = tmp_path / "run" / "checkpoints"
+    if where == "checkpoint":
+        assert (ckpts / "step_000020.tmp" / "model.safetensors").exists()  # died inside the write
+    resumed = _train_cli(tmp_path, melody_dataset, "run", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    if resumed_from is None:
+        assert "starting it over" in resumed.stderr
+    else:
+        assert f"from step {resumed_from}" in resumed.stderr
+    assert not list(ckpts.glob("*.tmp"))
+    for key in ("train/loss", "train/grad_norm", "eval/loss"):
+        assert_same_curve(tmp_path / "run", whole_cli_run, key)
+
+
+def _cli_train(data, out, sets: dict, *extra: str) -> tuple[int, list[str]]:
+    from diamusic.cli import main
+
+    argv = ["train", "--data", str(data), "--out", str(out), "--steps", "20", "--batch-size", "4", "--quiet", *extra]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    return main(argv)
+
+
+@pytest.mark.parametrize("stage", ["free-space-check", "write"])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(
+    melody_dataset, tiny_run, tmp_path, small_disk, monkeypatch, capsys, stage
+):
+    """On a real filesystem of 1.6 checkpoints where this process may mount one, else a patched one."""
+    import errno
+    from collections import namedtuple
+
+    from diamusic import train as train_module
+    from diamusic.runs import checkpoint_bytes, verify_checkpoint
+
+    size = checkpoint_bytes(checkpoints_of(tiny_run)[-1])
+    disk = small_disk.mount(int(size * 1.6))
+    real_disk = disk is not None
+    disk = disk or tmp_path / "disk"
+    run = disk / "run"
+    if stage == "write":  # the check is passed over, so the write itself runs out of space
+        monkeypatch.setattr(train_module, "check_free_space", lambda t, final: None)
+    if not real_disk and stage == "write":
+        manifest = train_module.write_manifest
+
+        def full(folder):
+            if folder.name.startswith("step_000020"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            manifest(folder)
+
+        monkeypatch.setattr(train_module, "write_manifest", full)
+    if not real_disk and stage != "write":
+        usage, real_usage = namedtuple("usage", "total used free"), shutil.disk_usage
+        fake = lambda p: usage(0, 0, int(size * 0.6)) if checkpoints_of(run) else real_usage(p)  # noqa: E731
+        monkeypatch.setattr(train_module.shutil, "disk_usage", fake)
+
+    sets = {**QUIET, "checkpoints.every": 10, "checkpoints.keep": 1, "data.crop_frames": 32, "optim.warmup_steps": 5}
+    assert _cli_train(melody_dataset, run, sets) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"diamusic: error: cannot write checkpoint to {run}/checkpoints/step_000020: no space left")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000010"]  # nothing half-written is left
+    verify_checkpoint(run / "checkpoints" / "step_000010")
+
+    if real_disk:
+        small_disk.resize(disk, int(size * 3))
+    monkeypatch.undo()
+    assert _cli_train(melody_dataset, run, sets, "--resume") == 0
+    assert _cli_train(melody_dataset, tmp_path / "whole", sets) == 0
+    assert_same_curve(run, tmp_path / "whole")
+    print(f"full disk: {'a real tmpfs' if real_disk else 'a patched writer'}")
+
+
+def test_forced_resume_onto_another_codec_switches_the_run_codec_or_refuses(melody_dataset, tmp_path):
+    from diamusic.codecs import load_codec
+    from diamusic.data.prepare import prepare
+    from diamusic.runs import load_run
+
+    def melodies(name: str, size: int):
+        options = {"limit": 4, "max_seconds": 4.0, "seed": 1, "codec_options": {"codebook_size": size}}
+        prepare("melodies", "spectral-rvq", tmp_path / name, progress=False, **options)
+        return tmp_path / name
+
+    train(tiny_config(melody_dataset, QUIET, steps=4), tmp_path / "run", progress=False)
+    smaller = tiny_config(melodies("size16", 16), QUIET, steps=6)
+    with pytest.raises(RunError, match="the run's codec has 9 codebooks x 32 codes, the dataset's 9 x 16"):
+        train(smaller, tmp_path / "run", resume=True, force=True, progress=False)
+
+    other = melodies("other", 32)  # the same shape, but a codec fitted on other audio
+    other_card = json.loads((other / "card.json").read_text())["codec"]
+    assert other_card["fingerprint"] != json.loads((melody_dataset / "card.json").read_text())["codec"]["fingerprint"]
+    with pytest.raises(RunError, match="dataset fingerprint"):
+        train(tiny_config(other, QUIET, steps=6), tmp_path / "run", resume=True, progress=False)
+    train(tiny_config(other, QUIET, steps=6), tmp_path / "run", resume=True, force=True, progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["codec"] == other_card and info["dataset_fingerprint"] == CodesDataset(other).fingerprint
+    assert info["switches"][0]["until_step"] == 4 and info["switches"][0]["dataset"] == str(melody_dataset.resolve())
+    assert any("codec/ replaced" in note for note in info["notes"])
+    assert load_codec(tmp_path / "run" / "codec").fingerprint == other_card["fingerprint"]
+    assert load_run(tmp_path / "run", device="cpu").codec.fingerprint == other_card["fingerprint"]
