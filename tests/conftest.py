@@ -109,7 +109,8 @@ def small_disk(tmp_path):
             path.mkdir()
             if os.geteuid() != 0:
                 return None
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+            command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+            done = subprocess.run(command, capture_output=True)
             if done.returncode != 0:
                 return None
             mounted.append(path)

@@ -156,7 +156,7 @@ BAD_INPUT = [
 OUT = {"generate": "--out", "train": "--out", "prepare": "--out", "ablate": "--out", "eval": "--out"}
 
 
-@pytest.mark.parametrize(("argv", "fragment"), BAD_INPUT, ids=[" ".join(a[:1] + a[2:])[:60] for a, _ in BAD_INPUT])
+@pytest.mark.parametrize(("argv", "fragment"), BAD_INPUT, ids=[" ".join(a)[:70] for a, _ in BAD_INPUT])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tiny_run, melody_dataset, tmp_path, capsys):
     from diamusic.cli import main
 

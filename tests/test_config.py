@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diamusic.config import ConfigError, from_dict, load_config, to_dict
 
@@ -66,3 +68,50 @@ def test_unknown_preset_lists_the_presets(tmp_path):
     bad.write_text("steps: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+
+
+KEYS = [
+    *("steps", "batch_size", "optim.lr", "optim.beta1", "data.crop_frames", "data.eos_crop_share", "cfg_dropout"),
+    *(
+        "delay_pattern",
+        "codebook_weights",
+        "model.preset",
+        "checkpoints.keep",
+        "optim",
+        "nope",
+        "optim.nope",
+        "steps.x",
+    ),
+]
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.one_of(st.integers(-2, 5), st.floats(allow_nan=True), st.text(max_size=3)), max_size=10),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4), st.lists(st.text(max_size=20), max_size=3))
+def test_any_overrides_give_a_valid_config_or_one_config_error(overrides, sets):
+    try:
+        config = load_config("tiny-cpu", overrides=overrides, sets=sets)
+    except ConfigError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert config.steps > 0 and config.batch_size > 0 and 0 < config.optim.lr < float("inf")
+    assert from_dict(to_dict(config)) == config
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_config_file_gives_a_config_or_one_config_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("yaml") / "config.yaml"
+    path.write_bytes(content)
+    try:
+        load_config(str(path))
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

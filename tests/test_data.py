@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.models.dia.processing_dia import DiaProcessor
 
 from diamusic.data import DataError
@@ -464,3 +466,19 @@ def test_prepare_killed_9_then_rerun_gives_the_same_dataset(audio_folder, tmp_pa
     card = lambda d: json.loads((d / "card.json").read_text())  # noqa: E731
     assert card(out)["fingerprint"] == card(tmp_path / "whole")["fingerprint"]
     assert (out / "index.jsonl").read_bytes() == (tmp_path / "whole" / "index.jsonl").read_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["metadata.jsonl", "metadata.csv"]), st.one_of(st.binary(max_size=300), st.text(max_size=300)))
+def test_any_caption_manifest_is_read_or_refused_in_one_line(tmp_path_factory, name, content):
+    from diamusic.data.sources import folder_items
+
+    folder = tmp_path_factory.mktemp("manifest")
+    sf.write(folder / "a.wav", tone(1.0, 440), 22050)
+    (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    try:
+        items = folder_items(folder)
+    except DataError as exc:
+        assert "\n" not in str(exc) and name in str(exc)
+        return
+    assert [item.id for item in items] == ["a.wav"]

@@ -153,3 +153,24 @@ def test_plot_writes_png(tmp_path):
     out = tmp_path / "grid.png"
     DelayPattern.parse("musicgen").plot(str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.lists(st.integers(-5, 40), max_size=12).map(lambda d: ",".join(map(str, d))),
+        st.lists(st.one_of(st.integers(-5, 40), st.floats(allow_nan=True), st.text(max_size=3)), max_size=12),
+    ),
+    st.one_of(st.none(), st.integers(1, 12)),
+)
+def test_any_spec_parses_to_a_valid_pattern_or_a_pattern_error(spec, codebooks):
+    try:
+        pattern = DelayPattern.parse(spec, num_codebooks=codebooks)
+    except PatternError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert pattern.delays[0] == 0 and min(pattern.delays) >= 0
+    assert codebooks is None or pattern.num_codebooks == codebooks
+    codes = torch.randint(0, 8, (1, 5, pattern.num_codebooks))
+    assert torch.equal(pattern.revert(pattern.apply(codes, bos=BOS, pad=PAD)), codes)
