@@ -482,3 +482,17 @@ def test_any_caption_manifest_is_read_or_refused_in_one_line(tmp_path_factory, n
         assert "\n" not in str(exc) and name in str(exc)
         return
     assert [item.id for item in items] == ["a.wav"]
+
+
+def test_prepare_reports_its_encoding_speed_even_for_a_small_job(audio_folder, tmp_path, capsys):
+    import re
+
+    from diamusic.cli import main
+
+    argv = ["prepare", "--source", str(audio_folder), "--out", str(tmp_path / "ds"), "--codebook-size", "16"]
+    assert main([*argv, "--max-seconds", "2", "--quiet"]) == 0
+    summary = capsys.readouterr().out
+    found = re.search(r"encoded ([\d.]+) s of audio at ([\d.e+]+)x real time", summary)
+    assert found and float(found[1]) > 10 and float(found[2]) > 1, summary
+    assert main([*argv, "--max-seconds", "2", "--quiet"]) == 0
+    assert "nothing left to encode" in capsys.readouterr().out

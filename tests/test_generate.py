@@ -9,7 +9,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from diamusic.generate import GenerationError, SamplingConfig, generate_codes, guide, nucleus, sample_logits
+from diamusic.generate import (
+    DecodeOptions,
+    GenerationError,
+    SamplingConfig,
+    generate_codes,
+    guide,
+    nucleus,
+    sample_logits,
+)
 from diamusic.metrics import token_stats
 from diamusic.model import build_model, load_pretrained, vocab_of
 from diamusic.patterns import PRESETS, DelayPattern
@@ -513,3 +521,25 @@ def test_generates_from_a_lora_run(melody_dataset, tmp_path):
     assert not torch.equal(merged[name], saved[base_keys[0]])
     sampling = SamplingConfig(max_frames=4, **GREEDY)
     assert generate_codes(run.model, ["x"], run.pattern, run.vocab, sampling).frames[0] <= 4
+
+
+@pytest.mark.parametrize("name", ["dia", "musicgen"])
+def test_static_cache_and_compiled_step_give_the_same_tokens(name):
+    model, pattern = tiny(name), DelayPattern.parse(name)
+    texts = ["a slow waltz in D minor", "a jig"]
+    runs = {}
+    for label, options in {
+        "dynamic": DecodeOptions(static_cache=False),
+        "static": DecodeOptions(static_cache=True),
+        "compiled": DecodeOptions(static_cache=True, compile=True),
+    }.items():
+        for cfg in (1.0, 3.0):
+            sampling = SamplingConfig(max_frames=24, cfg_scale=cfg, temperature=0.0)
+            runs[label, cfg] = generate_codes(model, texts, pattern, VOCAB, sampling, options)
+    for cfg in (1.0, 3.0):
+        reference = runs["dynamic", cfg]
+        assert max(reference.frames) > 0
+        for label in ("static", "compiled"):
+            result = runs[label, cfg]
+            assert result.frames == reference.frames and result.decode_steps == reference.decode_steps, label
+            assert torch.equal(result.delayed, reference.delayed), (label, cfg)

@@ -87,16 +87,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         corpus={k: v for k, v in (("renderer", args.renderer), ("texture", args.texture)) if v} or None,
         progress=not args.quiet,
     )
-    rate = result.audio_seconds_encoded / max(result.seconds, 1e-9)
+    if result.audio_seconds_encoded > 0:
+        rate = result.audio_seconds_encoded / max(result.encode_seconds, 1e-9)
+        speed = (
+            f"encoded {result.audio_seconds_encoded:.1f} s of audio at {rate:.3g}x real time "
+            f"({result.seconds:.1f} s in all, with loading and the codec fit)"
+        )
+    else:
+        speed = "nothing left to encode"
     if result.complete:
         print(
             f"{args.out}: {result.clips} clips, {result.hours:.2f} h, {result.rejected} rejected "
-            f"(see rejected.jsonl); {rate:.0f} audio-seconds encoded per second"
+            f"(see rejected.jsonl); {speed}"
         )
         if result.captions_truncated:
             print(f"warning: {result.captions_truncated} captions were longer than 1024 bytes and were truncated")
     else:
-        print(f"shard {args.shard[0]}/{args.shard[1]} done ({rate:.0f} audio-s/s); other shards still to run")
+        print(f"shard {args.shard[0]}/{args.shard[1]} done ({speed}); other shards still to run")
     return 0
 
 
@@ -152,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from diamusic.generate import SamplingConfig, generate_files
+    from diamusic.generate import DecodeOptions, SamplingConfig, generate_files
     from diamusic.runs import load_run
 
     run = load_run(args.run, args.checkpoint, device=args.device)
@@ -168,7 +175,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     texts = [text for text in args.text for _ in range(args.num)]
     settings = {"run": str(Path(args.run).resolve()), "checkpoint": run.checkpoint.name, "codec": run.info["codec"]}
     out = Path(args.out)
-    result, paths = generate_files(run.model, texts, run.codec, sampling, out, "gen", settings, args.overwrite)
+    options = DecodeOptions(static_cache=args.cache == "static", compile=args.compile)
+    result, paths = generate_files(run.model, texts, run.codec, sampling, out, "gen", settings, args.overwrite, options)
     audio_seconds = sum(result.frames) / run.codec.frame_rate
     print(
         f"wrote {len(paths)} clips to {out} ({audio_seconds:.1f} s of audio, "
@@ -309,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", help="cpu | cuda (default: cuda when present)")
+    gen.add_argument("--cache", choices=["static", "dynamic"], default="static", help="KV cache (same tokens)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the decoder step (CUDA graphs on GPU)")
     gen.add_argument("--out", required=True, help="directory for WAV, .npy codes and JSON sidecars")
     gen.add_argument("--overwrite", action="store_true", help="replace earlier generations in --out")
     gen.set_defaults(func=cmd_generate)

@@ -89,6 +89,19 @@ class SamplingConfig:
         return self.cfg_scale not in (0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How the decode loop runs, never what it samples: greedy decoding gives the same tokens either way.
+
+    ``static_cache`` preallocates the self- and cross-attention caches (fixed shapes, so no
+    reallocation as the clip grows, and what ``compile`` needs); ``compile`` runs the decoder step
+    through ``torch.compile`` (with CUDA graphs on a GPU), paying a compile on first use per shape.
+    """
+
+    static_cache: bool = True
+    compile: bool = False
+
+
 @dataclass
 class GenerationResult:
     codes: list[np.ndarray]  # per text: (frames_i, C) int64, real codes only, delay reverted
@@ -187,10 +200,9 @@ def generate_codes(
     pattern: DelayPattern,
     vocab: AudioVocab,
     sampling: SamplingConfig,
+    options: DecodeOptions = DecodeOptions(),
 ) -> GenerationResult:
     """Generate codec frames for each text; returns real codes only, ready for ``codec.decode``."""
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
     _check_model(model, texts, pattern, vocab, sampling)
     start = time.perf_counter()
     device = model.device
@@ -209,8 +221,8 @@ def generate_codes(
     model.eval()
     try:
         encoder_hidden = model.get_encoder()(input_ids=input_ids, attention_mask=text_mask).last_hidden_state
-        decoder = model.get_decoder()
-        cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        cache = new_cache(model, max_steps, input_ids.shape[1], options.static_cache)
+        step_logits = _compiled_step(device) if options.compile else decoder_step
 
         tokens = torch.full((batch, max_steps + 1, channels), vocab.pad, dtype=torch.long, device=device)
         tokens[:, 0] = vocab.bos
@@ -222,16 +234,9 @@ def generate_codes(
             previous = tokens[:, step - 1 : step]  # (B, 1, C)
             if sampling.uses_cfg:
                 previous = previous.repeat(2, 1, 1)
-            # (the decoder and head directly: DiaModel.forward walks every module on each call to check
-            # for gradient checkpointing, a cost measured in benchmarks/RESULTS.md)
-            hidden = decoder(
-                input_ids=previous,
-                encoder_hidden_states=encoder_hidden,
-                encoder_attention_mask=text_mask,
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state
-            logits = model.logits_dense(hidden).view(-1, channels, vocab.vocab_size).float()  # (B|2B, C, V)
+            position = torch.full((1, 1), step - 1, dtype=torch.long, device=device)
+            logits = step_logits(model, previous, position, encoder_hidden, text_mask, cache)
+            logits = logits.view(-1, channels, vocab.vocab_size).float()  # (B|2B, C, V)
 
             # 2. guidance, then the sampling rules: no special ids except EOS on channel 0
             if sampling.uses_cfg:
@@ -276,6 +281,53 @@ def generate_codes(
         seconds=time.perf_counter() - start,
         delayed=delayed.cpu(),
     )
+
+
+def new_cache(model: DiaForConditionalGeneration, steps: int, text_length: int, static: bool) -> Any:
+    """Self-attention cache for ``steps`` decoder inputs and a cross-attention one for the text."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
+
+    if static:
+        return EncoderDecoderCache(
+            StaticCache(config=model.config, max_cache_len=steps),
+            StaticCache(config=model.config, max_cache_len=text_length),
+        )
+    return EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+
+
+def decoder_step(
+    model: DiaForConditionalGeneration,
+    previous: torch.Tensor,
+    position: torch.Tensor,
+    encoder_hidden: torch.Tensor,
+    text_mask: torch.Tensor,
+    cache: Any,
+) -> torch.Tensor:
+    """One decoder step on the previous column -> logits (rows, 1, C * V).
+
+    The decoder and head are called directly: DiaModel.forward walks every module on each call to
+    check for gradient checkpointing, a cost measured in benchmarks/RESULTS.md.
+    """
+    hidden = model.get_decoder()(
+        input_ids=previous,
+        position_ids=position,
+        encoder_hidden_states=encoder_hidden,
+        encoder_attention_mask=text_mask,
+        cache=cache,
+        use_cache=True,
+    ).last_hidden_state
+    return model.logits_dense(hidden)
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled_step(device: torch.device) -> Any:
+    """`decoder_step` compiled once per device type (CUDA graphs on GPU); shapes are static per call."""
+    if device.type not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED[device.type] = torch.compile(decoder_step, mode=mode, dynamic=False)
+    return _COMPILED[device.type]
 
 
 def _check_model(
@@ -326,6 +378,7 @@ def generate_files(
     stem: str,
     settings: dict[str, Any],
     overwrite: bool = False,
+    options: DecodeOptions = DecodeOptions(),
 ) -> tuple[GenerationResult, list[Path]]:
     """Generate with the model's own pattern; per text a WAV, its codes (.npy) and a JSON sidecar
     with every setting. Returns the result and the WAV paths. Files of an earlier call with the same
@@ -340,7 +393,7 @@ def generate_files(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GenerationError(f"cannot write to {out}: {exc.strerror or exc}") from exc
-    result = generate_codes(model, texts, pattern, vocab, sampling)
+    result = generate_codes(model, texts, pattern, vocab, sampling, options)
     paths = []
     for i, (text, codes) in enumerate(zip(texts, result.codes, strict=True)):
         base = out / f"{stem}_{i:02d}"

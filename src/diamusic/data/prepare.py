@@ -44,7 +44,8 @@ class PrepareResult:
     hours: float
     rejected: int
     seconds: float
-    audio_seconds_encoded: float
+    audio_seconds_encoded: float  # by this call (0 when every shard was done already)
+    encode_seconds: float  # spent in the codec's encoder, without loading, rendering or fitting
     complete: bool
     captions_truncated: int = 0
 
@@ -100,7 +101,7 @@ def prepare(
     n_shards = (len(items) + ITEMS_PER_SHARD - 1) // ITEMS_PER_SHARD
     mine = [s for s in range(n_shards) if s % count == index]
     todo = [s for s in mine if not (out / "shards" / f"{s:05d}.jsonl").exists()]
-    audio_seconds = 0.0
+    audio_seconds = encode_seconds = 0.0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -110,8 +111,9 @@ def prepare(
         bar = tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
     for s in todo:
         members = items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]
-        array, rows, seconds = _encode_shard(s, members, split, codec_obj, max_seconds)
+        array, rows, seconds, spent = _encode_shard(s, members, split, codec_obj, max_seconds)
         audio_seconds += seconds
+        encode_seconds += spent
         base = out / "shards" / f"{s:05d}"
         codes = io.BytesIO()
         np.save(codes, array)
@@ -133,7 +135,9 @@ def prepare(
         truncated = card["captions_truncated"]
         if clips == 0:
             raise DataError(f"no usable clips: all {rejected} inputs were rejected (see {out}/rejected.jsonl)")
-    return PrepareResult(clips, hours, rejected, time.time() - start, audio_seconds, complete, truncated)
+    return PrepareResult(
+        clips, hours, rejected, time.time() - start, audio_seconds, encode_seconds, complete, truncated
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -215,7 +219,9 @@ def _codec_for(
 
 def _encode_shard(
     shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float
-) -> tuple[np.ndarray, list[dict[str, Any]], float]:
+) -> tuple[np.ndarray, list[dict[str, Any]], float, float]:
+    """A shard's codes, its rows (kept clips and rejections), the audio seconds kept and the
+    seconds spent encoding them."""
     rows: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], np.ndarray, int]] = []
     for item in items:
@@ -247,9 +253,11 @@ def _encode_shard(
     for n, (_, _, rate) in enumerate(pending):
         by_rate.setdefault(rate, []).append(n)
     encoded: dict[int, np.ndarray] = {}
+    started = time.perf_counter()
     for rate, members in by_rate.items():
         for n, codes in zip(members, codec.encode_batch([pending[n][1] for n in members], rate), strict=True):
             encoded[n] = np.asarray(codes)
+    spent = time.perf_counter() - started
     audio_seconds, offset = 0.0, 0
     blocks: list[np.ndarray] = []
     kept: list[dict[str, Any]] = []
@@ -268,7 +276,7 @@ def _encode_shard(
     for row in last.values():
         row["final"] = True
     array = np.concatenate(blocks) if blocks else np.zeros((0, codec.num_codebooks), dtype=np.uint16)
-    return array, rows + kept, audio_seconds
+    return array, rows + kept, audio_seconds, spent
 
 
 def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, Any]:
