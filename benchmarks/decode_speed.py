@@ -1,11 +1,16 @@
-"""Decode speed: our `generate_codes` loop vs transformers' `DiaForConditionalGeneration.generate`.
+"""Generation speed: our decode loop (dynamic cache, static cache, compiled step) against transformers'
+`DiaForConditionalGeneration.generate`, per delay pattern and batch size, with CFG on.
 
-Randomly initialised models (no downloads), DAC's vocabulary (9 x 1024) and Dia's delay pattern.
-Both sides run the same number of decoder steps per call (a random model may stop early, so the
-rate is steps/s, not calls/s), after one warm-up call each. Prints a markdown table.
+Randomly initialised models (no downloads), DAC's vocabulary (9 x 1024). A decode step emits one
+frame column per sample, so frames/s = batch x decode steps / s (a random model may stop early,
+so steps are counted, not calls); real-time factor = frames/s / 86.13 (DAC's frame rate). "bare
+step" times the decoder and head alone on a static cache at the same batch (CFG doubles its rows):
+the floor our loop's sampling and token rules add to. The bandwidth share is decoder weight bytes
+read per step / step time / the device's memory bandwidth (``--bandwidth-gbs``; H100 SXM about
+3350). After one warm-up call each (compilation happens there).
 
-    .venv/bin/python benchmarks/decode_speed.py --threads 1
-    .venv/bin/python benchmarks/decode_speed.py --presets tiny --frames 172 --batch 4
+    .venv/bin/python benchmarks/decode_speed.py --presets tiny --threads 1
+    python benchmarks/decode_speed.py --presets dia-1.6b --device cuda --dtype bf16 --bandwidth-gbs 3350
 """
 
 from __future__ import annotations
@@ -17,86 +22,129 @@ from collections.abc import Callable
 
 import torch
 
-from diamusic.generate import SamplingConfig, generate_codes
+from diamusic.generate import DecodeOptions, SamplingConfig, decoder_step, generate_codes, new_cache
 from diamusic.model import build_model, count_parameters
 from diamusic.patterns import DelayPattern
 from diamusic.tokens import AudioVocab, encode_text
 
 VOCAB = AudioVocab(codebook_size=1024, num_codebooks=9)
+FRAME_RATE = 44100 / 512
+OPTIONS = {
+    "dynamic": DecodeOptions(static_cache=False),
+    "static": DecodeOptions(static_cache=True),
+    "compiled": DecodeOptions(static_cache=True, compile=True),
+}
 
 
-def hf_generate(model, texts: list[str], pattern: DelayPattern, frames: int, cfg: bool) -> int:
+def hf_generate(model, texts: list[str], pattern: DelayPattern, frames: int) -> int:
     """transformers' generate set up like DiaProcessor's generation mode; returns the steps it ran."""
     device = model.device
     input_ids, attention_mask = (t.to(device) for t in encode_text(texts))
     first = torch.full((len(texts), 1, VOCAB.num_codebooks), VOCAB.bos, dtype=torch.long)
     delay_mask = pattern.apply(first, bos=VOCAB.bos, pad=VOCAB.pad).to(device)
-    sampling = {"do_sample": True, "guidance_scale": 3.0, "top_k": 45} if cfg else {"do_sample": False}
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         decoder_input_ids=delay_mask,
         decoder_attention_mask=torch.ones(delay_mask.shape[:2], dtype=torch.long, device=device),
         max_new_tokens=pattern.decode_steps(frames),
-        **sampling,
+        do_sample=True,
+        guidance_scale=3.0,
+        top_k=45,
     )
     return out.shape[1] - 1
 
 
-def steps_per_second(run: Callable[[], int], repeats: int) -> float:
-    run()  # warm-up: first-call allocations and lazy imports
+def ours(model, texts, pattern, sampling, options) -> Callable[[], int]:
+    return lambda: generate_codes(model, texts, pattern, VOCAB, sampling, options).decode_steps
+
+
+def theirs(model, texts, pattern, frames) -> Callable[[], int]:
+    return lambda: hf_generate(model, texts, pattern, frames)
+
+
+def timed(run: Callable[[], int], repeats: int) -> float:
+    """Seconds per step over ``repeats`` calls, after a warm-up call."""
+    run()
     steps, start = 0, time.perf_counter()
     for _ in range(repeats):
         steps += run()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+    return (time.perf_counter() - start) / steps
+
+
+@torch.no_grad()
+def bare_step_seconds(model, texts: list[str], steps: int) -> float:
+    """The decoder and head alone, CFG's doubled rows, a static cache: seconds per step."""
+    device = model.device
+    input_ids, mask = (t.to(device) for t in encode_text(list(texts) + [None] * len(texts)))
+    hidden = model.get_encoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    column = torch.full((input_ids.shape[0], 1, VOCAB.num_codebooks), 7, dtype=torch.long, device=device)
+    best = float("inf")
+    for _ in range(2):  # the first pass warms up
+        cache = new_cache(model, steps, input_ids.shape[1], static=True)
+        start = time.perf_counter()
+        for s in range(steps):
+            position = torch.full((1, 1), s, dtype=torch.long, device=device)
+            decoder_step(model, column, position, hidden, mask, cache)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--frames", type=int, default=86, help="max frames per clip (86 = 1 s of DAC)")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--presets", nargs="+", default=["tiny"])
+    parser.add_argument("--patterns", nargs="+", default=["dia", "musicgen", "compressed"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--frames", type=int, default=172, help="max frames per clip (172 = 2 s of DAC)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--bandwidth-gbs", type=float, help="device memory bandwidth, for the share of the limit")
+    parser.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    pattern = DelayPattern.parse("dia")
-    texts = [f"a folk tune number {i} in G major, 6/8, flute" for i in range(args.batch)]
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
     rows = []
     for preset in args.presets:
-        model = build_model(preset, pattern, VOCAB).to(args.device).eval()
-        params = count_parameters(model) / 1e6
-        for cfg in (False, True):
-            sampling = (
-                SamplingConfig(max_frames=args.frames)  # Dia's defaults: CFG 3, filter top-k 45
-                if cfg
-                else SamplingConfig(max_frames=args.frames, cfg_scale=1.0, temperature=0.0)
-            )
-
-            runs = {
-                "ours": lambda m=model, s=sampling: generate_codes(m, texts, pattern, VOCAB, s).decode_steps,
-                "transformers": lambda m=model, c=cfg: hf_generate(m, texts, pattern, args.frames, c),
-            }
-            rates = {name: steps_per_second(fn, args.repeats) for name, fn in runs.items()}
-            rows.append((preset, params, "3.0 + top-k 45" if cfg else "off (greedy)", rates))
+        for name in args.patterns:
+            pattern = DelayPattern.parse(name)
+            model = build_model(preset, pattern, VOCAB).to(args.device, dtype).eval()
+            decoder_bytes = sum(p.numel() * p.element_size() for p in model.get_decoder().parameters())
+            decoder_bytes += sum(p.numel() * p.element_size() for p in model.logits_dense.parameters())
+            for batch in args.batches:
+                texts = [f"a folk tune number {i} in G major, 6/8, flute" for i in range(batch)]
+                sampling = SamplingConfig(max_frames=args.frames)  # Dia's defaults: CFG 3, filter top-k 45
+                step_s = {
+                    label: timed(ours(model, texts, pattern, sampling, OPTIONS[label]), args.repeats)
+                    for label in args.options
+                }
+                if not args.no_transformers:
+                    step_s["transformers"] = timed(theirs(model, texts, pattern, args.frames), 1)
+                bare = bare_step_seconds(model, texts, pattern.decode_steps(args.frames))
+                rows.append((preset, count_parameters(model) / 1e6, name, batch, step_s, bare, decoder_bytes))
 
     print(
-        f"\nDecode speed, {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{platform.processor() or platform.machine()}; batch {args.batch}, up to {args.frames} frames, "
-        f"pattern {pattern}, vocab 9 x 1028\n"
+        f"\nGeneration speed, {args.device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"thread(s), {platform.processor() or platform.machine()}; CFG 3 + top-k 45, up to {args.frames} frames\n"
     )
-    print("| preset | params | CFG | ours steps/s | transformers steps/s | ours / transformers |")
-    print("|---|---:|---|---:|---:|---:|")
-    for preset, params, cfg, rates in rows:
-        ratio = rates["ours"] / rates["transformers"]
-        print(
-            f"| {preset} | {params:.1f}M | {cfg} | {rates['ours']:.1f} | {rates['transformers']:.1f} | {ratio:.2f}x |"
-        )
+    print("| preset | pattern | batch | loop | frames/s | x real time | step / bare step | bandwidth share |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
+    for preset, params, name, batch, step_s, bare, decoder_bytes in rows:
+        for label, seconds in step_s.items():
+            fps = batch / seconds
+            share = f"{decoder_bytes / seconds / (args.bandwidth_gbs * 1e9):.1%}" if args.bandwidth_gbs else "-"
+            print(
+                f"| {preset} ({params:.1f}M) | {name} | {batch} | {label} | {fps:.1f} | {fps / FRAME_RATE:.2f} | "
+                f"{seconds / bare:.2f} | {share} |"
+            )
 
 
 if __name__ == "__main__":

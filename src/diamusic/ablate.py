@@ -161,12 +161,9 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
     )
     done = [step_of(p) for p in checkpoints_of(run_dir)]
     if config.steps not in done:
-        resume = (run_dir / RUN_FILE).exists()
-        if resume and not done:  # killed before its first checkpoint: nothing to resume from, start it over
-            shutil.rmtree(run_dir)
-            resume = False
-        print(f"\n== {'resuming' if resume else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
-        train(config, run_dir, resume=resume, progress=progress)
+        # a run killed before its first checkpoint is started over by the resume itself
+        print(f"\n== {'resuming' if done else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
+        train(config, run_dir, resume=(run_dir / RUN_FILE).exists(), progress=progress)
     eval_file = run_dir / "eval.json"
     if eval_file.exists():
         result = json.loads(eval_file.read_text())

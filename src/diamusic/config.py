@@ -164,7 +164,7 @@ def _build(cls: type, values: Any, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(str(key) for key in values if key not in names)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(f"unknown config key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
