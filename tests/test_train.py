@@ -607,3 +607,17 @@ def test_forced_resume_onto_another_codec_switches_the_run_codec_or_refuses(melo
     assert any("codec/ replaced" in note for note in info["notes"])
     assert load_codec(tmp_path / "run" / "codec").fingerprint == other_card["fingerprint"]
     assert load_run(tmp_path / "run", device="cpu").codec.fingerprint == other_card["fingerprint"]
+
+
+def test_nonfinite_weights_are_never_checkpointed(melody_dataset, tmp_path):
+    from diamusic.train import TrainingDiverged, save_checkpoint, setup
+
+    t = setup(tiny_config(melody_dataset, QUIET, steps=2), tmp_path / "run", resume=False, force=False)
+    save_checkpoint(t)
+    with torch.no_grad():
+        next(t.model.parameters()).view(-1)[0] = math.inf
+    t.step = 1
+    with pytest.raises(TrainingDiverged, match="step 1: the weights hold NaN or inf"):
+        save_checkpoint(t)
+    t.tracker.close()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_000000"]

@@ -388,8 +388,8 @@ def weights_finite(t: Trainer) -> bool:
     """Whether every process's weights (its shards under FSDP) are finite; one sync, not one per tensor."""
     with torch.no_grad():
         local = [p.to_local() if hasattr(p, "to_local") else p for p in t.model.parameters()]
-        ok = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
-    return bool(t.accelerator.reduce(ok, "min") > 0)
+        bad = (~torch.stack([torch.isfinite(p).all() for p in local]).all()).float()
+    return bool(t.accelerator.reduce(bad, "sum") == 0)  # accelerate reduces by sum, mean or max only
 
 
 def check_free_space(t: Trainer, final: Path) -> None:
