@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from diamusic.errors import DiamusicError
+    from diamusic.errors import DiamusicError, first_line
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -377,22 +377,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DiamusicError, OSError) as exc:  # bad input, or a file system that refused: one line
         if args.debug:
             traceback.print_exc()
-        print(f"diamusic: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"diamusic: error: {first_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug: say so, so it never reads as the user's mistake
         if args.debug:
             traceback.print_exc()
         print(
-            f"diamusic: internal error: {type(exc).__name__}: {_first_line(exc)} (re-run with --debug for the "
+            f"diamusic: internal error: {type(exc).__name__}: {first_line(exc)} (re-run with --debug for the "
             "traceback and report it)",
             file=sys.stderr,
         )
         return 3
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -10,3 +10,9 @@ from __future__ import annotations
 
 class DiamusicError(Exception):
     """Bad input or a state the user can fix; the message is one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -28,7 +28,7 @@ import yaml
 from diamusic import __version__
 from diamusic.codecs import Codec, load_codec
 from diamusic.config import TrainConfig, to_dict
-from diamusic.errors import DiamusicError
+from diamusic.errors import DiamusicError, first_line
 from diamusic.model import load_lora_checkpoint, pattern_of, vocab_of
 from diamusic.patterns import DelayPattern
 from diamusic.tokens import AudioVocab
@@ -308,7 +308,7 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str 
         else:
             model = DiaForConditionalGeneration.from_pretrained(ckpt)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # deserialisers, on a file they cannot read
-        raise CheckpointError(f"cannot load checkpoint {ckpt}: {str(exc).strip().splitlines()[0]}") from exc
+        raise CheckpointError(f"cannot load checkpoint {ckpt}: {first_line(exc)}") from exc
     finally:
         hf_logging.enable_progress_bar()
     model = model.to(device or default_device()).eval()

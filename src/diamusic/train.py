@@ -26,7 +26,7 @@ import torch
 from diamusic.config import TrainConfig, pattern_of_config, to_dict
 from diamusic.data import DataError
 from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches, fixed_batches
-from diamusic.errors import DiamusicError
+from diamusic.errors import DiamusicError, first_line
 from diamusic.metrics import LossNoise, TokenStats, token_stats
 from diamusic.model import add_lora, build_model, count_parameters, load_pretrained
 from diamusic.patterns import DelayPattern
@@ -410,14 +410,13 @@ def check_free_space(t: Trainer, final: Path) -> None:
 
 
 def write_failure(exc: BaseException, where: Path) -> str:
-    """Why a write failed, in words: deserialisers report a full disk as an I/O error or a bad position."""
+    """Why a write failed, in words: serialisers report a full disk as an I/O error or a bad position."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
     with contextlib.suppress(OSError):
         if shutil.disk_usage(where).free < 2**20:
             return "no space left on device"
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def restore(t: Trainer) -> None:
@@ -437,7 +436,7 @@ def restore(t: Trainer) -> None:
     try:
         t.accelerator.load_state(str(ckpt))
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"cannot load checkpoint {ckpt}: {str(exc).strip().splitlines()[0]}") from exc
+        raise CheckpointError(f"cannot load checkpoint {ckpt}: {first_line(exc)}") from exc
     state = json.loads((ckpt / "train_state.json").read_text())
     t.step = state["step"]
     t.skipped_steps = state.get("skipped_steps", 0)
