@@ -6,21 +6,21 @@ frame column per sample, so frames/s = batch x decode steps / s (a random model 
 so steps are counted, not calls); real-time factor = frames/s / 86.13 (DAC's frame rate). "bare
 step" times the decoder and head alone on a static cache at the same batch (CFG doubles its rows):
 the floor our loop's sampling and token rules add to. The bandwidth share is decoder weight bytes
-read per step / step time / the device's memory bandwidth (``--bandwidth-gbs``; H100 SXM about
-3350). After one warm-up call each (compilation happens there).
+read per step / step time / the device's memory bandwidth (``--bandwidth-gbs``, by default the data
+sheet's for known GPUs). After one warm-up call each (compilation happens there).
 
     .venv/bin/python benchmarks/decode_speed.py --presets tiny --threads 1
-    python benchmarks/decode_speed.py --presets dia-1.6b --device cuda --dtype bf16 --bandwidth-gbs 3350
+    python benchmarks/decode_speed.py --presets dia-1.6b --device cuda --dtype bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections.abc import Callable
 
 import torch
+from record import add_results_option, report
 
 from diamusic.generate import DecodeOptions, SamplingConfig, decoder_step, generate_codes, new_cache
 from diamusic.model import build_model, count_parameters
@@ -29,6 +29,9 @@ from diamusic.tokens import AudioVocab, encode_text
 
 VOCAB = AudioVocab(codebook_size=1024, num_codebooks=9)
 FRAME_RATE = 44100 / 512
+# data-sheet memory bandwidth, GB/s, matched in order against the device name
+BANDWIDTH_GBS = (("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("H100", 3350.0), ("H200", 4800.0),
+                 ("A100-SXM4-80GB", 2039.0), ("A100", 1555.0), ("L40S", 864.0), ("RTX 4090", 1008.0))  # fmt: skip
 OPTIONS = {
     "dynamic": DecodeOptions(static_cache=False),
     "static": DecodeOptions(static_cache=True),
@@ -64,14 +67,17 @@ def theirs(model, texts, pattern, frames) -> Callable[[], int]:
 
 
 def timed(run: Callable[[], int], repeats: int) -> float:
-    """Seconds per step over ``repeats`` calls, after a warm-up call."""
+    """Seconds per step of the fastest of ``repeats`` calls, after a warm-up call (the bare step is
+    timed the same way: the best pass, so a noisy machine's slow passes do not skew the ratio)."""
     run()
-    steps, start = 0, time.perf_counter()
+    best = float("inf")
     for _ in range(repeats):
-        steps += run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        start = time.perf_counter()
+        steps = run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
 
 
 @torch.no_grad()
@@ -82,7 +88,7 @@ def bare_step_seconds(model, texts: list[str], steps: int) -> float:
     hidden = model.get_encoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
     column = torch.full((input_ids.shape[0], 1, VOCAB.num_codebooks), 7, dtype=torch.long, device=device)
     best = float("inf")
-    for _ in range(2):  # the first pass warms up
+    for _ in range(3):  # the first pass warms up
         cache = new_cache(model, steps, input_ids.shape[1], static=True)
         start = time.perf_counter()
         for s in range(steps):
@@ -105,12 +111,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--bandwidth-gbs", type=float, help="device memory bandwidth, for the share of the limit")
+    parser.add_argument("--bandwidth-gbs", type=float, help="device memory bandwidth (default: known GPUs')")
     parser.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
+    add_results_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.bandwidth_gbs is None and args.device.startswith("cuda"):
+        name = torch.cuda.get_device_name(args.device)
+        args.bandwidth_gbs = next((gbs for key, gbs in BANDWIDTH_GBS if key in name), None)
 
     rows = []
     for preset in args.presets:
@@ -120,6 +130,9 @@ def main() -> None:
             decoder_bytes = sum(p.numel() * p.element_size() for p in model.get_decoder().parameters())
             decoder_bytes += sum(p.numel() * p.element_size() for p in model.logits_dense.parameters())
             for batch in args.batches:
+                # a fresh compiler per cell, as a `diamusic generate --compile` process has: one process
+                # collecting shapes would reach dynamo's recompile limit and fall back to eager
+                torch._dynamo.reset()
                 texts = [f"a folk tune number {i} in G major, 6/8, flute" for i in range(batch)]
                 sampling = SamplingConfig(max_frames=args.frames)  # Dia's defaults: CFG 3, filter top-k 45
                 step_s = {
@@ -131,20 +144,23 @@ def main() -> None:
                 bare = bare_step_seconds(model, texts, pattern.decode_steps(args.frames))
                 rows.append((preset, count_parameters(model) / 1e6, name, batch, step_s, bare, decoder_bytes))
 
-    print(
-        f"\nGeneration speed, {args.device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"thread(s), {platform.processor() or platform.machine()}; CFG 3 + top-k 45, up to {args.frames} frames\n"
-    )
-    print("| preset | pattern | batch | loop | frames/s | x real time | step / bare step | bandwidth share |")
-    print("|---|---|---:|---|---:|---:|---:|---:|")
+    bandwidth = f", bandwidth {args.bandwidth_gbs:g} GB/s" if args.bandwidth_gbs else ""
+    lines = [
+        f"{args.dtype}, CFG 3 + top-k 45, up to {args.frames} frames, {args.repeats} timed call(s) per cell"
+        f"{bandwidth}.",
+        "",
+        "| preset | pattern | batch | loop | frames/s | x real time | step / bare step | bandwidth share |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
     for preset, params, name, batch, step_s, bare, decoder_bytes in rows:
         for label, seconds in step_s.items():
             fps = batch / seconds
             share = f"{decoder_bytes / seconds / (args.bandwidth_gbs * 1e9):.1%}" if args.bandwidth_gbs else "-"
-            print(
+            lines.append(
                 f"| {preset} ({params:.1f}M) | {name} | {batch} | {label} | {fps:.1f} | {fps / FRAME_RATE:.2f} | "
                 f"{seconds / bare:.2f} | {share} |"
             )
+    report(f"Generation speed, {args.device}", args.device, "\n".join(lines), args.results)
 
 
 if __name__ == "__main__":

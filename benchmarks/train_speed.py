@@ -1,34 +1,49 @@
-"""Training speed: seconds per optimizer step, loss targets per second and peak GPU memory.
+"""Training speed against the hardware: step time, loss targets/s, frames/s, peak memory and MFU,
+with and without torch.compile and activation checkpointing; and the loader's batches/s against
+the step rate.
 
-Runs the real loop (`diamusic.train.train`: data loading, collate, forward, our loss, backward,
-AdamW) on the built-in melodies encoded with a 9 x 1024 spectral-RVQ codec, so the vocabulary and
-shapes are DAC's. Scratch weights, no downloads. The first steps (warm-up) and the last one (it
-holds the final evaluation and checkpoint) are left out. Prints one markdown row per preset.
+Runs the real loop (`diamusic.train.train`: loader, collate, forward, our loss, backward, AdamW) on
+the built-in melodies encoded with a 9 x 1024 spectral-RVQ codec, so the vocabulary and shapes are
+DAC's. Scratch weights, no downloads. The first steps (warm-up, compilation) and the last one (it
+holds the final evaluation and checkpoint) are left out; figures are medians over the rest.
 
-    .venv/bin/python benchmarks/train_speed.py --presets tiny small --batch-size 4 --frames 430
-    # on a GPU, Dia-1.6B's shape in bf16:
-    python benchmarks/train_speed.py --presets dia-1.6b --batch-size 4 --frames 860 --steps 20
+MFU = model FLOPs per second (`diamusic.flops`, from the config and the batches' shapes) / peak.
+On a GPU the peak is its dense bf16 peak (`diamusic.flops.BF16_PEAK_TFLOPS`, or `--peak-tflops`);
+a CPU has no such figure, so there it is a measured large matmul in the run's precision (say so
+when quoting it). "loader x" = the loader's batches/s (one batch = one optimizer step's micro-
+batches, with the run's workers and pinning) / the step rate: above 1 the GPU never waits for data.
+
+    .venv/bin/python benchmarks/train_speed.py --presets tiny small --threads 2
+    # one GPU, Dia-1.6B's shape at the research log's batch (20 x 10 s):
+    python benchmarks/train_speed.py --presets dia-1.6b --batch-size 20 --frames 860 --workers 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+from record import add_results_option, report
 
-from diamusic.config import load_config
-from diamusic.data.dataset import CodesDataset
+from diamusic.config import load_config, pattern_of_config
+from diamusic.data.dataset import CodesDataset, StepBatches
 from diamusic.data.prepare import prepare
+from diamusic.flops import peak_tflops
 from diamusic.model import build_model, count_parameters
 from diamusic.patterns import DelayPattern
-from diamusic.train import train
+from diamusic.train import batch_plan, data_loader, train
 
-WARMUP_STEPS = 3
+VARIANTS = {  # name: (compile, activation checkpointing)
+    "plain": (False, False),
+    "compile": (True, False),
+    "checkpointing": (False, True),
+    "compile+checkpointing": (True, True),
+}
 
 
 def dataset(path: Path, melodies: int) -> Path:
@@ -38,7 +53,8 @@ def dataset(path: Path, melodies: int) -> Path:
     return path
 
 
-def measure(data: Path, preset: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
+def config_for(data: Path, preset: str, variant: str, args: argparse.Namespace):
+    compile_, checkpointing = VARIANTS[variant]
     overrides = {
         "data.path": str(data),
         "model.preset": preset,
@@ -47,62 +63,119 @@ def measure(data: Path, preset: str, args: argparse.Namespace, out: Path) -> dic
         "batch_size": args.batch_size,
         "grad_accum": 1,
         "data.crop_frames": args.frames,
+        "data.num_workers": args.workers,
         "precision": args.precision,
+        "compile": compile_,
+        "model.gradient_checkpointing": checkpointing,
         "logging.every": 1,
         "eval.every": args.steps,
         "eval.batches": 1,
         "checkpoints.every": args.steps,
-        "model.gradient_checkpointing": args.activation_checkpointing,
     }
-    result = train(load_config("tiny-cpu", overrides=overrides), out, progress=False)
+    return load_config("tiny-cpu", overrides=overrides)
+
+
+def measure(config, out: Path, warmup: int) -> dict[str, float]:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train(config, out, progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if "perf/step_s" in r][WARMUP_STEPS:-1]
+    timed = [r for r in rows if "perf/step_s" in r][warmup:-1]
     if not timed:
-        raise SystemExit(f"--steps {args.steps} leaves no timed steps: use at least {WARMUP_STEPS + 2}")
-    row = {
-        "step_s": statistics.median(r["perf/step_s"] for r in timed),
-        "tokens_per_s": statistics.median(r["perf/tokens_per_s"] for r in timed),
-        "loss": result.last_train["train/loss"],
-    }
-    if "perf/max_memory_gib" in timed[-1]:
-        row["max_memory_gib"] = timed[-1]["perf/max_memory_gib"]
+        raise SystemExit(f"--steps {config.steps} leaves no timed steps: use at least {warmup + 2}")
+    row = {key: statistics.median(r[f"perf/{key}"] for r in timed) for key in ("step_s", "tokens_per_s", "tflops")}
+    row["memory_gib"] = timed[-1].get("perf/max_memory_gib", float("nan"))
     return row
+
+
+def loader_batches_per_s(config, device: torch.device, batches: int) -> float:
+    """The run's DataLoader alone (same plan, workers and pinning), after its first batch."""
+    data = CodesDataset(config.data.path)
+    steps = StepBatches(data, batch_plan(config), pattern_of_config(config), 0, batches + 1)
+    loader = iter(data_loader(steps, config.data, device))
+    next(loader)  # worker start-up
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return batches / (time.perf_counter() - start)
+
+
+def matmul_tflops(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """The device's reached matmul rate: the reference for MFU where no data-sheet peak exists."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--batch-size", type=int, default=4, help="per process")
     parser.add_argument("--frames", type=int, default=430, help="max frames per clip (430 = 5 s of DAC)")
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=5, help="first logged steps left out (compilation)")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
     parser.add_argument("--pattern", default="musicgen")
-    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--workers", type=int, default=0, help="loader processes (data.num_workers)")
+    parser.add_argument("--peak-tflops", type=float, help="the reference for MFU (default: see above)")
     parser.add_argument("--melodies", type=int, default=60, help="melodies to encode for the dataset")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "diamusic-bench-melodies-1024")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    add_results_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     data = dataset(args.data, args.melodies)
-    vocab = CodesDataset(data).vocab
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    checkpointing = ", activation checkpointing" if args.activation_checkpointing else ""
-    print(
-        f"Setting: {gpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}; "
-        f"batch {args.batch_size} x up to {args.frames} frames, pattern {args.pattern}, "
-        f"precision {args.precision}{checkpointing}\n"
-    )
-    print("| preset | params | s/step | loss targets/s | peak GPU memory |")
-    print("|---|---:|---:|---:|---:|")
+    card = CodesDataset(data)
+    vocab, frame_rate = card.vocab, card.card["codec"]["frame_rate"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda")
+    peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name()) if device == "cuda" and bf16 else None)
+    if peak is None:
+        peak = matmul_tflops(device, torch.bfloat16 if bf16 else torch.float32)
+        reference = f"a measured {'bf16' if bf16 else 'fp32'} 2048^3 matmul, {peak:.2f} TFLOP/s"
+    else:
+        reference = f"bf16 peak {peak:g} TFLOP/s"
+
+    lines = [
+        f"Batch {args.batch_size} x up to {args.frames} frames, pattern {args.pattern}, "
+        f"{'bf16' if bf16 else 'fp32'}, {args.workers} loader worker(s); MFU against {reference}.",
+        "",
+        "| preset | params | variant | s/step | loss targets/s | audio s/s | model TFLOP/s | MFU | peak memory "
+        "| loader x |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for preset in args.presets:
         with torch.device("meta"):
             params = count_parameters(build_model(preset, DelayPattern.parse(args.pattern), vocab))
-        with tempfile.TemporaryDirectory() as tmp:
-            row = measure(data, preset, args, Path(tmp) / "run")
-        memory = f"{row['max_memory_gib']:.1f} GiB" if "max_memory_gib" in row else "-"
-        print(f"| {preset} | {params / 1e6:.1f}M | {row['step_s']:.3f} | {row['tokens_per_s']:,.0f} | {memory} |")
+        loader_rate = None
+        for variant in args.variants:
+            config = config_for(data, preset, variant, args)
+            if loader_rate is None:
+                loader_rate = loader_batches_per_s(config, torch.device(device), batches=2 * args.steps)
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    row = measure(config, Path(tmp) / "run", args.warmup)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    lines.append(f"| {preset} | {params / 1e6:.1f}M | {variant} | out of memory | | | | | | |")
+                    continue
+            memory = "-" if row["memory_gib"] != row["memory_gib"] else f"{row['memory_gib']:.1f} GiB"
+            audio_per_s = row["tokens_per_s"] / vocab.num_codebooks / frame_rate  # a frame: one target per codebook
+            lines.append(
+                f"| {preset} | {params / 1e6:.1f}M | {variant} | {row['step_s']:.3f} | {row['tokens_per_s']:,.0f} | "
+                f"{audio_per_s:,.1f} | {row['tflops']:.3f} | {row['tflops'] / peak:.1%} | {memory} | "
+                f"{loader_rate * row['step_s']:.1f} |"
+            )
+    title = f"Training speed, {device}"
+    report(title, device, "\n".join(lines), args.results)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import diamusic
 
 # each module may import only modules listed before it (lazy imports inside functions included)
 ORDER = [
-    "errors", "stats", "patterns", "tokens", "pitch", "corpus", "render", "codecs", "model", "metrics", "tracking",
-    "data", "data.sources", "data.dataset", "data.prepare", "data.inspect",
+    "errors", "stats", "patterns", "tokens", "pitch", "corpus", "render", "codecs", "model", "flops", "metrics",
+    "tracking", "data", "data.sources", "data.dataset", "data.prepare", "data.inspect",
     "config", "runs", "generate", "train", "eval", "ablate", "report", "cli",
 ]  # fmt: skip
 ROOT = Path(diamusic.__file__).parent

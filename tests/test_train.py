@@ -142,6 +142,19 @@ def test_worker_processes_load_the_same_batches(melody_dataset, tmp_path):
     assert losses(tmp_path / "inline") == losses(tmp_path / "workers")
 
 
+def test_loader_pins_memory_only_for_a_gpu_and_when_asked(melody_dataset):
+    from diamusic.config import DataConfig
+    from diamusic.data.dataset import StepBatches
+    from diamusic.train import batch_plan, data_loader
+
+    config = tiny_config(melody_dataset)
+    batches = StepBatches(CodesDataset(melody_dataset), batch_plan(config), DelayPattern.parse("musicgen"), 0, 2)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert data_loader(batches, DataConfig(), gpu).pin_memory
+    assert not data_loader(batches, DataConfig(pin_memory=False), gpu).pin_memory
+    assert not data_loader(batches, DataConfig(), cpu).pin_memory
+
+
 def test_resume_refuses_changes_and_fresh_run_refuses_existing_dir(melody_dataset, tmp_path):
     config = tiny_config(melody_dataset, steps=10)
     train(config, tmp_path / "run", progress=False)
@@ -338,6 +351,70 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tm
     assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=0.02)
     info = json.loads((tmp_path / "bf16" / "run.json").read_text())
     assert info["config"]["precision"] == "bf16"
+
+
+def test_compiled_training_gives_the_same_run_and_checkpoints(melody_dataset, tmp_path):
+    from torch._dynamo.utils import counters
+
+    from diamusic.runs import load_run
+
+    # every caption dropped and full-length crops: one shape, so one compilation (minutes on a cold CPU
+    # cache); no evaluation, which would compile a second (no-grad) graph
+    settings = {**QUIET, "eval.batches": 0, "cfg_dropout": 1.0}
+    train(tiny_config(melody_dataset, settings, steps=4), tmp_path / "plain", progress=False)
+    counters.clear()
+    train(tiny_config(melody_dataset, settings, steps=4, compile=True), tmp_path / "compiled", progress=False)
+    assert counters["stats"]["unique_graphs"] >= 1  # the model really ran compiled
+    for key in ("train/loss", "train/grad_norm"):
+        a, b = losses(tmp_path / "plain", key), losses(tmp_path / "compiled", key)
+        assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-5), key
+    # compiled in place: the checkpoint has the plain model's parameter names and loads as one
+    plain, compiled = (load_run(tmp_path / name, device="cpu").model.state_dict() for name in ("plain", "compiled"))
+    assert plain.keys() == compiled.keys()
+    # one text position makes the encoder's attention softmax constant: its query and key weights get
+    # gradients of pure rounding noise, which Adam turns into full-size steps in both runs
+    noise_only = {k for k in plain if ".encoder." in k and ("q_proj" in k or "k_proj" in k)}
+    assert noise_only and max(float((plain[k] - compiled[k]).abs().max()) for k in plain if k not in noise_only) < 1e-4
+
+
+def test_eager_attention_gives_the_same_run_as_sdpa(melody_dataset, tmp_path, monkeypatch):
+    from transformers.models.dia import modeling_dia
+
+    calls = {"eager": 0}
+    eager = modeling_dia.eager_attention_forward
+
+    def spy(*args, **kwargs):
+        calls["eager"] += 1
+        return eager(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_dia, "eager_attention_forward", spy)
+    train(tiny_config(melody_dataset, QUIET, steps=3), tmp_path / "sdpa", progress=False)
+    assert calls["eager"] == 0
+    eager_config = tiny_config(melody_dataset, {**QUIET, "model.attention": "eager"}, steps=3)
+    train(eager_config, tmp_path / "eager", progress=False)
+    assert calls["eager"] > 0
+    for key in ("train/loss", "train/grad_norm"):
+        a, b = losses(tmp_path / "sdpa", key), losses(tmp_path / "eager", key)
+        assert [v for _, v in a] == pytest.approx([v for _, v in b], rel=1e-5), key
+
+
+def test_logged_model_flops_are_those_of_the_steps_batches(melody_dataset, tmp_path):
+    from diamusic.config import pattern_of_config
+    from diamusic.data.dataset import StepBatches
+    from diamusic.model import model_config
+    from diamusic.train import batch_plan, step_flops
+
+    config = tiny_config(melody_dataset, QUIET, steps=3, grad_accum=2)
+    train(config, tmp_path / "run", progress=False)
+    data, pattern = CodesDataset(melody_dataset), pattern_of_config(config)
+    batches = StepBatches(data, batch_plan(config), pattern, 0, config.steps)
+    dia = model_config(config.model.preset, pattern, data.vocab)
+    rows = [row for row in read_metrics(tmp_path / "run") if "perf/tflops" in row]
+    assert len(rows) == 3
+    for row, step in zip(rows, [batches[k] for k in range(len(batches))], strict=True):
+        expected = sum(step_flops(dia, micro) for micro in step)  # both micro-batches
+        assert row["perf/tflops"] * row["perf/step_s"] * 1e12 == pytest.approx(expected, rel=1e-6)
+        assert "perf/mfu" not in row  # no known bf16 peak on a CPU
 
 
 def test_activation_checkpointing_with_lora_gives_the_same_run(melody_dataset, tmp_path):

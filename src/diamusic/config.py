@@ -23,6 +23,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on a GPU, fp32 on CPU
 Init = Literal["scratch", "pretrained"]
+Attention = Literal["sdpa", "eager"]  # sdpa: torch's fused kernels (flash / memory-efficient on GPU)
 TrackerName = Literal["wandb", "tensorboard"]
 
 
@@ -38,7 +39,8 @@ class ModelConfig:
     freeze_encoder: bool = False
     lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of the full decoder
     lora_alpha: float = 16.0
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
+    attention: Attention = "sdpa"
 
 
 @dataclass
@@ -46,7 +48,8 @@ class DataConfig:
     path: str = ""  # a dataset directory written by `diamusic prepare`
     crop_frames: int = 256  # frames of a clip in one training or evaluation sample (86 frames ~ 1 s)
     eos_crop_share: float = 0.2  # share of crops of a source's last clip that end where the music ends
-    num_workers: int = 0
+    num_workers: int = 0  # loader processes; 0 builds batches in the training process
+    pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (GPU only)
     eos_in_loss: bool = True  # the model must learn to stop; turning this off is for ablations only
 
 
@@ -108,6 +111,7 @@ class TrainConfig:
     cfg_dropout: float = 0.15  # chance a sample's caption is replaced by the unconditional input
     codebook_weights: list[float] | None = None  # per-codebook loss weights, default all 1
     precision: Precision = "auto"
+    compile: bool = False  # torch.compile the model's forward and backward (the first steps compile)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -95,7 +95,9 @@ class DecodeOptions:
 
     ``static_cache`` preallocates the self- and cross-attention caches (fixed shapes, so no
     reallocation as the clip grows, and what ``compile`` needs); ``compile`` runs the decoder step
-    through ``torch.compile`` (with CUDA graphs on a GPU), paying a compile on first use per shape.
+    through ``torch.compile`` (with CUDA graphs on a GPU), paying a compile on first use per shape
+    (batch, text length, clip length); a process that keeps changing them reaches dynamo's recompile
+    limit, after which the step runs uncompiled.
     """
 
     static_cache: bool = True

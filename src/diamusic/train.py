@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from diamusic.config import TrainConfig, pattern_of_config, to_dict
+from diamusic.config import DataConfig, TrainConfig, pattern_of_config, to_dict
 from diamusic.data import DataError
 from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches, fixed_batches
 from diamusic.errors import DiamusicError, first_line
+from diamusic.flops import peak_tflops, training_flops
 from diamusic.metrics import LossNoise, TokenStats, token_stats
 from diamusic.model import add_lora, build_model, count_parameters, load_pretrained
 from diamusic.patterns import DelayPattern
@@ -97,6 +98,7 @@ class StepOutput:
     samples: int  # of the global batch
     eos_samples: int  # samples whose crop ends with EOS
     finite: bool  # loss and gradient norm finite; otherwise the update was skipped
+    flops: int = 0  # model FLOPs of the step, all processes (diamusic.flops)
 
     @property
     def loss(self) -> float:
@@ -114,6 +116,7 @@ class Window:
     # speed counts only what this process ran since the window opened (not the steps before a resume)
     timed_steps: int = 0
     timed_tokens: float = 0.0
+    timed_flops: float = 0.0
     started: float = field(default_factory=time.time)
 
     def add(self, out: StepOutput) -> None:
@@ -122,16 +125,23 @@ class Window:
         self.eos_samples += out.eos_samples
         self.timed_steps += 1
         self.timed_tokens += float(out.stats.count.sum())
+        self.timed_flops += out.flops
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, peak_tflops: float | None = None) -> dict[str, float]:
+        """Window means; ``peak_tflops`` (of all processes together) adds the model FLOPs utilisation."""
         assert self.stats is not None, "an empty logging window"
         elapsed = max(time.time() - self.started, 1e-9)
-        return {
+        tflops = self.timed_flops / elapsed / 1e12
+        summary = {
             **self.stats.summary("train/"),
             "train/eos_share": self.eos_samples / max(self.samples, 1),
             "perf/tokens_per_s": self.timed_tokens / elapsed,  # valid loss targets of all processes
             "perf/step_s": elapsed / max(self.timed_steps, 1),
+            "perf/tflops": tflops,  # model FLOPs per second, all processes
         }
+        if peak_tflops:
+            summary["perf/mfu"] = tflops / peak_tflops
+        return summary
 
     def state_dict(self) -> dict[str, Any] | None:
         if self.stats is None:
@@ -180,6 +190,8 @@ class Trainer:
     weights: torch.Tensor | None
     sharded: bool  # FSDP: no process holds the whole model
     demos: Demos | None
+    model_config: Any  # the DiaConfig, for counting FLOPs
+    peak_tflops: float | None  # bf16 peak of all processes' GPUs, when known: MFU is logged
     step: int = 0
     skipped_steps: int = 0  # non-finite steps whose update was skipped
     noise: LossNoise = field(default_factory=LossNoise)
@@ -215,16 +227,7 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
                 file=sys.stderr,
             )
         resume = False
-    plan = BatchPlan(
-        seed=config.seed,
-        batch_size=config.batch_size,
-        grad_accum=config.grad_accum,
-        crop_frames=config.data.crop_frames,
-        cfg_dropout=config.cfg_dropout,
-        eos_crop_share=config.data.eos_crop_share,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
+    plan = batch_plan(config, accelerator.process_index, accelerator.num_processes)
 
     def fixed(data: CodesDataset) -> list[dict[str, torch.Tensor]]:
         # batches of the global batch size, so the evaluated clips do not depend on the process count
@@ -232,6 +235,7 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         return fixed_batches(data, size, config.eval.batches, pattern, d.crop_frames, config.seed, d.eos_in_loss)
 
     model, notes = build(config, pattern, train_data)
+    model_config = model.config
     check_demo_length(config, model, pattern, train_data.card["codec"]["frame_rate"])
     total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     if accelerator.is_main_process:
@@ -245,7 +249,11 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), fused=use_gpu or None
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
+    if config.compile:
+        # in place, so parameter names (and so checkpoints) are those of the uncompiled model
+        model.compile()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    peak = peak_tflops(torch.cuda.get_device_name()) if use_gpu and bf16 else None
     weights = config.codebook_weights
     tracking = config.tracking
     trainer = Trainer(
@@ -272,6 +280,8 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         weights=torch.tensor(weights, dtype=torch.float32, device=accelerator.device) if weights else None,
         sharded=accelerator.distributed_type == DistributedType.FSDP,
         demos=None,
+        model_config=model_config,
+        peak_tflops=peak * accelerator.num_processes if peak else None,
     )
     if resume:
         restore(trainer)
@@ -294,6 +304,20 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
     return trainer
 
 
+def batch_plan(config: TrainConfig, rank: int = 0, world_size: int = 1) -> BatchPlan:
+    """Which clips, crops and caption drops process ``rank`` trains on at every step."""
+    return BatchPlan(
+        seed=config.seed,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        crop_frames=config.data.crop_frames,
+        cfg_dropout=config.cfg_dropout,
+        eos_crop_share=config.data.eos_crop_share,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
 def check_demo_length(config: TrainConfig, model: torch.nn.Module, pattern: DelayPattern, frame_rate: float) -> None:
     """A demo longer than the model can generate is refused before the run starts, not at its first demo."""
     from diamusic.generate import longest_cap
@@ -311,6 +335,7 @@ def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tup
         model, notes = load_pretrained(config.model.pretrained, pattern, vocab)
     else:
         model, notes = build_model(config.model.preset, pattern, vocab, seed=config.seed), []
+    model.set_attn_implementation(config.model.attention)
     if config.model.freeze_encoder:
         for p in model.model.encoder.parameters():
             p.requires_grad_(False)
@@ -542,10 +567,11 @@ def train_step(t: Trainer, micro_batches: list[dict[str, torch.Tensor]]) -> Step
             sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches),
             sum(len(b["ends"]) for b in micro_batches),
             sum(int(b["ends"].sum()) for b in micro_batches),
+            sum(step_flops(t.model_config, b) for b in micro_batches),
         ],
         device=acc.device,
     )
-    valid, samples, eos_samples = acc.reduce(counts, "sum").tolist()
+    valid, samples, eos_samples, flops = acc.reduce(counts, "sum").tolist()
     stats = None
     for m, batch in enumerate(micro_batches):
         batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
@@ -563,7 +589,13 @@ def train_step(t: Trainer, micro_batches: list[dict[str, torch.Tensor]]) -> Step
         t.optimizer.step()
     t.scheduler.step()
     t.optimizer.zero_grad(set_to_none=True)
-    return StepOutput(stats, grad_norm, samples, eos_samples, finite)
+    return StepOutput(stats, grad_norm, samples, eos_samples, finite, flops)
+
+
+def step_flops(model_config: Any, batch: dict[str, torch.Tensor]) -> int:
+    """Model FLOPs of a training forward and backward on one micro-batch, at its padded shapes."""
+    samples, text_tokens = batch["input_ids"].shape
+    return training_flops(model_config, samples, text_tokens, batch["decoder_input_ids"].shape[1])
 
 
 def train(
@@ -582,7 +614,7 @@ def train(
     interrupted = False
     t.model.train()
     try:
-        for micro_batches in data_loader(t):
+        for micro_batches in data_loader(t.batches, config.data, t.accelerator.device):
             out = train_step(t, micro_batches)
             t.step += 1
             if out.finite:
@@ -593,7 +625,7 @@ def train(
             end = t.step == config.steps
             if (due(t.step, config.logging.every) or end) and t.window.stats is not None:
                 last_train = {
-                    **t.window.summary(),
+                    **t.window.summary(t.peak_tflops),
                     "train/loss_noise": t.noise.value,
                     "train/lr": t.scheduler.get_last_lr()[0],
                     "train/grad_norm": out.grad_norm,
@@ -647,11 +679,11 @@ def skipped(t: Trainer, out: StepOutput) -> None:
         )
 
 
-def data_loader(t: Trainer) -> torch.utils.data.DataLoader:
-    workers = t.config.data.num_workers
-    pin = t.accelerator.device.type == "cuda"
+def data_loader(batches: StepBatches, data: DataConfig, device: torch.device) -> torch.utils.data.DataLoader:
+    """One item per optimizer step: its micro-batches, built by ``data.num_workers`` processes."""
+    workers, pin = data.num_workers, data.pin_memory and device.type == "cuda"
     return torch.utils.data.DataLoader(
-        t.batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0
+        batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0
     )
 
 

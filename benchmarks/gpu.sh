@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue #13's GPU figures on one GPU, each part one command of under 10 minutes on an H100; every
+# table is printed and appended to benchmarks/RESULTS.md with device, date, versions and command.
+#   benchmarks/gpu.sh train|train-compile|decode|prepare|small|all [extra options for that part]
+# Needs diamusic's dependencies importable by $PYTHON (default python3); diamusic itself runs from src/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+part=${1:-all}
+shift || true
+# the research log's setting: Dia-1.6B's shape, batch 20 x 10 s clips, bf16
+dia=(benchmarks/train_speed.py --presets dia-1.6b --batch-size 20 --frames 860 --workers 4 --steps 20 --warmup 8)
+case "$part" in
+  train) $PY "${dia[@]}" --variants plain checkpointing "$@" ;;
+  train-compile) $PY "${dia[@]}" --variants compile compile+checkpointing "$@" ;;
+  decode) $PY benchmarks/decode_speed.py --presets dia-1.6b --device cuda --dtype bf16 --frames 430 "$@" ;;
+  prepare) $PY benchmarks/prepare_speed.py --melodies 60 "$@" ;;
+  small) $PY benchmarks/train_speed.py --presets tiny small --batch-size 20 --frames 860 --workers 4 "$@" ;;
+  all) for p in train train-compile decode prepare small; do "$0" "$p"; done ;;
+  *) echo "usage: $0 train|train-compile|decode|prepare|small|all [options]" >&2; exit 2 ;;
+esac
