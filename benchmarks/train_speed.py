@@ -21,6 +21,7 @@ batches, with the run's workers and pinning) / the step rate: above 1 the GPU ne
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -164,9 +165,12 @@ def main() -> None:
                 try:
                     row = measure(config, Path(tmp) / "run", args.warmup)
                 except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    lines.append(f"| {preset} | {params / 1e6:.1f}M | {variant} | out of memory | | | | | | |")
-                    continue
+                    row = None
+            if row is None:  # outside the handler, whose traceback held the model
+                gc.collect()
+                torch.cuda.empty_cache()
+                lines.append(f"| {preset} | {params / 1e6:.1f}M | {variant} | out of memory | | | | | | |")
+                continue
             memory = "-" if row["memory_gib"] != row["memory_gib"] else f"{row['memory_gib']:.1f} GiB"
             audio_per_s = row["tokens_per_s"] / vocab.num_codebooks / frame_rate  # a frame: one target per codebook
             lines.append(
