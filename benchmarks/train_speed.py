@@ -134,8 +134,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     data = dataset(args.data, args.melodies)
-    card = CodesDataset(data)
-    vocab, frame_rate = card.vocab, card.card["codec"]["frame_rate"]
+    prepared = CodesDataset(data)
+    vocab, frame_rate = prepared.vocab, prepared.card["codec"]["frame_rate"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda")
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name()) if device == "cuda" and bf16 else None)
