@@ -109,6 +109,7 @@ BAD_INPUT = [
     (["generate", "--run", "{run}", "--text", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
     (["generate", "--run", "{run}", "--text", "x", "--cfg-scale", "inf"], "cfg_scale must be a finite number"),
     (["generate", "--run", "{run}", "--text", "x", "--cfg-filter-top-k", "-3"], "cfg_filter_top_k must be"),
+    (["generate", "--run", "{run}", "--text", "x", "--cache", "dynamic", "--compile"], "needs the static cache"),
     (["generate", "--run", "{run}", "--text", "x", "--num", "0"], "expected a positive integer"),
     (["generate", "--run", "{data}", "--text", "x"], "is not a run directory"),
     (["generate", "--run", "{tmp}/missing", "--text", "x"], "is not a run directory"),

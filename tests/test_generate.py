@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import diamusic.generate as decoding
 from diamusic.generate import (
     DecodeOptions,
     GenerationError,
@@ -524,9 +525,21 @@ def test_generates_from_a_lora_run(melody_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["dia", "musicgen"])
-def test_static_cache_and_compiled_step_give_the_same_tokens(name):
+def test_static_cache_and_compiled_step_give_the_same_tokens(name, monkeypatch):
+    from torch._dynamo.utils import counters, get_static_address_type
+
     model, pattern = tiny(name), DelayPattern.parse(name)
     texts = ["a slow waltz in D minor", "a jig"]
+    caches = []
+    original = decoding.new_cache
+
+    def recorded(*args):
+        caches.append(original(*args))
+        return caches[-1]
+
+    monkeypatch.setattr(decoding, "new_cache", recorded)
+    torch._dynamo.reset()
+    graphs_before = counters["stats"]["unique_graphs"]
     runs = {}
     for label, options in {
         "dynamic": DecodeOptions(static_cache=False),
@@ -543,3 +556,9 @@ def test_static_cache_and_compiled_step_give_the_same_tokens(name):
             result = runs[label, cfg]
             assert result.frames == reference.frames and result.decode_steps == reference.decode_steps, label
             assert torch.equal(result.delayed, reference.delayed), (label, cfg)
+    # One graph per batch shape (CFG on and off): the first step runs uncompiled and allocates the
+    # caches, so their tensors carry the fixed-address mark CUDA graphs need to replay over them
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2
+    for cache in caches[-2:]:  # the compiled runs'
+        for layer in [*cache.self_attention_cache.layers, *cache.cross_attention_cache.layers]:
+            assert get_static_address_type(layer.keys) and get_static_address_type(layer.values)

@@ -103,6 +103,11 @@ class DecodeOptions:
     static_cache: bool = True
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        if self.compile and not self.static_cache:
+            # a growing cache changes shape every step: a recompile per step until dynamo gives up
+            raise GenerationError("compiling the decode step needs the static cache (--cache static)")
+
 
 @dataclass
 class GenerationResult:
@@ -194,6 +199,8 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 # --- the decode loop ----------------------------------------------------------------------------
 
+STOP_CHECK_EVERY = 8  # decode steps between the loop's checks for the end (each one a host sync)
+
 
 @torch.no_grad()
 def generate_codes(
@@ -224,7 +231,7 @@ def generate_codes(
     try:
         encoder_hidden = model.get_encoder()(input_ids=input_ids, attention_mask=text_mask).last_hidden_state
         cache = new_cache(model, max_steps, input_ids.shape[1], options.static_cache)
-        step_logits = _compiled_step(device) if options.compile else decoder_step
+        compiled = _compiled_step(device) if options.compile else None
 
         tokens = torch.full((batch, max_steps + 1, channels), vocab.pad, dtype=torch.long, device=device)
         tokens[:, 0] = vocab.bos
@@ -237,6 +244,10 @@ def generate_codes(
             if sampling.uses_cfg:
                 previous = previous.repeat(2, 1, 1)
             position = torch.full((1, 1), step - 1, dtype=torch.long, device=device)
+            # The first step runs uncompiled: it allocates the static caches outside the compiler,
+            # where transformers marks their addresses fixed (else CUDA graphs are skipped for the
+            # in-place cache writes), and fills the cross-attention cache; the rest share one graph.
+            step_logits = decoder_step if compiled is None or step == 1 else compiled
             logits = step_logits(model, previous, position, encoder_hidden, text_mask, cache)
             logits = logits.view(-1, channels, vocab.vocab_size).float()  # (B|2B, C, V)
 
@@ -259,12 +270,16 @@ def generate_codes(
             # 4. forced tokens: BOS before a codebook starts, its EOS and then PAD after the end
             tokens[:, step] = force_delay_tokens(sampled, step, eos_step, delays, vocab)
 
-            # 5. stop once every sample's last codebook has placed its EOS
-            if bool(((eos_step >= 0) & (step >= eos_step + pattern.max_delay)).all()):
+            # 5. stop once every sample's last codebook has placed its EOS. Asking waits for the
+            # device, which then idles while the host queues the next step, so it is asked every
+            # few steps and the steps past the end are cut below (they only wrote PAD)
+            if step % STOP_CHECK_EVERY == 0 and bool(((eos_step >= 0) & (step >= eos_step + pattern.max_delay)).all()):
                 break
     finally:
         model.train(was_training)
 
+    # every sample has ended by max_steps, and the loop would have stopped at its last EOS
+    step = min(step, int(eos_step.max()) + pattern.max_delay)
     delayed = tokens[:, : step + 1]
     frames = (eos_step - 1).tolist()
     # revert the delay on steps 1..: frame t of channel c sits at step t + 1 + d_c
