@@ -126,7 +126,8 @@ def main() -> None:
     for preset in args.presets:
         for name in args.patterns:
             pattern = DelayPattern.parse(name)
-            model = build_model(preset, pattern, VOCAB).to(args.device, dtype).eval()
+            with torch.device(args.device):  # initialised where it runs (Dia-1.6B initialises slowly on a CPU)
+                model = build_model(preset, pattern, VOCAB).to(dtype).eval()
             decoder_bytes = sum(p.numel() * p.element_size() for p in model.get_decoder().parameters())
             decoder_bytes += sum(p.numel() * p.element_size() for p in model.logits_dense.parameters())
             for batch in args.batches:
@@ -142,7 +143,15 @@ def main() -> None:
                 if not args.no_transformers:
                     step_s["transformers"] = timed(theirs(model, texts, pattern, args.frames), 1)
                 bare = bare_step_seconds(model, texts, pattern.decode_steps(args.frames))
-                rows.append((preset, count_parameters(model) / 1e6, name, batch, step_s, bare, decoder_bytes))
+                params = count_parameters(model) / 1e6
+                for label, seconds in step_s.items():
+                    fps = batch / seconds
+                    share = f"{decoder_bytes / seconds / (args.bandwidth_gbs * 1e9):.1%}" if args.bandwidth_gbs else "-"
+                    rows.append(
+                        f"| {preset} ({params:.1f}M) | {name} | {batch} | {label} | {fps:.1f} | "
+                        f"{fps / FRAME_RATE:.2f} | {seconds / bare:.2f} | {share} |"
+                    )
+                    print(rows[-1], flush=True)  # a run stopped at a time limit keeps what it measured
 
     bandwidth = f", bandwidth {args.bandwidth_gbs:g} GB/s" if args.bandwidth_gbs else ""
     lines = [
@@ -151,15 +160,8 @@ def main() -> None:
         "",
         "| preset | pattern | batch | loop | frames/s | x real time | step / bare step | bandwidth share |",
         "|---|---|---:|---|---:|---:|---:|---:|",
+        *rows,
     ]
-    for preset, params, name, batch, step_s, bare, decoder_bytes in rows:
-        for label, seconds in step_s.items():
-            fps = batch / seconds
-            share = f"{decoder_bytes / seconds / (args.bandwidth_gbs * 1e9):.1%}" if args.bandwidth_gbs else "-"
-            lines.append(
-                f"| {preset} ({params:.1f}M) | {name} | {batch} | {label} | {fps:.1f} | {fps / FRAME_RATE:.2f} | "
-                f"{seconds / bare:.2f} | {share} |"
-            )
     report(f"Generation speed, {args.device}", args.device, "\n".join(lines), args.results)
 
 

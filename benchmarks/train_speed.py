@@ -170,6 +170,7 @@ def main() -> None:
                 gc.collect()
                 torch.cuda.empty_cache()
                 lines.append(f"| {preset} | {params / 1e6:.1f}M | {variant} | out of memory | | | | | | |")
+                print(lines[-1], flush=True)
                 continue
             memory = "-" if row["memory_gib"] != row["memory_gib"] else f"{row['memory_gib']:.1f} GiB"
             audio_per_s = row["tokens_per_s"] / vocab.num_codebooks / frame_rate  # a frame: one target per codebook
@@ -178,6 +179,7 @@ def main() -> None:
                 f"{audio_per_s:,.1f} | {row['tflops']:.3f} | {row['tflops'] / peak:.1%} | {memory} | "
                 f"{loader_rate * row['step_s']:.1f} |"
             )
+            print(lines[-1], flush=True)  # a run stopped at a time limit keeps what it measured
     title = f"Training speed, {device}"
     report(title, device, "\n".join(lines), args.results)
 
