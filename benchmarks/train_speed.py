@@ -4,8 +4,9 @@ the step rate.
 
 Runs the real loop (`diamusic.train.train`: loader, collate, forward, our loss, backward, AdamW) on
 the built-in melodies encoded with a 9 x 1024 spectral-RVQ codec, so the vocabulary and shapes are
-DAC's. Scratch weights, no downloads. The first steps (warm-up, compilation) and the last one (it
-holds the final evaluation and checkpoint) are left out; figures are medians over the rest.
+DAC's. Scratch weights, no downloads. Each run stops one step short of its end, so no evaluation
+or checkpoint is timed or written; the first steps (warm-up, compilation) are left out and figures
+are medians over the rest.
 
 MFU = model FLOPs per second (`diamusic.flops`, from the config and the batches' shapes) / peak.
 On a GPU the peak is its dense bf16 peak (`diamusic.flops.BF16_PEAK_TFLOPS`, or `--peak-tflops`);
@@ -60,7 +61,9 @@ def config_for(data: Path, preset: str, variant: str, args: argparse.Namespace):
         "data.path": str(data),
         "model.preset": preset,
         "delay_pattern": args.pattern,
-        "steps": args.steps,
+        # one step more than is run (measure stops after args.steps): the last step's evaluation and
+        # checkpoint (20 GB of weights and optimizer state for Dia-1.6B) are never reached
+        "steps": args.steps + 1,
         "batch_size": args.batch_size,
         "grad_accum": 1,
         "data.crop_frames": args.frames,
@@ -69,9 +72,8 @@ def config_for(data: Path, preset: str, variant: str, args: argparse.Namespace):
         "compile": compile_,
         "model.gradient_checkpointing": checkpointing,
         "logging.every": 1,
-        "eval.every": args.steps,
-        "eval.batches": 1,
-        "checkpoints.every": args.steps,
+        "eval.every": args.steps + 1,
+        "checkpoints.every": args.steps + 1,
     }
     return load_config("tiny-cpu", overrides=overrides)
 
@@ -79,11 +81,11 @@ def config_for(data: Path, preset: str, variant: str, args: argparse.Namespace):
 def measure(config, out: Path, warmup: int) -> dict[str, float]:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    train(config, out, progress=False)
+    train(config, out, progress=False, stop_after=config.steps - 1)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if "perf/step_s" in r][warmup:-1]
+    timed = [r for r in rows if "perf/step_s" in r][warmup:]
     if not timed:
-        raise SystemExit(f"--steps {config.steps} leaves no timed steps: use at least {warmup + 2}")
+        raise SystemExit(f"--steps {config.steps - 1} leaves no timed steps: use at least {warmup + 1}")
     row = {key: statistics.median(r[f"perf/{key}"] for r in timed) for key in ("step_s", "tokens_per_s", "tflops")}
     row["memory_gib"] = timed[-1].get("perf/max_memory_gib", float("nan"))
     return row
