@@ -25,8 +25,8 @@ shift || true
 dia=(benchmarks/train_speed.py --presets dia-1.6b --batch-size 20 --frames 860 --workers 4 --steps 20 --warmup 8 "${data[@]}")
 decode=(benchmarks/decode_speed.py --presets dia-1.6b --device cuda --dtype bf16 --frames 430)
 case "$part" in
-  train) $PY "${dia[@]}" --variants plain checkpointing "$@" ;;
-  train-compile) $PY "${dia[@]}" --variants compile compile+checkpointing "$@" ;;
+  train) $PY "${dia[@]}" --variants checkpointing plain "$@" ;;  # plain may not fit in 80 GB: it goes second
+  train-compile) $PY "${dia[@]}" --variants compile+checkpointing compile "$@" ;;
   decode) $PY "${decode[@]}" --batches 1 "$@" ;;
   decode-batch8) $PY "${decode[@]}" --batches 8 "$@" ;;
   prepare) $PY benchmarks/prepare_speed.py --melodies 60 "$@" ;;
