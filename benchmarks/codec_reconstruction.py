@@ -7,7 +7,7 @@
 The first `--train` melodies of `corpus.iter_melodies(seed=...)` are rendered and fitted on; the next
 `--heldout` ones (an equal share of each collection) are encoded, decoded and compared with their source
 audio. `--renderer legacy` (the default, the figures of RESULTS.md section 1) plays the bare melody with
-`corpus.render` and an instrument from `pick_instrument`; `--renderer soundfont|synth` uses
+`synth.render_melody` and a timbre from `synth.pick_timbre`; `--renderer soundfont|synth` uses
 `render.render_piece` with `--texture` (solo, accompanied, mixed), resampled to the codec's 22050 Hz.
 
 - log-mel SNR per level (dB; signal = per-band variance of the held-out log-mel frames),
@@ -36,7 +36,7 @@ import librosa
 import mir_eval
 import numpy as np
 
-from diamusic import codecs, corpus, pitch, render
+from diamusic import codecs, corpus, pitch, render, synth
 
 SR = 22050
 
@@ -75,8 +75,8 @@ def render_all(melodies, renderer: str, texture: str, seed: int) -> tuple[list[n
     waves, info = [], []
     for m in melodies:
         if renderer == "legacy":
-            inst = corpus.pick_instrument(m, seed)
-            waves.append(corpus.render(m, SR, inst, seed))
+            inst = synth.pick_timbre(m, seed)
+            waves.append(synth.render_melody(m, SR, inst, seed))
             info.append({"instrument": inst, "texture": "solo", "notes": None})
         else:
             r = render.render_piece(m, seed, renderer, texture)

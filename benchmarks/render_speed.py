@@ -17,7 +17,7 @@ import argparse
 import platform
 import time
 
-from diamusic import corpus, render
+from diamusic import corpus, playback, render
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
 
     print(f"\n## Render speed ({platform.processor() or platform.machine()}, one process)\n")
     print(f"- pieces: {len(melodies)} per row, seed {args.seed}; parse (music21, once) {t_parse:.1f} s")
-    print(f"- audio: {render.SAMPLE_RATE} Hz mono float32\n")
+    print(f"- audio: {playback.SAMPLE_RATE} Hz mono float32\n")
     print(
         f"| renderer | texture | accompanied | audio (min) | CPU s / audio s | wall s | wall s per "
         f"{args.extrapolate} pieces |"

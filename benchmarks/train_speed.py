@@ -38,7 +38,8 @@ from diamusic.data.prepare import prepare
 from diamusic.flops import peak_tflops
 from diamusic.model import build_model, count_parameters
 from diamusic.patterns import DelayPattern
-from diamusic.train import batch_plan, data_loader, train
+from diamusic.train import data_loader, train
+from diamusic.trainer import batch_plan
 
 VARIANTS = {  # name: (compile, activation checkpointing)
     "plain": (False, False),

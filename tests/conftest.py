@@ -44,7 +44,7 @@ def tiny_run(melody_dataset, tmp_path_factory):
         "batch_size": 4,
         "data.crop_frames": 32,
         "eval.every": 10,
-        "eval.batches": 1,
+        "eval.clips": 4,
         "checkpoints.every": 5,
         "demos.every": 5,
         "demos.seconds": 0.3,
@@ -85,7 +85,7 @@ def small_ablation(melody_dataset, tmp_path_factory):
     """Two patterns x two seeds, four steps each, with demos and one generation per run (shared, read-only)."""
     from diamusic.ablate import ablate
 
-    overrides = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.batches": 1, "eval.every": 4,
+    overrides = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.clips": 2, "eval.every": 4,
                  "checkpoints.every": 4, "logging.every": 1, "optim.warmup_steps": 1, "demos.every": 2,
                  "demos.seconds": 0.3}  # fmt: skip
     out = tmp_path_factory.mktemp("ablation") / "ab"

@@ -12,9 +12,10 @@ import soundfile as sf
 
 from diamusic import ablate
 from diamusic.ablate import AblationError, markdown, parse_patterns, run_name, summarise
+from diamusic.errors import DiamusicError
 
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
-TINY = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.batches": 1, "eval.every": 4}
+TINY = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.clips": 2, "eval.every": 4}
 TINY |= {"checkpoints.every": 2, "logging.every": 1, "optim.warmup_steps": 1}
 
 
@@ -94,7 +95,7 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
 
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--seeds", "2", "--quiet"]
-    args += ["--set", "batch_size=2", "--set", "eval.batches=1", "--set", "demos.seconds=0.2", *extra]
+    args += ["--set", "batch_size=2", "--set", "eval.clips=2", "--set", "demos.seconds=0.2", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
 
 
@@ -130,11 +131,15 @@ def test_nan_free_table_for_one_seed():
     assert rows[0].winner is None and math.isnan(rows[0].versus_reference["musicgen"].low)
 
 
-def test_demo_commands_are_commands_the_cli_takes(tmp_path):
-    from diamusic.cli import build_parser
-
-    commands = ablate.demo_commands(tmp_path, ["dia", "musicgen"], 80, 300, 3, ["batch_size=4"])
-    parsed = [build_parser().parse_args(c.split()[1:]) for c in commands]
-    assert [p.command for p in parsed] == ["prepare", "ablate", "report"]
-    assert parsed[0].codebook_size == 256 and parsed[0].eval_fraction == 0.1
-    assert parsed[1].seeds == 3 and parsed[1].steps == 300 and "batch_size=4" in parsed[1].set
+def test_demo_runs_its_plan_and_refuses_a_bad_pattern_first(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "prepare", lambda **kwargs: calls.append(("prepare", kwargs)))
+    monkeypatch.setattr(ablate, "ablate", lambda **kwargs: calls.append(("ablate", kwargs)))
+    ablate.demo(tmp_path, ["dia", "musicgen"], 8, 30, 2, ["batch_size=4"], progress=False)
+    plan = ablate.demo_plan(tmp_path, ["dia", "musicgen"], 8, 30, 2, ["batch_size=4"])
+    assert calls == [("prepare", {**plan.prepare, "progress": False}), ("ablate", {**plan.ablate, "progress": False})]
+    assert plan.prepare["limit"] == 8 and plan.prepare["codec"] == "spectral-rvq"
+    assert plan.ablate["overrides"]["steps"] == 30 and plan.ablate["seeds"] == 2
+    assert plan.report == plan.ablate["out"] == tmp_path / "ablation"
+    with pytest.raises(DiamusicError, match="has 3 delays but the codec has 9 codebooks"):
+        ablate.demo_plan(tmp_path, ["dia", "0,2,1"])

@@ -29,7 +29,7 @@ def test_patterns_list_has_presets():
 
 @pytest.mark.parametrize(
     ("pattern", "fragment"),
-    [("0,2,1", "has 3 delays but the codec has 9 codebooks"), ("1,2,3,4,5,6,7,8,9", "channel 0 must have delay 0")],
+    [("0,2,1", "has 3 delays but the codec has 9 codebooks"), ("1,2,3,4,5,6,7,8,9", "codebook 0 must have delay 0")],
 )
 def test_bad_pattern_is_one_line_and_nonzero(pattern, fragment):
     result = run("patterns", "show", pattern)
@@ -70,7 +70,7 @@ def test_train_cli_fine_tunes_a_local_checkpoint_into_another_pattern(melody_dat
     build_model("tiny", DelayPattern.parse("dia"), vocab).save_pretrained(tmp_path / "ckpt")
     args = ["train", "--data", str(melody_dataset), "--out", str(tmp_path / "run"), "--quiet"]
     args += ["--init", "pretrained", "--pretrained", str(tmp_path / "ckpt"), "--delay-pattern", "musicgen"]
-    args += ["--steps", "2", "--batch-size", "2", "--set", "data.crop_frames=16", "--set", "eval.batches=1"]
+    args += ["--steps", "2", "--batch-size", "2", "--set", "data.crop_frames=16", "--set", "eval.clips=2"]
     assert main(args) == 0
     assert "step 2" in capsys.readouterr().out
     info = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -95,6 +95,90 @@ def test_a_bug_is_reported_as_internal_not_as_the_users_mistake(monkeypatch, cap
 def test_patterns_show_counts_decode_steps():
     result = run("patterns", "show", "dia", "--decode-steps", "5")
     assert result.returncode == 0 and "step  0  1  2  3  4\n" in result.stdout
+
+
+def test_defaults_stay_and_help_shows_them(capsys, monkeypatch):
+    from diamusic.cli import build_parser, main
+
+    monkeypatch.setenv("COLUMNS", "1000")  # help lines unwrapped
+
+    parser = build_parser()
+    gen = parser.parse_args(["generate", "--run", "r", "--text", "t", "--out", "o"])
+    sampling = (gen.cfg_scale, gen.cfg_filter_top_k, gen.temperature, gen.top_p, gen.seed, gen.seconds)
+    assert sampling == (3.0, 45, 1.0, None, 0, 10.0) and (gen.num, gen.cache, gen.checkpoint) == (1, "static", "latest")
+    prep = parser.parse_args(["prepare", "--source", "s", "--out", "o"])
+    assert (prep.codec, prep.max_seconds, prep.eval_fraction, prep.seed, prep.shard) == (
+        "spectral-rvq", 30.0, 0.05, 0, (0, 1)
+    )  # fmt: skip
+    ev = parser.parse_args(["eval", "--run", "r"])
+    assert (ev.checkpoint, ev.prompts, ev.seconds) == ("latest", 4, 4.0)
+    ab = parser.parse_args(["ablate", "--data", "d", "--out", "o"])
+    assert (ab.config, ab.patterns, ab.seeds, ab.prompts, ab.seconds, ab.reference) == (
+        "tiny-cpu", "dia,musicgen,compressed", 3, 4, 4.0, "dia"
+    )  # fmt: skip
+    demo = parser.parse_args(["demo"])
+    assert (str(demo.out), demo.patterns, demo.melodies, demo.steps, demo.seeds) == (
+        "runs/demo", ["dia", "musicgen", "compressed"], 80, 300, 3
+    )  # fmt: skip
+    show = parser.parse_args(["patterns", "show", "dia"])
+    assert (show.codebooks, show.decode_steps) == (9, 20)
+    assert parser.parse_args(["train", "--out", "o"]).config == "tiny-cpu"
+    for command, shown in [
+        ("generate", ["classifier-free guidance (1 = off) (default: 3.0)", "(default: 45)", "(default: static)"]),
+        ("prepare", ["(default: 30.0)", "(default: 0.05)", "(default: 0/1)", "(default: 1024)"]),
+        ("ablate", ["(default: dia,musicgen,compressed)", "(default: tiny-cpu)"]),
+        ("demo", ["(default: runs/demo)", "(default: dia musicgen compressed)", "(default: 300)"]),
+    ]:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(s in text for s in shown), (command, text)
+        assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_demo_commands_do_what_the_demo_does(tmp_path, monkeypatch, capsys):
+    import functools
+    import inspect
+    from types import SimpleNamespace
+
+    from diamusic import cli, report
+    from diamusic.ablate import ablate, demo_plan, parse_patterns
+    from diamusic.config import load_config, to_dict
+    from diamusic.data.prepare import PrepareResult, prepare
+
+    calls = {}
+
+    def record(name, function, result):
+        @functools.wraps(function)  # the parser reads its defaults from what it calls
+        def call(*args, **kwargs):
+            bound = inspect.signature(function).bind(*args, **kwargs)
+            bound.apply_defaults()
+            calls[name] = {k: v for k, v in bound.arguments.items() if k != "progress"}
+            return result
+
+        return call
+
+    (tmp_path / "summary.md").write_text("the table")
+    monkeypatch.setattr(cli, "prepare", record("prepare", prepare, PrepareResult(1, 0.1, 0, 1.0, 1.0, 1.0, True)))
+    monkeypatch.setattr(cli, "ablate", record("ablate", ablate, SimpleNamespace(summary=tmp_path / "summary.md")))
+    monkeypatch.setattr(report, "write_report", record("report", report.write_report, tmp_path / "index.html"))
+    plan = demo_plan(tmp_path / "demo", ["dia", "musicgen"], 80, 300, 3, ["batch_size=4", "eval.every=7"])
+    for command in cli.demo_commands(plan):
+        assert command.startswith("diamusic ") and cli.main(command.split()[1:]) == 0
+
+    planned = inspect.signature(prepare).bind(**plan.prepare)
+    planned.apply_defaults()
+    del planned.arguments["progress"]
+    assert calls["prepare"] == {**planned.arguments, "out": str(plan.prepare["out"])}
+    ran, planned = calls["ablate"], plan.ablate
+    assert ran["data"] == str(planned["data"]) and ran["out"] == str(planned["out"])
+    assert parse_patterns(ran["patterns"], 9) == parse_patterns(planned["patterns"], 9)
+    # the same training config, though the command line says some of it with --set
+    configs = [load_config(a["config"], {**a["overrides"], "data.path": ""}, a["sets"]) for a in (ran, planned)]
+    assert to_dict(configs[0]) == to_dict(configs[1]) and configs[0].eval.every == 7
+    for key in ("seeds", "prompts", "seconds"):
+        assert ran[key] == planned[key], key
+    assert calls["report"] == {"out": str(plan.report)}
 
 
 BAD_INPUT = [
@@ -122,7 +206,7 @@ BAD_INPUT = [
     (["train", "--data", "{data}", "--set", "batch_size=1.5"], "batch_size: expected an integer"),
     (["train", "--data", "{data}", "--set", "demos.every=1", "--set", "demos.seconds=1e6"], "demos.seconds 1e+06"),
     (["train", "--data", "{data}", "--delay-pattern", "0,1,2"], "has 3 delays but the codec has 9 codebooks"),
-    (["train", "--data", "{data}", "--delay-pattern", "1,2,3,4,5,6,7,8,9"], "channel 0 must have delay 0"),
+    (["train", "--data", "{data}", "--delay-pattern", "1,2,3,4,5,6,7,8,9"], "codebook 0 must have delay 0"),
     (["train", "--data", "{data}", "--config", "{tmp}/missing.yaml"], "no config file or preset"),
     (["train", "--data", "{data}", "--config", "{bad_yaml}"], "not valid YAML"),
     (["train", "--data", "{data}", "--config", "{list_yaml}"], "expected a mapping of config keys"),

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from diamusic import codecs, corpus, pitch
+from diamusic import codecs, corpus, pitch, synth
 
 SR = 22050
 
@@ -15,7 +15,7 @@ def clip(melody: corpus.Melody, seconds: float) -> corpus.Melody:
 
 
 def render_all(melodies: list[corpus.Melody], seed: int = 0) -> list[np.ndarray]:
-    return [corpus.render(m, SR, corpus.pick_instrument(m, seed), seed) for m in melodies]
+    return [synth.render_melody(m, SR, synth.pick_timbre(m, seed), seed) for m in melodies]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,28 @@ def test_codecs_are_found_by_name_and_options_checked_before_any_work(tmp_path):
         codecs.SpectralRVQCodec.check_options({"codebook_size": 0})
     with pytest.raises(codecs.CodecError, match="holds no codec"):
         codecs.load_codec(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"codec.json": "{not json"}, "codec.json: not valid JSON"),
+        ({"codec.json": "[]"}, "codec.json: no name (not a codec saved by diamusic)"),
+        ({"codec.json": '{"name": "spectral-rvq"}'}, "codec.json: no weights, config"),
+        ({"codebooks.npy": np.zeros((2, 3, 4), dtype=np.float32)}, "codebooks have shape (2, 3, 4)"),
+        ({"codebooks.npy": "not an array"}, "unreadable spectral-rvq codec"),
+    ],
+)
+def test_a_damaged_saved_codec_is_one_codec_error(small, tmp_path, damage, message):
+    small.save(tmp_path / "codec")
+    for name, content in damage.items():
+        if isinstance(content, str):
+            (tmp_path / "codec" / name).write_text(content)
+        else:
+            np.save(tmp_path / "codec" / name, content)
+    with pytest.raises(codecs.CodecError) as caught:
+        codecs.load_codec(tmp_path / "codec")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_fit_is_deterministic_and_seeded(small, waves):

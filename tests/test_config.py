@@ -3,6 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diamusic.config import ConfigError, from_dict, load_config, to_dict
+from diamusic.errors import DiamusicError
 
 
 def test_presets_load_and_match_the_research_log():
@@ -44,7 +45,7 @@ def test_round_trip_through_dict():
         (["tracking.backends=[mlflow]"], "tracking.backends[0]: expected one of wandb, tensorboard"),
         (["optim.lr=.nan"], "optim.lr must be a finite number"),
         (["data.eos_crop_share=2"], "data.eos_crop_share must be in"),
-        (["delay_pattern=1,2,3"], "delay_pattern: .*channel 0 must have delay 0"),
+        (["delay_pattern=1,2,3"], "delay_pattern: .*codebook 0 must have delay 0"),
         (["codebook_weights=[1,2]"], "codebook_weights has 2 entries for 9 codebooks"),
         (["noequals"], "expected key=value"),
     ],
@@ -59,6 +60,17 @@ def test_pattern_is_checked_against_the_dataset_when_the_config_loads(melody_dat
     with pytest.raises(ConfigError, match="has 3 delays but the codec has 9 codebooks"):
         load_config("tiny-cpu", overrides={"data.path": str(melody_dataset), "delay_pattern": "0,1,2"})
     assert load_config("tiny-cpu", overrides={"data.path": str(melody_dataset), "delay_pattern": "dia"})
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [("{not json", "card.json: not valid JSON"), ('{"codec": {}}', "card.json: no codebook count")],
+)
+def test_a_damaged_dataset_card_is_one_line(tmp_path, card, message):
+    (tmp_path / "card.json").write_text(card)
+    with pytest.raises(DiamusicError) as caught:
+        load_config("tiny-cpu", {"data.path": str(tmp_path)})
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_unknown_preset_lists_the_presets(tmp_path):

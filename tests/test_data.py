@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -25,13 +26,13 @@ SMALL_CODEC = {"codebook_size": 16}
 
 def processor_training_layout(codes: torch.Tensor, delays: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """DiaProcessor's training path (output_labels=True) for equal-length clips, via its own helpers."""
-    batch, frames, channels = codes.shape
+    batch, frames, codebooks = codes.shape
     seq = torch.nn.functional.pad(codes, (0, 0, 0, 1), value=VOCAB.eos)
     seq = torch.nn.functional.pad(seq, (0, 0, 1, 0), value=VOCAB.bos)
     steps = seq.shape[1] + max(delays)
-    prefill = torch.full((batch, steps, channels), VOCAB.pad, dtype=torch.long)
+    prefill = torch.full((batch, steps, codebooks), VOCAB.pad, dtype=torch.long)
     prefill[:, : seq.shape[1]] = seq
-    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays)
+    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=codebooks, delay_pattern=delays)
     delayed = DiaProcessor.apply_audio_delay(prefill, VOCAB.pad, VOCAB.bos, idx)
     labels = delayed[:, 1:].clone()
     labels[(labels == VOCAB.pad) | (labels == VOCAB.bos)] = IGNORE_INDEX
@@ -58,7 +59,7 @@ def test_loss_mask_position_by_position(name):
         for c, d in enumerate(pattern.delays):
             row = labels[i, c].tolist()
             for s, target in enumerate(row):
-                # label s is the token at step s+1; channel c holds frame (s+1) - d - 1 there
+                # label s is the token at step s+1; codebook c holds frame (s+1) - d - 1 there
                 frame = s - d
                 if 0 <= frame < n:
                     assert target == int(codes[i][frame, c]), (i, c, s)
@@ -67,7 +68,7 @@ def test_loss_mask_position_by_position(name):
                 else:
                     assert target == IGNORE_INDEX, (i, c, s)
             assert row.count(VOCAB.eos) == 1
-            # the step that predicts this channel's first code reads BOS on that channel
+            # the step that predicts this codebook's first code reads BOS on that codebook
             assert int(inputs[i, d, c]) == VOCAB.bos
     assert not ((labels == VOCAB.pad) | (labels == VOCAB.bos)).any()
     assert inputs.max() <= VOCAB.bos and inputs.min() >= 0
@@ -482,6 +483,37 @@ def test_any_caption_manifest_is_read_or_refused_in_one_line(tmp_path_factory, n
         assert "\n" not in str(exc) and name in str(exc)
         return
     assert [item.id for item in items] == ["a.wav"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "argv", "fragment"),
+    [
+        ("card.json", "{not json", ["data", "inspect", "{ds}"], "card.json: not valid JSON"),
+        ("card.json", "{not json", ["train", "--data", "{ds}", "--out", "{tmp}/run"], "card.json: not valid JSON"),
+        ("card.json", '{"format": 2}', ["data", "inspect", "{ds}"], "card.json: no fingerprint, codec"),
+        ("index.jsonl", "{not json\n", ["data", "inspect", "{ds}"], "index.jsonl:1: not valid JSON"),
+        ("index.jsonl", '{"id": "a"}\n', ["data", "inspect", "{ds}"], "index.jsonl:1: expected a clip with id"),
+    ],
+)
+def test_a_damaged_dataset_file_is_one_line_exit_2(melody_dataset, tmp_path, capsys, name, content, argv, fragment):
+    from diamusic.cli import main
+
+    ds = tmp_path / "ds"
+    shutil.copytree(melody_dataset, ds)
+    (ds / name).write_text(content)
+    code = main([a.format(ds=ds, tmp=tmp_path) for a in argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
+    with pytest.raises(DataError):
+        CodesDataset(ds)
+
+
+def test_a_damaged_job_file_is_one_line(audio_folder, tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "job.json").write_text("{not json")
+    with pytest.raises(DataError) as caught:
+        prepare(str(audio_folder), "spectral-rvq", tmp_path / "ds", codec_options=SMALL_CODEC, progress=False)
+    assert "job.json: not valid JSON" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_prepare_reports_its_encoding_speed_even_for_a_small_job(audio_folder, tmp_path, capsys):

@@ -2,11 +2,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from diamusic import eval as evaluation
-from diamusic.patterns import DelayPattern
-from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch
+from diamusic.tokens import AudioVocab
 
 SR = 22050
 VOCAB = AudioVocab(codebook_size=32, num_codebooks=9)
@@ -18,18 +16,6 @@ def notes(midis: list[float], seconds: float = 0.4) -> np.ndarray:
     f = np.repeat([440.0 * 2 ** ((m - 69) / 12) for m in midis], n)
     phase = 2 * np.pi * np.cumsum(f) / SR
     return (0.5 * np.sin(phase) + 0.2 * np.sin(2 * phase) + 0.1 * np.sin(3 * phase)).astype(np.float32)
-
-
-def test_interior_targets_are_the_frames_away_from_both_crop_ends():
-    pattern = DelayPattern.parse("dia")
-    codes = [torch.randint(0, 32, (40, 9)), torch.randint(0, 32, (25, 9))]
-    _, labels = build_decoder_batch(codes, pattern, VOCAB, ends=[True, False])
-    inside = evaluation.interior(labels, pattern, VOCAB, edge=5)
-    # per codebook: frames 5..34 of the 40-frame crop and 5..19 of the 25-frame one
-    assert inside[0].sum(-1).tolist() == [30] * 9 and inside[1].sum(-1).tolist() == [15] * 9
-    assert not (labels[inside] == VOCAB.eos).any()  # EOS is a target at the end: always edge
-    assert not inside[labels == IGNORE_INDEX].any()
-    assert evaluation.interior(labels, pattern, VOCAB, edge=0).sum() == (labels[:, :, :] != IGNORE_INDEX).sum() - 9
 
 
 def test_melody_metrics_on_tones_with_known_pitch_and_key():
@@ -101,17 +87,22 @@ def test_evaluate_run_reports_every_metric(tiny_run, tmp_path):
         assert key in result and not math.isnan(result[key]), key
 
 
-def test_edge_and_interior_split_the_targets(tiny_run):
-    from diamusic.data.dataset import CodesDataset, fixed_batches
-    from diamusic.runs import load_run
+def test_logged_eval_losses_equal_diamusic_eval_of_the_checkpoint(ragged_dataset, tmp_path):
+    """Training's evaluation and `diamusic eval` are one computation: with EOS left out of the loss
+    (which eval used to count anyway) the last logged losses are those of the final checkpoint.
+    Crops of 128 frames hold whole clips (1.2 s at most), so the final ones end with EOS."""
+    from diamusic.config import load_config
+    from diamusic.tracking import read_metrics
+    from diamusic.train import train
 
-    run = load_run(tiny_run, device="cpu")
-    batches = fixed_batches(CodesDataset(run.info["dataset"], "eval"), 4, 1, run.pattern, 32)
-    parts = evaluation.teacher_forced(run.model, batches, run.pattern, run.vocab, edge=8)
-    whole, inner, edge = parts[""], parts["interior/"], parts["edge/"]
-    torch.testing.assert_close(inner.count + edge.count, whole.count)
-    torch.testing.assert_close(inner.loss_sum + edge.loss_sum, whole.loss_sum)
-    assert 0 < inner.count.sum() < whole.count.sum()
+    sets = {"data.path": str(ragged_dataset), "steps": 3, "batch_size": 2, "data.crop_frames": 128,
+            "data.eos_in_loss": False, "data.eos_crop_share": 1.0, "eval.clips": 4, "eval.every": 3,
+            "checkpoints.every": 3}  # fmt: skip
+    train(load_config("tiny-cpu", overrides=sets), tmp_path / "run", progress=False)
+    logged = [row for row in read_metrics(tmp_path / "run") if "eval/loss" in row][-1]
+    result = evaluation.evaluate_run(tmp_path / "run", prompts=0, device="cpu")
+    for key in ("eval/loss", "eval/loss/cb0", "eval/entropy", "train_subset/loss", "eval/gap"):
+        assert result[key] == pytest.approx(logged[key], rel=1e-6), key
 
 
 def test_eval_cli_prints_and_writes(tiny_run, tmp_path, capsys):

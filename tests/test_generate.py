@@ -61,7 +61,7 @@ def lively(pattern: str, seed: int, vocab: AudioVocab = VOCAB):
 
 
 def boost_eos(model, boost: float):
-    """Add a constant to EOS on every row and channel: stateless, so our loop and transformers' see the same logits."""
+    """Add a constant to EOS on every row and codebook: stateless, so our loop and transformers' see the same logits."""
 
     vocab = vocab_of(model)
 
@@ -72,7 +72,7 @@ def boost_eos(model, boost: float):
 
 
 def eos_frames(delayed: torch.Tensor, vocab: AudioVocab = VOCAB) -> list[int]:
-    """Frames per sample of a (B, steps, C) delayed sequence: channel 0's EOS at step e means e - 1 frames."""
+    """Frames per sample of a (B, steps, C) delayed sequence: codebook 0's EOS at step e means e - 1 frames."""
     return [int((row[:, 0] == vocab.eos).nonzero()[0]) - 1 for row in delayed]
 
 
@@ -88,7 +88,7 @@ def hf_generate(
     """transformers' greedy Dia generation set up like DiaProcessor's generation mode (no audio prompt)."""
     input_ids, attention_mask = encode_text(texts)
     batch = len(texts)
-    # the processor's "delay mask": channel c is BOS for steps 0..d_c and free (PAD) after
+    # the processor's "delay mask": codebook c is BOS for steps 0..d_c and free (PAD) after
     first = torch.full((batch, 1, pattern.num_codebooks), vocab.bos, dtype=torch.long)
     delay_mask = pattern.apply(first, bos=vocab.bos, pad=vocab.pad)  # (B, 1 + max_delay, C)
     return model.generate(
@@ -101,7 +101,7 @@ def hf_generate(
         # greedy ignores top_k; its Dia generation does not)
         guidance_scale=guidance_scale,
         top_k=top_k,
-        # transformers counts the delay tail and channel 0's EOS step: frames = N - max_delay - 1
+        # transformers counts the delay tail and codebook 0's EOS step: frames = N - max_delay - 1
         max_new_tokens=pattern.decode_steps(max_frames),
     )
 
@@ -123,7 +123,7 @@ def test_greedy_matches_transformers_generate(name, tmp_path):
     hook.remove()
     assert ours.delayed.shape == theirs.shape
     assert torch.equal(ours.delayed, theirs)
-    # the lengths as transformers' own output has them (at the cap channel 0 is forced to EOS)
+    # the lengths as transformers' own output has them (at the cap codebook 0 is forced to EOS)
     frames = eos_frames(theirs)
     assert frames[0] < frames[1] == 10
     assert ours.frames == frames and [len(c) for c in ours.codes] == frames
@@ -142,7 +142,7 @@ def test_greedy_cfg_filter_matches_transformers_when_special_ids_take_top_k_slot
     vocab = AudioVocab(codebook_size=codebook_size, num_codebooks=9)
     model = lively(name, seed=1, vocab=vocab)
     texts = ["a jig in D major, 6/8", "slow air"]
-    hook = boost_eos(model, boost)  # EOS often in the top-k on every channel, and it ends channel 0 at times
+    hook = boost_eos(model, boost)  # EOS often in the top-k on every codebook, and it ends codebook 0 at times
     sampling = SamplingConfig(max_frames=20, cfg_scale=3.0, cfg_filter_top_k=top_k, temperature=0.0)
     ours = generate_codes(model, texts, pattern, vocab, sampling)
     # (transformers' unconditional rows are zero bytes under the text's mask, ours zero bytes with one
@@ -199,7 +199,7 @@ def test_memorised_clips_come_back_exactly(name):
 
 
 @pytest.mark.parametrize("name", ["dia", "compressed"])
-def test_eos_on_channel_0_staggers_the_other_channels(name):
+def test_eos_on_codebook_0_staggers_the_other_codebooks(name):
     pattern = DelayPattern.parse(name)
     model = tiny(name)
     eos_at = 7
@@ -207,7 +207,7 @@ def test_eos_on_channel_0_staggers_the_other_channels(name):
     def force_eos(step, logits):
         logits[:, 0, VOCAB.eos] = -1e4  # never before...
         if step == eos_at:
-            logits[:, 0, VOCAB.eos] = 1e4  # ...then at step 7 on channel 0 only
+            logits[:, 0, VOCAB.eos] = 1e4  # ...then at step 7 on codebook 0 only
 
     hook = edit_logits(model, force_eos)
     result = generate_codes(model, ["x", "yy"], pattern, VOCAB, SamplingConfig(max_frames=30, temperature=1.0))
@@ -267,7 +267,7 @@ def test_sampled_tokens_are_real_codes_even_when_specials_are_likely(top_k):
 
     def push_specials(step, logits):
         logits[:, :, VOCAB.pad :] += 20.0  # PAD, BOS and the spare id look best everywhere
-        logits[:, 1:, VOCAB.eos] += 20.0  # and EOS on the channels that must never choose it
+        logits[:, 1:, VOCAB.eos] += 20.0  # and EOS on the codebooks that must never choose it
 
     hook = edit_logits(model, push_specials)
     sampling = SamplingConfig(max_frames=12, cfg_scale=3.0, cfg_filter_top_k=top_k, temperature=1.3, seed=4)
@@ -508,7 +508,7 @@ def test_generates_from_a_lora_run(melody_dataset, tmp_path):
     from diamusic.train import train
 
     overrides = {"data.path": str(melody_dataset), "steps": 3, "batch_size": 2, "data.crop_frames": 16,
-                 "eval.every": 3, "eval.batches": 1, "model.lora_rank": 4, "optim.warmup_steps": 1}  # fmt: skip
+                 "eval.every": 3, "eval.clips": 2, "model.lora_rank": 4, "optim.warmup_steps": 1}  # fmt: skip
     train(load_config("tiny-cpu", overrides=overrides), tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run", device="cpu")
     parameters = json.loads((tmp_path / "run" / "run.json").read_text())["parameters"]

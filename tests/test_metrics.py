@@ -12,10 +12,10 @@ from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch, encod
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def random_case(seed: int = 0, batch: int = 2, channels: int = 3, steps: int = 4, vocab: int = 7):
+def random_case(seed: int = 0, batch: int = 2, codebooks: int = 3, steps: int = 4, vocab: int = 7):
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch, channels, steps, vocab, generator=g, dtype=torch.float64).float()
-    labels = torch.randint(0, vocab, (batch, channels, steps), generator=g)
+    logits = torch.randn(batch, codebooks, steps, vocab, generator=g, dtype=torch.float64).float()
+    labels = torch.randint(0, vocab, (batch, codebooks, steps), generator=g)
     labels[0, 1, 2] = labels[1, 0, 0] = labels[1, 2, 3] = IGNORE_INDEX
     return logits, labels
 

@@ -105,7 +105,7 @@ def test_forward_on_training_batch_and_logit_layout():
     assert out.logits.shape == (2 * 9, steps, 36)
     logits = split_logits(out.logits, 9)
     assert logits.shape == (2, 9, steps, 36)
-    # the head emits (B, S, C*V); channel c is the c-th slice of V, and the flat rows are batch-major
+    # the head emits (B, S, C*V); codebook c is the c-th slice of V, and the flat rows are batch-major
     direct = captured["head"].view(2, steps, 9, 36).permute(0, 2, 1, 3)
     assert torch.equal(logits, direct)
 

@@ -29,17 +29,19 @@ def pattern_and_codes(draw):
 
 def hf_apply(codes: torch.Tensor, delays: list[int]) -> torch.Tensor:
     """transformers' own delay: DiaProcessor pads with max_delay PAD frames, then shifts in place."""
-    batch, frames, channels = codes.shape
+    batch, frames, codebooks = codes.shape
     steps = frames + max(delays)
-    prefill = torch.full((batch, steps, channels), PAD, dtype=codes.dtype)
+    prefill = torch.full((batch, steps, codebooks), PAD, dtype=codes.dtype)
     prefill[:, :frames] = codes
-    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays)
+    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=codebooks, delay_pattern=delays)
     return DiaProcessor.apply_audio_delay(prefill, pad_token_id=PAD, bos_token_id=BOS, precomputed_idx=idx)
 
 
 def hf_revert(delayed: torch.Tensor, delays: list[int]) -> torch.Tensor:
-    batch, steps, channels = delayed.shape
-    idx = DiaProcessor.build_indices(bsz=batch, seq_len=steps, num_channels=channels, delay_pattern=delays, revert=True)
+    batch, steps, codebooks = delayed.shape
+    idx = DiaProcessor.build_indices(
+        bsz=batch, seq_len=steps, num_channels=codebooks, delay_pattern=delays, revert=True
+    )
     out = DiaProcessor.apply_audio_delay(delayed, pad_token_id=-1, bos_token_id=-1, precomputed_idx=idx)
     return out[:, : steps - max(delays)]
 
@@ -116,7 +118,7 @@ def test_parse_lists_and_patterns():
     ("spec", "fragment"),
     [
         ("0,2,1", "has 3 delays but the codec has 9 codebooks"),
-        ("1,2,3,4,5,6,7,8,9", "channel 0 must have delay 0"),
+        ("1,2,3,4,5,6,7,8,9", "codebook 0 must have delay 0"),
         ("0,-1,2,3,4,5,6,7,8", "must be >= 0"),
         ("0,1.5,2", "comma-separated integers"),
         ("wobbly", "unknown delay pattern"),

@@ -106,7 +106,7 @@ def test_scale_pitch_classes(key, expected):
 
 def test_parse_key_rejects_nonsense():
     assert pitch.parse_key("f# minor") == (6, "minor")
-    with pytest.raises(ValueError):
+    with pytest.raises(pitch.KeyNameError):
         pitch.parse_key("H major")
-    with pytest.raises(ValueError):
+    with pytest.raises(pitch.KeyNameError):
         pitch.parse_key("C bogus")

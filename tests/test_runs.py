@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
+from diamusic.checkpoints import MANIFEST, CheckpointError, checkpoints_of, verify_checkpoint
 from diamusic.cli import main
-from diamusic.runs import MANIFEST, CheckpointError, checkpoints_of, load_run, verify_checkpoint
+from diamusic.runs import load_run
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from diamusic import codecs
+from diamusic.checkpoints import checkpoints_of
 from diamusic.config import load_config
 from diamusic.data.dataset import CodesDataset
 from diamusic.model import build_model
 from diamusic.patterns import DelayPattern
-from diamusic.runs import RunError, checkpoints_of
+from diamusic.runs import RunError
 from diamusic.tracking import read_metrics
 from diamusic.train import train
 
@@ -29,7 +30,7 @@ def tiny_config(data, sets: dict | None = None, **top):
         "data.crop_frames": 32,
         "logging.every": 5,
         "eval.every": 10,
-        "eval.batches": 1,
+        "eval.clips": 4,
         "checkpoints.every": 10,
         "optim.warmup_steps": 5,
     }
@@ -145,7 +146,8 @@ def test_worker_processes_load_the_same_batches(melody_dataset, tmp_path):
 def test_loader_pins_memory_only_for_a_gpu_and_when_asked(melody_dataset):
     from diamusic.config import DataConfig
     from diamusic.data.dataset import StepBatches
-    from diamusic.train import batch_plan, data_loader
+    from diamusic.train import data_loader
+    from diamusic.trainer import batch_plan
 
     config = tiny_config(melody_dataset)
     batches = StepBatches(CodesDataset(melody_dataset), batch_plan(config), DelayPattern.parse("musicgen"), 0, 2)
@@ -153,6 +155,27 @@ def test_loader_pins_memory_only_for_a_gpu_and_when_asked(melody_dataset):
     assert data_loader(batches, DataConfig(), gpu).pin_memory
     assert not data_loader(batches, DataConfig(pin_memory=False), gpu).pin_memory
     assert not data_loader(batches, DataConfig(), cpu).pin_memory
+
+
+def test_loader_workers_are_capped_at_the_cores_with_one_line(melody_dataset, capsys):
+    import os
+    import warnings
+
+    from diamusic.config import DataConfig
+    from diamusic.data.dataset import StepBatches
+    from diamusic.train import data_loader
+    from diamusic.trainer import batch_plan
+
+    cores = len(os.sched_getaffinity(0))
+    batches = StepBatches(CodesDataset(melody_dataset), batch_plan(tiny_config(melody_dataset)),
+                          DelayPattern.parse("musicgen"), 0, 1)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's two-paragraph warning about too many workers
+        loader = data_loader(batches, DataConfig(num_workers=cores + 3), torch.device("cpu"))
+        assert len(next(iter(loader))) == 1  # one micro-batch, built by a capped worker
+    assert loader.num_workers == cores
+    err = capsys.readouterr().err
+    assert err == f"note: data.num_workers {cores + 3} capped at {cores}, the cores here\n"
 
 
 def test_resume_refuses_changes_and_fresh_run_refuses_existing_dir(melody_dataset, tmp_path):
@@ -235,7 +258,7 @@ DIST_SCRIPT = textwrap.dedent(
     from diamusic.train import train
     stop_after, resume = settings.pop("stop_after", None), settings.pop("resume", False)
     overrides = {"data.path": data, "steps": 4, "batch_size": batch, "data.crop_frames": 32, "logging.every": 1,
-                 "eval.every": 2, "eval.batches": 2, "checkpoints.every": 2, "optim.warmup_steps": 2}
+                 "eval.every": 2, "eval.clips": 8, "checkpoints.every": 2, "optim.warmup_steps": 2}
     train(load_config("tiny-cpu", overrides={**overrides, **settings}), out, resume=resume, progress=False,
           stop_after=stop_after)
     """
@@ -276,6 +299,11 @@ def test_two_process_ddp_matches_single_process(ragged_dataset, tmp_path):
     _run_script(tmp_path, [sys.executable], ragged_dataset, "single", 4, **ragged)
     assert "2 process(es)" in ddp.stderr
     _assert_same_curves(tmp_path, "single", "ddp")
+    # the evaluation logged by 2 processes is `diamusic eval`'s of the same checkpoint
+    from diamusic.eval import evaluate_run
+
+    logged = losses(tmp_path / "ddp", "eval/loss")[-1][1]
+    assert evaluate_run(tmp_path / "ddp", prompts=0, device="cpu")["eval/loss"] == pytest.approx(logged, rel=1e-6)
 
 
 def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(melody_dataset, tmp_path):
@@ -360,7 +388,7 @@ def test_compiled_training_gives_the_same_run_and_checkpoints(melody_dataset, tm
 
     # every caption dropped and full-length crops: one shape, so one compilation (minutes on a cold CPU
     # cache); no evaluation, which would compile a second (no-grad) graph
-    settings = {**QUIET, "eval.batches": 0, "cfg_dropout": 1.0}
+    settings = {**QUIET, "eval.clips": 0, "cfg_dropout": 1.0}
     train(tiny_config(melody_dataset, settings, steps=4), tmp_path / "plain", progress=False)
     counters.clear()
     train(tiny_config(melody_dataset, settings, steps=4, compile=True), tmp_path / "compiled", progress=False)
@@ -402,7 +430,8 @@ def test_logged_model_flops_are_those_of_the_steps_batches(melody_dataset, tmp_p
     from diamusic.config import pattern_of_config
     from diamusic.data.dataset import StepBatches
     from diamusic.model import model_config
-    from diamusic.train import batch_plan, step_flops
+    from diamusic.train import step_flops
+    from diamusic.trainer import batch_plan
 
     config = tiny_config(melody_dataset, QUIET, steps=3, grad_accum=2)
     train(config, tmp_path / "run", progress=False)
@@ -531,7 +560,7 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(melo
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from diamusic import train as T
+    from diamusic import checkpoints as C, train as T
     from diamusic.cli import main
     where, at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 
@@ -548,8 +577,8 @@ KILL_SCRIPT = textwrap.dedent(
             return forward(model, batch, *rest)
         T.forward_stats = forward_then_die
     elif where == "checkpoint":  # the files of step `at` written, its manifest not yet
-        manifest = T.write_manifest
-        T.write_manifest = lambda folder: die() if folder.name.startswith(f"step_{at:06d}") else manifest(folder)
+        manifest = C.write_manifest
+        C.write_manifest = lambda folder: die() if folder.name.startswith(f"step_{at:06d}") else manifest(folder)
     sys.exit(main(argv))
     """
 )
@@ -617,8 +646,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(
     import errno
     from collections import namedtuple
 
-    from diamusic import train as train_module
-    from diamusic.runs import checkpoint_bytes, verify_checkpoint
+    from diamusic import checkpoints as checkpoints_module
+    from diamusic.checkpoints import checkpoint_bytes, verify_checkpoint
 
     size = checkpoint_bytes(checkpoints_of(tiny_run)[-1])
     disk = small_disk.mount(int(size * 1.6))
@@ -626,20 +655,20 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(
     disk = disk or tmp_path / "disk"
     run = disk / "run"
     if stage == "write":  # the check is passed over, so the write itself runs out of space
-        monkeypatch.setattr(train_module, "check_free_space", lambda t, final: None)
+        monkeypatch.setattr(checkpoints_module, "check_free_space", lambda *args: None)
     if not real_disk and stage == "write":
-        manifest = train_module.write_manifest
+        manifest = checkpoints_module.write_manifest
 
         def full(folder):
             if folder.name.startswith("step_000020"):
                 raise OSError(errno.ENOSPC, "No space left on device")
             manifest(folder)
 
-        monkeypatch.setattr(train_module, "write_manifest", full)
+        monkeypatch.setattr(checkpoints_module, "write_manifest", full)
     if not real_disk and stage != "write":
         usage, real_usage = namedtuple("usage", "total used free"), shutil.disk_usage
         fake = lambda p: usage(0, 0, int(size * 0.6)) if checkpoints_of(run) else real_usage(p)  # noqa: E731
-        monkeypatch.setattr(train_module.shutil, "disk_usage", fake)
+        monkeypatch.setattr(checkpoints_module.shutil, "disk_usage", fake)
 
     sets = {**QUIET, "checkpoints.every": 10, "checkpoints.keep": 1, "data.crop_frames": 32, "optim.warmup_steps": 5}
     assert _cli_train(melody_dataset, run, sets) == 2
@@ -687,14 +716,15 @@ def test_forced_resume_onto_another_codec_switches_the_run_codec_or_refuses(melo
 
 
 def test_nonfinite_weights_are_never_checkpointed(melody_dataset, tmp_path):
-    from diamusic.train import TrainingDiverged, save_checkpoint, setup
+    from diamusic.train import TrainingDiverged, save
+    from diamusic.trainer import setup
 
     t = setup(tiny_config(melody_dataset, QUIET, steps=2), tmp_path / "run", resume=False, force=False)
-    save_checkpoint(t)
+    save(t)
     with torch.no_grad():
         next(t.model.parameters()).view(-1)[0] = math.inf
     t.step = 1
     with pytest.raises(TrainingDiverged, match="step 1: the weights hold NaN or inf"):
-        save_checkpoint(t)
+        save(t)
     t.tracker.close()
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_000000"]

@@ -14,6 +14,8 @@ Words, each used for one thing only:
 Modules, in the one direction data flows (no module imports one to its right):
 errors, patterns, tokens -> codecs, model, data, metrics, tracking, config -> runs -> generate -> train
 -> ablate -> cli.
+The built-in music that ``data`` prepares: pitch, seeding -> corpus (melodies) -> synth, instruments,
+harmony, captions -> arrangement -> playback -> render (``render_piece``).
 """
 
 __version__ = "0.1.0"

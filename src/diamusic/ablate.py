@@ -11,26 +11,34 @@ settings unless forced. The demo is this ablation on the built-in melodies with 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diamusic.config import TrainConfig, from_dict, load_config, to_dict
+from diamusic.checkpoints import checkpoints_of, step_name, step_of
+from diamusic.codecs import SpectralConfig, SpectralRVQCodec
+from diamusic.config import DEFAULT_PRESET, TrainConfig, from_dict, load_config, to_dict
 from diamusic.data.dataset import CodesDataset
 from diamusic.data.prepare import prepare
 from diamusic.errors import DiamusicError
 from diamusic.eval import evaluate_run
 from diamusic.patterns import DelayPattern
-from diamusic.runs import RUN_FILE, checkpoints_of, step_name, step_of
+from diamusic.runs import RUN_FILE
 from diamusic.stats import Estimate, mean_ci, paired_difference, winner
 from diamusic.train import train
 
 PLAN_FILE = "ablation.json"
 REFERENCE = "dia"  # differences are reported against Dia's own pattern unless told otherwise
+PATTERNS = ("dia", "musicgen", "compressed")  # the patterns compared unless told otherwise
+SEEDS = 3  # seeds per pattern: the fewest whose 95% t-interval is usable (t = 4.3; with 2 seeds t = 12.7)
+# each run is evaluated as `evaluate_run` evaluates a checkpoint unless told otherwise
+_EVALUATION = inspect.signature(evaluate_run).parameters
 
 
 class AblationError(DiamusicError):
@@ -65,7 +73,7 @@ def run_name(pattern: DelayPattern) -> str:
     return pattern.name if pattern.name != "custom" else "custom-" + "-".join(map(str, pattern.delays))
 
 
-def parse_patterns(patterns: str | list[str], num_codebooks: int) -> list[DelayPattern]:
+def parse_patterns(patterns: str | Sequence[str], num_codebooks: int) -> list[DelayPattern]:
     """Validate every pattern before any training starts, so a typo does not cost a finished run.
 
     A string is a comma-separated list of preset names and delays, the delays of a custom pattern
@@ -275,13 +283,13 @@ class AblationResult:
 def ablate(
     data: str | Path,
     out: str | Path,
-    patterns: str | list[str],
-    seeds: int,
-    config: str = "tiny-cpu",
+    patterns: str | Sequence[str] = PATTERNS,
+    seeds: int = SEEDS,
+    config: str = DEFAULT_PRESET,
     overrides: dict[str, Any] | None = None,
     sets: list[str] | None = None,
-    prompts: int = 4,
-    seconds: float = 4.0,
+    prompts: int = _EVALUATION["prompts"].default,
+    seconds: float = _EVALUATION["seconds"].default,
     reference: str = REFERENCE,
     force: bool = False,
     progress: bool = True,
@@ -314,52 +322,67 @@ def ablate(
     return AblationResult(out, write_summary(out, rows, names, plan), rows, names, results)
 
 
-def demo(
-    out: Path,
-    patterns: list[str],
-    melodies: int = 80,
-    steps: int = 300,
-    seeds: int = 3,
-    sets: list[str] | None = None,
-    progress: bool = True,
-) -> AblationResult:
-    """The main job on the embedded default: the built-in melodies with the offline codec, then the
-    ablation of ``patterns`` with the tiny model. The prepared data under ``out/data`` is reused."""
-    from diamusic.codecs import SpectralConfig
-
-    parse_patterns(patterns, SpectralConfig.levels)  # before anything is prepared or trained
-    data = out / "data"
-    prepare("melodies", "spectral-rvq", data, limit=melodies, progress=progress, **DEMO_PREPARE)
-    overrides = {"steps": steps, **_demo_overrides(steps)}
-    return ablate(data, out / "ablation", patterns, seeds, "tiny-cpu", overrides, sets, **DEMO_EVAL, progress=progress)
-
-
+DEMO_DIR = Path("runs/demo")
+DEMO_MELODIES = 80  # built-in melodies prepared
+DEMO_STEPS = 300  # optimizer steps per run
 # a small codebook so a few hundred CPU steps show real learning (1024 is the codec default); 3 prompts
 # of 3 s each keep the pitch tracking of 9 evaluations to a few minutes on 2 cores
 DEMO_PREPARE = {"max_seconds": 8.0, "eval_fraction": 0.1, "codec_options": {"codebook_size": 256}}
 DEMO_EVAL = {"prompts": 3, "seconds": 3.0}
 
 
+@dataclass(frozen=True)
+class DemoPlan:
+    """The demo's steps as data: `demo` runs them, and a front end can show them as its own commands."""
+
+    prepare: dict[str, Any]  # the arguments of `diamusic.data.prepare.prepare`
+    ablate: dict[str, Any]  # the arguments of `ablate`
+    report: Path  # the ablation directory the listening report is written for
+
+
+def demo_plan(
+    out: Path = DEMO_DIR,
+    patterns: Sequence[str] = PATTERNS,
+    melodies: int = DEMO_MELODIES,
+    steps: int = DEMO_STEPS,
+    seeds: int = SEEDS,
+    sets: list[str] | None = None,
+) -> DemoPlan:
+    """What `demo` does with these settings; a bad pattern is refused here, before anything is prepared."""
+    parse_patterns(patterns, SpectralConfig.levels)
+    data, ablation = out / "data", out / "ablation"
+    return DemoPlan(
+        prepare={"source": "melodies", "codec": SpectralRVQCodec.name, "out": data, "limit": melodies, **DEMO_PREPARE},
+        ablate={
+            "data": data,
+            "out": ablation,
+            "patterns": list(patterns),
+            "seeds": seeds,
+            "config": DEFAULT_PRESET,
+            "overrides": {"steps": steps, **_demo_overrides(steps)},
+            "sets": list(sets or []),
+            **DEMO_EVAL,
+        },
+        report=ablation,
+    )
+
+
+def demo(
+    out: Path = DEMO_DIR,
+    patterns: Sequence[str] = PATTERNS,
+    melodies: int = DEMO_MELODIES,
+    steps: int = DEMO_STEPS,
+    seeds: int = SEEDS,
+    sets: list[str] | None = None,
+    progress: bool = True,
+) -> AblationResult:
+    """The main job on the embedded default: the built-in melodies with the offline codec, then the
+    ablation of ``patterns`` with the tiny model. The prepared data under ``out/data`` is reused."""
+    plan = demo_plan(out, patterns, melodies, steps, seeds, sets)
+    prepare(**plan.prepare, progress=progress)
+    return ablate(**plan.ablate, progress=progress)
+
+
 def _demo_overrides(steps: int) -> dict[str, Any]:
     # evaluations cost no randomness, so three points on the eval curve change nothing else
     return {"data.crop_frames": 86, "eval.every": max(1, steps // 3), "demos.every": max(1, steps // 2)}
-
-
-def demo_commands(
-    out: Path, patterns: list[str], melodies: int, steps: int, seeds: int, sets: list[str] | None = None
-) -> list[str]:
-    """The `diamusic` commands that do what `demo` does, so a user can rerun or vary each step."""
-    from diamusic.codecs import SpectralConfig
-
-    parse_patterns(patterns, SpectralConfig.levels)  # a bad pattern is one line, before anything is printed
-    p = DEMO_PREPARE
-    sets = [f"{k}={v}" for k, v in _demo_overrides(steps).items()] + list(sets or [])
-    return [
-        f"diamusic prepare --source melodies --codec spectral-rvq --out {out / 'data'} --limit {melodies} "
-        f"--max-seconds {p['max_seconds']:g} --eval-fraction {p['eval_fraction']:g} "
-        f"--codebook-size {p['codec_options']['codebook_size']}",
-        f"diamusic ablate --data {out / 'data'} --out {out / 'ablation'} --patterns {','.join(patterns)} "
-        f"--seeds {seeds} --steps {steps} --prompts {DEMO_EVAL['prompts']} --seconds {DEMO_EVAL['seconds']:g} "
-        + " ".join(f"--set {s}" for s in sets),
-        f"diamusic report {out / 'ablation'}",
-    ]

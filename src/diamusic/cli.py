@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import math
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+# the library's defaults are the CLI's: importing them here keeps one source for each
+from diamusic.ablate import DemoPlan, ablate, demo, demo_plan
+from diamusic.codecs import DAC_CODEBOOKS, DAC_FRAME_RATE, DAC_MODEL, DEFAULT_CODEC, SpectralConfig
+from diamusic.config import DEFAULT_PRESET, ModelConfig
+from diamusic.data.prepare import prepare
+from diamusic.data.sources import CORPUS_DEFAULTS
+from diamusic.eval import evaluate_run
+from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, SamplingConfig
 from diamusic.patterns import PRESETS, DelayPattern
-
-DAC_FRAME_RATE = 44100 / 512
+from diamusic.runs import load_run
+from diamusic.tokens import MAX_TEXT_BYTES
 
 
 def cmd_patterns_list(args: argparse.Namespace) -> int:
@@ -61,16 +71,39 @@ def _seconds(text: str) -> float:
     return value
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, where it has one to show and says none itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes in one line, like every other error (the usage is one --help away)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from diamusic.data.prepare import prepare
+def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """A library function's parameter defaults by name."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    """A library dataclass's field defaults by name."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
     # only what was given: the codec's own defaults apply otherwise, and job.json records just the choices
     given = {"codebook_size": args.codebook_size, "dac_model": args.dac_model}
     options = {k: v for k, v in given.items() if v is not None}
@@ -101,7 +134,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             f"(see rejected.jsonl); {speed}"
         )
         if result.captions_truncated:
-            print(f"warning: {result.captions_truncated} captions were longer than 1024 bytes and were truncated")
+            print(
+                f"warning: {result.captions_truncated} captions were longer than {MAX_TEXT_BYTES} bytes and were "
+                "truncated"
+            )
     else:
         print(f"shard {args.shard[0]}/{args.shard[1]} done ({speed}); other shards still to run")
     return 0
@@ -159,8 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from diamusic.generate import DecodeOptions, SamplingConfig, generate_files
-    from diamusic.runs import load_run
+    from diamusic.generate import generate_files
 
     run = load_run(args.run, args.checkpoint, device=args.device)
     sampling = SamplingConfig.for_seconds(
@@ -190,8 +225,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from diamusic.eval import evaluate_run
-
     result = evaluate_run(args.run, args.checkpoint, args.prompts, args.seconds, device=args.device, out=args.out)
     keys = ("eval/loss", "eval/interior/loss", "eval/entropy", "eval/gap", "gen/in_key_ratio", "gen/frames_per_s")
     print(f"{args.run} {result['checkpoint']}: " + ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result))
@@ -201,8 +234,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from diamusic.ablate import ablate
-
     overrides = {"steps": args.steps, "tracking.backends": args.tracker}
     result = ablate(
         args.data,
@@ -231,13 +262,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from diamusic.ablate import demo, demo_commands
     from diamusic.report import write_report
 
-    out = Path(args.out)
-    print("the demo runs, as commands:\n  " + "\n  ".join(demo_commands(out, args.patterns, args.melodies, args.steps,
-          args.seeds, args.set)), file=sys.stderr)  # fmt: skip
-    result = demo(out, args.patterns, args.melodies, args.steps, args.seeds, args.set, not args.quiet)
+    plan = demo_plan(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set)
+    print("the demo runs, as commands:\n  " + "\n  ".join(demo_commands(plan)), file=sys.stderr)
+    result = demo(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set, not args.quiet)
     page = write_report(result.out)
     print(result.summary.read_text())
     print(f"wrote {result.summary}; runs, their demos and generated audio under {result.out / 'runs'}")
@@ -245,7 +274,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_commands(plan: DemoPlan) -> list[str]:
+    """The `diamusic` commands that do what the demo does, so a user can rerun or vary each step."""
+    preparing = dict(plan.prepare)
+    preparing |= preparing.pop("codec_options", {})
+    ablating = dict(plan.ablate)
+    overrides, sets = dict(ablating.pop("overrides")), ablating.pop("sets")
+    ablating["patterns"] = ",".join(ablating["patterns"])
+    ablating["steps"] = overrides.pop("steps")  # the one config key with an option of its own
+    # the demo's config keys before the user's, so that the user's win
+    sets = [f"{key}={_word(value)}" for key, value in overrides.items()] + list(sets)
+    return [
+        " ".join(["diamusic", "prepare", *_options(preparing)]),
+        " ".join(["diamusic", "ablate", *_options(ablating), *(w for s in sets for w in ("--set", s))]),
+        f"diamusic report {plan.report}",
+    ]
+
+
+def _options(arguments: dict[str, Any]) -> list[str]:
+    """Library arguments as the options of the same names."""
+    return [word for name, value in arguments.items() for word in ("--" + name.replace("_", "-"), _word(value))]
+
+
+def _word(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The commands and their options; every default is the library's own (shown by --help)."""
+    sampling = _field_defaults(SamplingConfig)
+    preparing = _defaults(prepare)
+    evaluating = _defaults(evaluate_run)
+    ablating = _defaults(ablate)
+    demoing = _defaults(demo)
     parser = _Parser(prog="diamusic", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,24 +316,44 @@ def build_parser() -> argparse.ArgumentParser:
     psub.add_parser("list", help="list the presets").set_defaults(func=cmd_patterns_list)
     show = psub.add_parser("show", help="print which frame each codebook holds at each decode step")
     show.add_argument("pattern", help="a preset name or comma-separated delays, e.g. 0,1,2,3,4,5,6,7,8")
-    show.add_argument("--codebooks", type=int, default=9, help="codebook count to validate against (DAC: 9)")
-    show.add_argument("--decode-steps", type=_positive, default=20, help="decode steps to show")
+    show.add_argument("--codebooks", type=int, default=DAC_CODEBOOKS, help="codebook count to validate against (DAC)")
+    show.add_argument(
+        "--decode-steps", type=_positive, default=_defaults(DelayPattern.describe)["steps"], help="decode steps to show"
+    )
     show.add_argument("--png", help="also draw the grid to this PNG file")
     show.set_defaults(func=cmd_patterns_show)
 
     prep = sub.add_parser("prepare", help="encode audio + captions (or the built-in melodies) to codec tokens")
     prep.add_argument("--source", required=True, help="'melodies' (built-in corpus) or a folder of audio")
-    prep.add_argument("--codec", default="spectral-rvq", help="dac | spectral-rvq (offline, not DAC quality)")
+    prep.add_argument("--codec", default=DEFAULT_CODEC, help="dac | spectral-rvq (offline, not DAC quality)")
     prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
     prep.add_argument("--limit", type=_positive, help="use at most N inputs")
-    prep.add_argument("--max-seconds", type=_seconds, default=30.0, help="split longer audio into clips")
-    prep.add_argument("--eval-fraction", type=float, default=0.05, help="share of inputs held out for eval")
-    prep.add_argument("--renderer", help="built-in melodies: soundfont (General MIDI, default) | synth")
-    prep.add_argument("--texture", help="built-in melodies: solo | accompanied | mixed (default)")
-    prep.add_argument("--seed", type=int, default=0)
-    prep.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: this process's share of the job")
-    prep.add_argument("--codebook-size", type=int, help="spectral-rvq codebook size (default 1024)")
-    prep.add_argument("--dac-model", help="DAC hub id or local directory (default descript/dac_44khz)")
+    prep.add_argument(
+        "--max-seconds", type=_seconds, default=preparing["max_seconds"], help="split longer audio into clips"
+    )
+    prep.add_argument(
+        "--eval-fraction", type=float, default=preparing["eval_fraction"], help="share of inputs held out for eval"
+    )
+    prep.add_argument(
+        "--renderer",
+        help=f"built-in melodies: soundfont (General MIDI) | synth (default: {CORPUS_DEFAULTS['renderer']})",
+    )
+    prep.add_argument(
+        "--texture", help=f"built-in melodies: solo | accompanied | mixed (default: {CORPUS_DEFAULTS['texture']})"
+    )
+    prep.add_argument(
+        "--seed", type=int, default=preparing["seed"], help="seed of the eval split, the codec fit and the rendering"
+    )
+    prep.add_argument(
+        "--shard",
+        type=_shard,
+        default="/".join(map(str, preparing["shard"])),
+        help="i/n: this process's share of the job",
+    )
+    prep.add_argument(
+        "--codebook-size", type=int, help=f"spectral-rvq codebook size (default: {SpectralConfig.codebook_size})"
+    )
+    prep.add_argument("--dac-model", help=f"DAC hub id or local directory (default: {DAC_MODEL})")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_prepare)
 
@@ -286,10 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="fine-tune Dia on a prepared dataset")
     tr.add_argument("--data", help="dataset directory from `diamusic prepare`")
     tr.add_argument("--out", required=True, help="run directory")
-    tr.add_argument("--config", default="tiny-cpu", help="a preset in configs/ or a YAML file")
+    tr.add_argument("--config", default=DEFAULT_PRESET, help="a preset in configs/ or a YAML file")
     tr.add_argument("--model", help="model preset: tiny | small | dia-1.6b")
     tr.add_argument("--init", choices=["scratch", "pretrained"], help="train from scratch or fine-tune a checkpoint")
-    tr.add_argument("--pretrained", help="hub id or local directory for --init pretrained (default: Dia-1.6B-0626)")
+    tr.add_argument(
+        "--pretrained", help=f"hub id or local directory for --init pretrained (default: {ModelConfig.pretrained})"
+    )
     tr.add_argument("--delay-pattern", help="a preset name or comma-separated delays")
     tr.add_argument("--steps", type=int)
     tr.add_argument("--batch-size", type=int)
@@ -305,19 +388,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="text to music from a trained run")
     gen.add_argument("--run", required=True, help="run directory from `diamusic train`")
-    gen.add_argument("--checkpoint", default="latest", help="a step number or 'latest'")
+    gen.add_argument("--checkpoint", default=_defaults(load_run)["checkpoint"], help="a step number or 'latest'")
     gen.add_argument("--text", action="append", required=True, help="a caption, repeatable")
     gen.add_argument("--num", type=_positive, default=1, help="samples per text")
-    gen.add_argument("--seconds", type=_seconds, default=10.0, help="length cap; generation stops earlier at EOS")
-    gen.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance (1 = off)")
     gen.add_argument(
-        "--cfg-filter-top-k", type=int, default=45, help="Dia's CFG filter candidates; 0 = plain CFG sampling"
+        "--seconds", type=_seconds, default=DEFAULT_SECONDS, help="length cap; generation stops earlier at EOS"
     )
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; values below 1 are honoured")
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--cfg-scale", type=float, default=sampling["cfg_scale"], help="classifier-free guidance (1 = off)"
+    )
+    gen.add_argument(
+        "--cfg-filter-top-k",
+        type=int,
+        default=sampling["cfg_filter_top_k"] or 0,
+        help="Dia's CFG filter candidates; 0 = plain CFG sampling",
+    )
+    gen.add_argument(
+        "--temperature", type=float, default=sampling["temperature"], help="0 = greedy; values below 1 are honoured"
+    )
+    gen.add_argument("--top-p", type=float, default=sampling["top_p"])
+    gen.add_argument("--seed", type=int, default=sampling["seed"], help="sampling seed")
     gen.add_argument("--device", help="cpu | cuda (default: cuda when present)")
-    gen.add_argument("--cache", choices=["static", "dynamic"], default="static", help="KV cache (same tokens)")
+    gen.add_argument(
+        "--cache",
+        choices=["static", "dynamic"],
+        default="static" if DecodeOptions().static_cache else "dynamic",
+        help="KV cache (same tokens)",
+    )
     gen.add_argument("--compile", action="store_true", help="torch.compile the decoder step (CUDA graphs on GPU)")
     gen.add_argument("--out", required=True, help="directory for WAV, .npy codes and JSON sidecars")
     gen.add_argument("--overwrite", action="store_true", help="replace earlier generations in --out")
@@ -325,9 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="teacher-forced and generated-audio metrics of one checkpoint")
     ev.add_argument("--run", required=True, help="run directory from `diamusic train`")
-    ev.add_argument("--checkpoint", default="latest", help="a step number or 'latest'")
-    ev.add_argument("--prompts", type=_count, default=4, help="eval captions to generate from (0: none)")
-    ev.add_argument("--seconds", type=_seconds, default=4.0, help="length cap of each generation")
+    ev.add_argument("--checkpoint", default=evaluating["checkpoint"], help="a step number or 'latest'")
+    ev.add_argument(
+        "--prompts", type=_count, default=evaluating["prompts"], help="eval captions to generate from (0: none)"
+    )
+    ev.add_argument("--seconds", type=_seconds, default=evaluating["seconds"], help="length cap of each generation")
     ev.add_argument("--device", help="cpu | cuda (default: cuda when present)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
@@ -335,13 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ablate", help="train and evaluate every pattern x seed on identical settings, then a table")
     ab.add_argument("--data", required=True, help="dataset directory from `diamusic prepare`")
     ab.add_argument("--out", required=True, help="ablation directory (re-run to resume)")
-    ab.add_argument("--config", default="tiny-cpu", help="a preset in configs/ or a YAML file")
-    ab.add_argument("--patterns", default="dia,musicgen,compressed", help="presets and delay lists, comma-separated")
-    ab.add_argument("--seeds", type=_positive, default=3, help="seeds per pattern (consecutive from the config's)")
+    ab.add_argument("--config", default=ablating["config"], help="a preset in configs/ or a YAML file")
+    ab.add_argument(
+        "--patterns", default=",".join(ablating["patterns"]), help="presets and delay lists, comma-separated"
+    )
+    ab.add_argument(
+        "--seeds", type=_positive, default=ablating["seeds"], help="seeds per pattern (consecutive from the config's)"
+    )
     ab.add_argument("--steps", type=_positive, help="optimizer steps per run")
-    ab.add_argument("--prompts", type=_count, default=4, help="eval captions each run generates from")
-    ab.add_argument("--seconds", type=_seconds, default=4.0, help="length cap of each generation")
-    ab.add_argument("--reference", default="dia", help="the pattern differences are taken against")
+    ab.add_argument("--prompts", type=_count, default=ablating["prompts"], help="eval captions each run generates from")
+    ab.add_argument("--seconds", type=_seconds, default=ablating["seconds"], help="length cap of each generation")
+    ab.add_argument("--reference", default=ablating["reference"], help="the pattern differences are taken against")
     ab.add_argument("--tracker", action="append", choices=["wandb", "tensorboard"], help="repeatable")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     ab.add_argument("--force", action="store_true", help="start over if the directory holds other settings")
@@ -352,15 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", help="an ablation directory from `diamusic ablate`")
     rep.set_defaults(func=cmd_report)
 
-    demo = sub.add_parser("demo", help="offline end to end: built-in melodies -> codes -> the pattern ablation")
-    demo.add_argument("--out", default="runs/demo", help="demo directory (re-runs reuse its data and finished runs)")
-    demo.add_argument("--patterns", nargs="+", default=["dia", "musicgen", "compressed"])
-    demo.add_argument("--melodies", type=_positive, default=80, help="melodies from the built-in corpus")
-    demo.add_argument("--steps", type=_positive, default=300, help="optimizer steps per run")
-    demo.add_argument("--seeds", type=_positive, default=3, help="seeds per pattern")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(func=cmd_demo)
+    dem = sub.add_parser("demo", help="offline end to end: built-in melodies -> codes -> the pattern ablation")
+    dem.add_argument("--out", default=demoing["out"], help="demo directory (re-runs reuse its data and finished runs)")
+    dem.add_argument(
+        "--patterns",
+        nargs="+",
+        default=list(demoing["patterns"]),
+        help=f"presets and delay lists (default: {' '.join(demoing['patterns'])})",
+    )
+    dem.add_argument(
+        "--melodies", type=_positive, default=demoing["melodies"], help="melodies from the built-in corpus"
+    )
+    dem.add_argument("--steps", type=_positive, default=demoing["steps"], help="optimizer steps per run")
+    dem.add_argument("--seeds", type=_positive, default=demoing["seeds"], help="seeds per pattern")
+    dem.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
+    dem.add_argument("--quiet", action="store_true", help="no progress bars")
+    dem.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -25,9 +25,13 @@ import librosa
 import numpy as np
 import torch
 
-from diamusic.errors import DiamusicError
+from diamusic.errors import DiamusicError, first_line
 
 CODEC_FILE = "codec.json"
+DAC_MODEL = "descript/dac_44khz"  # the DAC Dia was trained on
+# that model's layout, for what needs it without loading the weights (e.g. a pattern's timings)
+DAC_SAMPLE_RATE, DAC_HOP_LENGTH, DAC_CODEBOOKS = 44100, 512, 9
+DAC_FRAME_RATE = DAC_SAMPLE_RATE / DAC_HOP_LENGTH
 
 # (seconds of audio wanted at most) -> (mono waves, their sample rate); called only by codecs that fit
 TrainingAudio = Callable[[float], tuple[list[np.ndarray], int]]
@@ -91,7 +95,7 @@ class DacCodec:
 
     name = "dac"
 
-    def __init__(self, model: str = "descript/dac_44khz", device: str | None = None, batch_size: int = 8):
+    def __init__(self, model: str = DAC_MODEL, device: str | None = None, batch_size: int = 8):
         from transformers import DacModel
 
         local = Path(model).expanduser()
@@ -159,18 +163,18 @@ class DacCodec:
 
     @staticmethod
     def check_options(options: dict[str, Any]) -> None:
-        if not str(options.get("dac_model", "descript/dac_44khz")).strip():
+        if not str(options.get("dac_model", DAC_MODEL)).strip():
             raise CodecError("dac_model must name a hub id or a local directory")
 
     @classmethod
     def from_options(cls, options: dict[str, Any], training_audio: TrainingAudio) -> DacCodec:
         """A pretrained codec: nothing to fit, so ``training_audio`` is not read."""
         cls.check_options(options)
-        return cls(model=options.get("dac_model", "descript/dac_44khz"))
+        return cls(model=options.get("dac_model", DAC_MODEL))
 
     @classmethod
     def load(cls, directory: str | Path) -> DacCodec:
-        info = json.loads((Path(directory) / CODEC_FILE).read_text())
+        info = _read_info(directory, "model")
         codec = cls(model=info["model"])
         if info.get("fingerprint") not in (None, codec.fingerprint):
             raise CodecError(f"{directory}: DAC weights at {info['model']!r} changed since the codec was saved")
@@ -212,8 +216,8 @@ class SpectralRVQCodec:
     def __init__(self, codebooks: np.ndarray, config: SpectralConfig):
         codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
         expected = (config.levels, config.codebook_size, config.n_mels)
-        if codebooks.shape != expected:
-            raise ValueError(f"codebooks have shape {codebooks.shape}, config expects {expected}")
+        if codebooks.shape != expected:  # a saved codec whose codebooks.npy and codec.json disagree
+            raise CodecError(f"codebooks have shape {codebooks.shape}, the codec's config expects {expected}")
         self.config = config
         self.codebooks = codebooks  # (levels, codebook_size, n_mels), log-mel dB
         self.sample_rate = config.sample_rate
@@ -328,16 +332,16 @@ class SpectralRVQCodec:
         waves: list[np.ndarray],
         sample_rate: int,
         *,
-        levels: int = 9,
-        codebook_size: int = 1024,
-        n_mels: int = 128,
+        levels: int = SpectralConfig.levels,
+        codebook_size: int = SpectralConfig.codebook_size,
+        n_mels: int = SpectralConfig.n_mels,
         seed: int = 0,
         max_frames: int = 60_000,
         iters: int = 8,
-        codec_rate: int = 22050,
-        hop_length: int = 256,
-        n_fft: int = 2048,
-        floor_db: float = -50.0,
+        codec_rate: int = SpectralConfig.sample_rate,
+        hop_length: int = SpectralConfig.hop_length,
+        n_fft: int = SpectralConfig.n_fft,
+        floor_db: float = SpectralConfig.floor_db,
     ) -> SpectralRVQCodec:
         """Fit the residual codebooks on the log-mel frames of `waves` (any rate; resampled to codec_rate).
 
@@ -388,15 +392,20 @@ class SpectralRVQCodec:
     @classmethod
     def load(cls, directory: str | Path) -> SpectralRVQCodec:
         directory = Path(directory)
-        info = json.loads((directory / CODEC_FILE).read_text())
-        codec = cls(np.load(directory / info["weights"]), SpectralConfig(**info["config"]))
+        info = _read_info(directory, "weights", "config")
+        try:
+            codebooks = np.load(directory / info["weights"])
+            config = SpectralConfig(**info["config"])
+        except (ValueError, TypeError) as exc:  # not an array file, or config keys of another version
+            raise CodecError(f"{directory}: unreadable spectral-rvq codec ({first_line(exc)})") from exc
+        codec = cls(codebooks, config)
         if info.get("fingerprint") not in (None, codec.fingerprint):
             raise CodecError(f"{directory}: codebooks do not match the fingerprint in {CODEC_FILE}")
         return codec
 
     @staticmethod
     def check_options(options: dict[str, Any]) -> None:
-        size = options.get("codebook_size", 1024)
+        size = options.get("codebook_size", SpectralConfig.codebook_size)
         if isinstance(size, bool) or not isinstance(size, int) or size < 2:
             raise CodecError(f"codebook_size must be an integer >= 2, got {size!r}")
 
@@ -407,7 +416,8 @@ class SpectralRVQCodec:
         waves, rate = training_audio(cls.FIT_SECONDS)
         if not waves:
             raise CodecError("no readable training audio to fit the spectral-rvq codec on")
-        return cls.fit(waves, rate, codebook_size=options.get("codebook_size", 1024), seed=options.get("seed", 0))
+        size = options.get("codebook_size", SpectralConfig.codebook_size)
+        return cls.fit(waves, rate, codebook_size=size, seed=options.get("seed", 0))
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -490,6 +500,7 @@ def _griffin_lim(
 
 
 CODECS: dict[str, type[DacCodec] | type[SpectralRVQCodec]] = {c.name: c for c in (DacCodec, SpectralRVQCodec)}
+DEFAULT_CODEC = SpectralRVQCodec.name  # needs no downloaded weights; real work names DAC
 
 
 def codec_class(name: str) -> type[DacCodec] | type[SpectralRVQCodec]:
@@ -500,7 +511,19 @@ def codec_class(name: str) -> type[DacCodec] | type[SpectralRVQCodec]:
 
 def load_codec(directory: str | Path) -> Codec:
     """Restore a codec saved with `save()`: same fingerprint, same codes."""
-    path = Path(directory) / CODEC_FILE
-    if not path.exists():
+    if not (Path(directory) / CODEC_FILE).exists():
         raise CodecError(f"{directory} holds no codec ({CODEC_FILE} is missing)")
-    return codec_class(json.loads(path.read_text())["name"]).load(directory)
+    return codec_class(_read_info(directory, "name")["name"]).load(directory)
+
+
+def _read_info(directory: str | Path, *keys: str) -> dict[str, Any]:
+    """A saved codec's ``codec.json``, with the keys its loader needs."""
+    path = Path(directory) / CODEC_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CodecError(f"{path}: not valid JSON ({type(exc).__name__})") from exc
+    missing = [k for k in keys if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise CodecError(f"{path}: no {', '.join(missing)} (not a codec saved by diamusic)")
+    return info

@@ -1,10 +1,9 @@
-"""Typed run configuration: dataclasses, YAML presets in configs/, and `--set key=value` overrides."""
+"""Typed run configuration: dataclasses, YAML presets in configs/, and dotted ``key=value`` overrides."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -14,11 +13,13 @@ from typing import Any, Literal
 
 import yaml
 
+from diamusic.data import card_codebooks
 from diamusic.errors import DiamusicError
 from diamusic.model import MODEL_PRESETS
 from diamusic.patterns import DelayPattern, PatternError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "tiny-cpu"  # the preset a command uses when none is named: small enough for a CPU
 
 
 Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on a GPU, fp32 on CPU
@@ -70,7 +71,9 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     every: int = 100  # optimizer steps between evaluations (and always at the last step)
-    batches: int = 8  # batches of the eval split, and of the fixed train subset, per evaluation
+    # at most this many eval clips, and as many train clips for the train/eval gap, chosen by the
+    # dataset alone: every seed, pattern and process count is scored on the same clips (0: none)
+    clips: int = 256
 
 
 @dataclass
@@ -199,7 +202,7 @@ def resolve_preset(name_or_path: str) -> Path:
 def load_config(
     preset: str | None = None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None
 ) -> TrainConfig:
-    """Defaults <- YAML preset/file <- explicit overrides (dotted keys) <- `--set key=value` strings."""
+    """Defaults <- YAML preset/file <- explicit overrides (dotted keys) <- ``key=value`` strings."""
     tree: dict[str, Any] = {}
     if preset:
         path = resolve_preset(preset)
@@ -247,7 +250,7 @@ def validate(config: TrainConfig) -> None:
         (config.model.preset in MODEL_PRESETS, f"model.preset must be one of {', '.join(MODEL_PRESETS)}"),
         (config.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 = full fine-tuning)"),
         (config.eval.every > 0, "eval.every must be > 0 (set it to steps to evaluate only at the end)"),
-        (config.eval.batches >= 0, "eval.batches must be >= 0"),
+        (config.eval.clips >= 0, "eval.clips must be >= 0"),
         (config.checkpoints.every > 0, "checkpoints.every must be > 0 (set it to steps to save only at the end)"),
         (config.checkpoints.keep >= 0, "checkpoints.keep must be >= 0 (0 = keep all)"),
         (config.logging.every > 0, "logging.every must be > 0"),
@@ -268,8 +271,7 @@ def validate(config: TrainConfig) -> None:
 
 def pattern_of_config(config: TrainConfig) -> DelayPattern:
     """The config's delay pattern, checked against the dataset's codebook count when the dataset exists."""
-    card = Path(config.data.path) / "card.json" if config.data.path else None
-    codebooks = json.loads(card.read_text())["codec"]["num_codebooks"] if card and card.exists() else None
+    codebooks = card_codebooks(config.data.path) if config.data.path else None
     try:
         return DelayPattern.parse(config.delay_pattern, num_codebooks=codebooks)
     except PatternError as exc:

@@ -1,4 +1,4 @@
-"""Built-in music from music21's bundled corpus: melodies, their arrangement, rendering and captions.
+"""Built-in melodies from music21's bundled corpus: finding, parsing and describing them.
 
 Three collections ship with music21 and need no download: the Essen folksong collection and O'Neill's
 Music of Ireland (many tunes per .abc file) and the Bach chorales (one MusicXML file each: the soprano is
@@ -11,24 +11,15 @@ Parsing with music21 is the slow part (see benchmarks/RESULTS.md), so we index t
 .abc files with a cheap text scan, parse only the tunes a caller actually iterates over, and memoise
 the parsed melodies in memory.
 
-`diamusic.render.render_piece` is what datasets use: it arranges a melody (solo, or over a harmonised
-accompaniment / the chorale's own voices, optionally with drums), renders it offline with the General
-MIDI SoundFont that ships in `pretty_midi` (or with the additive synth below), and captions it; every
-choice is drawn deterministically from (piece, seed). The design is in its module docstring.
-
-The additive synth (`render`) plays a melody alone with a little human imperfection (a per-render detuning
-of a few cents, vibrato, per-note velocity, timing and intonation jitter, attack/release envelopes, a
-per-render tweak of the timbre) so that a codec or language model cannot treat the audio as a lookup table
-of 12 pitches. It stays as it was, for the codec benchmarks and tests that were measured with it.
+`diamusic.render.render_piece` turns a melody into a captioned piece of audio.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +35,6 @@ DEFAULT_TEMPO = {"essen": 96.0, "oneills": 120.0, "bach": 80.0}
 MAX_SECONDS = 30.0  # longer pieces are cut at a note boundary; Dia's context is ~35.7 s
 MIN_SECONDS = 5.0
 MIN_NOTES = 10
-INSTRUMENTS: tuple[str, ...] = ("flute", "clarinet", "violin", "organ", "pluck")
 
 
 @dataclass(frozen=True)
@@ -57,11 +47,11 @@ class Melody:
     collection: str  # a value of COLLECTIONS
     title: str
     # What a listener would call the piece, from the score's own metadata where it has any: "German love
-    # song", "Irish jig", "Bach chorale". Empty for hand-made melodies (render.py then falls back on the
-    # collection).
+    # song", "Irish jig", "Bach chorale". Empty for hand-made melodies (captions then fall back on the
+    # collection's).
     form: str = ""
     # (start s, length s) of every full measure on the notes' clock; an opening pickup measure is left out,
-    # so the first entry is the first downbeat. The harmoniser and drum patterns follow these.
+    # so the first entry is the first downbeat. The harmoniser and the drum grooves follow these.
     bars: tuple[tuple[float, float], ...] = ()
     # The other voices of a multi-part score (a chorale's alto, tenor and bass), same clock and format as
     # `notes` except that a part may hold chords; empty for single-line tunes.
@@ -69,6 +59,7 @@ class Melody:
 
     @property
     def duration(self) -> float:
+        """Seconds from the first note's start to the last note's end."""
         return max(start + dur for _, start, dur in self.notes)
 
     def excerpt(self, seconds: float) -> Melody:
@@ -86,6 +77,17 @@ class Melody:
             bars=tuple(b for b in self.bars if b[0] < end - 1e-6),
             accompaniment=tuple(p for p in parts if p),
         )
+
+
+def collection_key(melody: Melody) -> str:
+    """The key of COLLECTIONS a melody comes from; a hand-made melody counts as a folk song (Essen's)."""
+    prefix = melody.id.split("/")[0]
+    if prefix in COLLECTIONS:
+        return prefix
+    for key, name in COLLECTIONS.items():
+        if name == melody.collection:
+            return key
+    return "essen"
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -303,7 +305,7 @@ def _abc_field(abc: str, name: str) -> str:
     return m.group(1).strip() if m else ""
 
 
-def _form(source: _Source, meter: str) -> str:
+def _form_from_metadata(source: _Source, meter: str) -> str:
     """The genre words a caption uses, from the score's metadata; see the tables above."""
     if source.collection == "bach":
         return "Bach chorale"
@@ -354,7 +356,7 @@ def _parse(source: _Source) -> Melody | None:
             part = voices["Soprano"]
             others = tuple(voices[name] for name in ("Alto", "Tenor", "Bass") if name in voices)
         melody = _melody_from_part(part, source, _title(score, source), score, others=others)
-        return None if melody is None else dataclasses.replace(melody, form=_form(source, melody.meter))
+        return None if melody is None else dataclasses.replace(melody, form=_form_from_metadata(source, melody.meter))
     except Exception:  # music21 raises many types on malformed scores; an unusable piece is just skipped
         return None
 
@@ -385,182 +387,3 @@ def iter_melodies(limit: int | None = None, seed: int = 0) -> Iterator[Melody]:
             count += 1
             if limit is not None and count >= limit:
                 return
-
-
-# ---------------------------------------------------------------------------------------------- synth
-
-
-@dataclass(frozen=True)
-class _Timbre:
-    harmonics: tuple[float, ...]  # amplitude of partial k+1 while sustained
-    attack: float  # seconds
-    release: float
-    sustain: float  # level after the attack's overshoot decays
-    vibrato_cents: float
-    legato: float  # fraction of the written duration that sounds before the release
-    noise: float = 0.0  # breath noise level relative to the partials
-    decay: float = 0.0  # > 0: plucked, amplitude decays with this time constant (s) instead of sustaining
-    dull: tuple[float, ...] = ()  # plucked: the spectrum the tone decays towards
-
-
-def _odd_heavy(n: int) -> tuple[float, ...]:
-    return tuple((1.0 / k) if k % 2 else (0.1 / k) for k in range(1, n + 1))
-
-
-_TIMBRES = {
-    "flute": _Timbre((1.0, 0.45, 0.22, 0.1, 0.06, 0.03), 0.06, 0.08, 0.85, 12.0, 0.92, noise=0.02),
-    "clarinet": _Timbre(_odd_heavy(15), 0.03, 0.06, 0.9, 4.0, 0.94),
-    "violin": _Timbre(
-        tuple((1.0 / k) * (1.6 if 3 <= k <= 6 else 1.0) for k in range(1, 21)), 0.08, 0.12, 0.8, 18.0, 0.95
-    ),
-    "organ": _Timbre((1.0, 0.7, 0.5, 0.35, 0.0, 0.25, 0.0, 0.2), 0.01, 0.04, 1.0, 0.0, 0.9),
-    "pluck": _Timbre(
-        tuple(1.0 / k**1.2 for k in range(1, 21)), 0.004, 0.05, 1.0, 0.0, 1.0, decay=0.45, dull=(1.0, 0.3, 0.1)
-    ),
-}
-_TABLE = 2048  # wavetable length; partials are band-limited per note, so linear lookup is clean enough
-
-
-def _stable_int(*parts: object) -> int:
-    """A seed that is the same in every process (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
-def pick_instrument(melody: Melody, seed: int) -> str:
-    """The instrument a (melody, seed) pair is rendered with: deterministic, roughly uniform."""
-    return INSTRUMENTS[_stable_int("instrument", melody.id, seed) % len(INSTRUMENTS)]
-
-
-@dataclass(frozen=True)
-class Performance:
-    """The random choices of one rendering, exposed so tests and reports can see them."""
-
-    detune_cents: float
-    vibrato_hz: float
-    vibrato_cents: float
-    brightness: float  # spectral tilt exponent applied to the partials
-    gain: float
-
-
-def performance(melody: Melody, instrument: str, seed: int) -> Performance:
-    rng = np.random.default_rng(_stable_int("performance", melody.id, instrument, seed))
-    timbre = _TIMBRES[instrument]
-    return Performance(
-        detune_cents=float(rng.uniform(-8.0, 8.0)),
-        vibrato_hz=float(rng.uniform(4.5, 6.5)),
-        vibrato_cents=float(timbre.vibrato_cents * rng.uniform(0.6, 1.3)),
-        brightness=float(rng.uniform(-0.3, 0.3)),
-        gain=float(rng.uniform(0.5, 0.9)),
-    )
-
-
-def _wavetable(amps: np.ndarray, f0: float, sample_rate: int) -> np.ndarray:
-    k = np.arange(1, len(amps) + 1)
-    amps = np.where(k * f0 < 0.45 * sample_rate, amps, 0.0)  # drop partials that would alias
-    x = np.arange(_TABLE + 1) / _TABLE  # one extra sample so interpolation can wrap without a modulo
-    return (amps[:, None] * np.sin(2 * np.pi * k[:, None] * x[None, :])).sum(0)
-
-
-def _lookup(table: np.ndarray, cycles: np.ndarray) -> np.ndarray:
-    pos = (cycles % 1.0) * _TABLE
-    i = pos.astype(np.int64)
-    frac = pos - i
-    return table[i] * (1.0 - frac) + table[i + 1] * frac
-
-
-def _synth_into(
-    out: np.ndarray,
-    notes: Iterable[tuple[float, float, float]],
-    sample_rate: int,
-    instrument: str,
-    perf: Performance,
-    rng: np.random.Generator,
-    velocities: Sequence[float] | None = None,
-) -> None:
-    """Add the additive-synth rendering of `notes` to `out`.
-
-    Without `velocities` the synth humanises the notes itself (onset jitter, gate, velocity), which is what
-    `render` wants; with them (0-1, one per note) the notes play exactly as given, because render.py has
-    already humanised them and reports the timing it chose.
-    """
-    timbre = _TIMBRES[instrument]
-    tilt = np.arange(1, len(timbre.harmonics) + 1, dtype=np.float64) ** -perf.brightness
-    sustained_amps = np.asarray(timbre.harmonics) * tilt
-    sustained_amps *= rng.uniform(0.8, 1.2, size=len(sustained_amps))  # per-render timbre variation
-    dull_amps = np.zeros_like(sustained_amps)
-    dull_amps[: len(timbre.dull)] = timbre.dull[: len(dull_amps)]
-    vib_phase = rng.uniform(0, 2 * np.pi)
-
-    for i, (pitch, start, dur) in enumerate(notes):
-        if velocities is None:
-            onset = max(0.0, start + rng.normal(0.0, 0.008))
-            sounding = max(0.06, dur * timbre.legato * rng.uniform(0.95, 1.02))
-        else:
-            onset, sounding = start, max(0.02, dur)
-        n0 = int(round(onset * sample_rate))
-        n = min(int((sounding + timbre.release) * sample_rate), len(out) - n0)
-        if n <= 0:
-            continue
-        t = np.arange(n) / sample_rate
-        f0 = 440.0 * 2 ** ((pitch - 69 + (perf.detune_cents + rng.normal(0.0, 2.0)) / 100.0) / 12.0)
-
-        # vibrato runs on the global clock (the player's arm doesn't restart per note) and fades in
-        fade_in = np.clip((t - 0.12) / 0.25, 0.0, 1.0)
-        vib = perf.vibrato_cents * fade_in * np.sin(2 * np.pi * perf.vibrato_hz * (onset + t) + vib_phase)
-        cycles = np.cumsum(f0 * 2 ** (vib / 1200.0)) / sample_rate + rng.uniform()
-
-        velocity = rng.uniform(0.65, 1.0)
-        if velocities is not None:
-            velocity = velocities[i]
-        if timbre.decay > 0:  # plucked: bright at the attack, decaying towards a duller spectrum
-            decay = np.exp(-t / (timbre.decay * rng.uniform(0.8, 1.2)))
-            tone = decay * (
-                decay * _lookup(_wavetable(sustained_amps, f0, sample_rate), cycles)
-                + (1 - decay) * _lookup(_wavetable(dull_amps, f0, sample_rate), cycles)
-            )
-        else:
-            tone = _lookup(_wavetable(sustained_amps, f0, sample_rate), cycles)
-            # attack overshoot decaying to the sustain level, as a bowed/blown note settles
-            tone *= timbre.sustain + (1 - timbre.sustain) * np.exp(-t / 0.1)
-            if timbre.noise > 0:
-                tone += timbre.noise * rng.standard_normal(n) * np.abs(tone).max()
-        envelope = np.minimum(1.0, t / timbre.attack) * np.clip(
-            (sounding + timbre.release - t) / timbre.release, 0.0, 1.0
-        )
-        out[n0 : n0 + n] += velocity * envelope * tone
-
-
-def render(melody: Melody, sample_rate: int, instrument: str, seed: int) -> np.ndarray:
-    """Render a melody to float32 mono audio at `sample_rate`, peak <= 1, with the additive synth.
-
-    Deterministic for (melody, sample_rate, instrument, seed); different seeds give a different detuning,
-    vibrato, dynamics and timing. The audio lasts until the last note's release has died away. Plays only
-    `melody.notes`; `diamusic.render.render_piece` is the arranged, captioned rendering.
-    """
-    if instrument not in _TIMBRES:
-        raise ValueError(f"unknown instrument {instrument!r}; choose from {INSTRUMENTS}")
-    timbre = _TIMBRES[instrument]
-    perf = performance(melody, instrument, seed)
-    rng = np.random.default_rng(_stable_int("notes", melody.id, instrument, seed))
-    tail = timbre.release + 0.25
-    out = np.zeros(int(np.ceil((melody.duration + tail + 0.05) * sample_rate)), dtype=np.float64)
-    _synth_into(out, melody.notes, sample_rate, instrument, perf, rng)
-    peak = np.abs(out).max()
-    if peak > 0:
-        out *= perf.gain / peak
-    return out.astype(np.float32)
-
-
-def caption(melody: Melody, instrument: str) -> str:
-    """A text prompt built from the piece's metadata, e.g.
-    'A folk melody in G major, 3/4, 96 bpm, played on flute. From the Essen folksongs collection.'"""
-    kind = {
-        COLLECTIONS["essen"]: "A folk melody",
-        COLLECTIONS["oneills"]: "An Irish folk tune",
-        COLLECTIONS["bach"]: "A chorale melody",
-    }.get(melody.collection, "A melody")
-    meter = "free meter" if melody.meter == "free" else melody.meter
-    return (
-        f"{kind} in {melody.key}, {meter}, {round(melody.tempo_bpm)} bpm, played on {instrument}. "
-        f"From the {melody.collection} collection."
-    )

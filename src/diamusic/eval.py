@@ -1,11 +1,6 @@
-"""Evaluating one checkpoint: teacher-forced losses (split into edge and interior frames), and
-audio generated from eval captions scored for speed, melody and closeness to the data.
-
-Edge frames: a delayed codebook sees BOS in another codebook's context near a crop's start, and
-PAD in place of lower codebooks' later frames near its end; how many frames that touches grows
-with the pattern's delays. So the loss is also reported on the interior frames only, those at
-least ``edge`` frames from both ends of their crop, where every pattern compared (``edge`` = the
-largest max delay among them) sees real frames in every codebook: a like-for-like comparison.
+"""Evaluating one checkpoint: teacher-forced losses (split into edge and interior frames, computed
+as training computes them: `diamusic.teacher_forced`), and audio generated from eval captions
+scored for speed, melody and closeness to the data.
 """
 
 from __future__ import annotations
@@ -18,17 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from diamusic import pitch
 from diamusic.config import from_dict
-from diamusic.data.dataset import CodesDataset, fixed_batches
+from diamusic.data.dataset import CodesDataset
 from diamusic.errors import DiamusicError
 from diamusic.generate import SamplingConfig, generate_codes
-from diamusic.metrics import TokenStats, token_stats
-from diamusic.patterns import DelayPattern
 from diamusic.runs import LoadedRun, load_run
-from diamusic.tokens import IGNORE_INDEX, AudioVocab
+from diamusic.teacher_forced import fixed_eval_batches, teacher_forced
 from diamusic.tracking import read_metrics
 
 IN_TUNE_CENTS = 25.0  # every pitch is within 50 cents of some semitone: a quarter of that is the test
@@ -36,52 +28,6 @@ IN_TUNE_CENTS = 25.0  # every pitch is within 50 cents of some semitone: a quart
 
 class EvalError(DiamusicError):
     """An evaluation that cannot run as asked."""
-
-
-# --- teacher-forced -----------------------------------------------------------------------------
-
-
-def interior(labels: torch.Tensor, pattern: DelayPattern, vocab: AudioVocab, edge: int) -> torch.Tensor:
-    """(B, C, S) bool: targets of frames at least ``edge`` frames from both ends of their crop.
-
-    Label position s of codebook c is frame ``s - delays[c]``; a crop's length is the count of
-    codebook 0's real-code targets (its EOS target, if any, is frame T and so an edge target).
-    """
-    steps = torch.arange(labels.shape[-1], device=labels.device)
-    delays = torch.tensor(pattern.delays, device=labels.device)
-    frame = steps[None, None, :] - delays[None, :, None]  # (1, C, S)
-    first = labels[:, 0]
-    length = ((first != IGNORE_INDEX) & (first != vocab.eos)).sum(-1)  # (B,)
-    inside = (frame >= edge) & (frame < length[:, None, None] - edge)
-    return inside & (labels != IGNORE_INDEX)
-
-
-@torch.no_grad()
-def teacher_forced(
-    model: torch.nn.Module,
-    batches: list[dict[str, torch.Tensor]],
-    pattern: DelayPattern,
-    vocab: AudioVocab,
-    edge: int,
-) -> dict[str, TokenStats]:
-    """Stats over all targets, the interior ones and the edge ones, for fixed batches."""
-    device = next(model.parameters()).device
-    parts: dict[str, TokenStats] = {}
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"],
-            use_cache=False,
-        ).logits
-        labels = batch["labels"]
-        inside = interior(labels, pattern, vocab, edge)
-        for name, keep in (("", None), ("interior/", inside), ("edge/", ~inside)):
-            masked = labels if keep is None else labels.masked_fill(~keep, IGNORE_INDEX)
-            _, stats = token_stats(logits, masked, vocab.codebook_size)
-            parts[name] = stats if name not in parts else parts[name] + stats
-    return parts
 
 
 # --- generated audio ----------------------------------------------------------------------------
@@ -154,7 +100,7 @@ def audio_features(wave: np.ndarray, rate: int) -> np.ndarray:
     """Mean and std over time of chroma (12) and MFCC (13): a clip-level summary, ours, not a learnt embedding."""
     import librosa
 
-    y = pitch._to_analysis_rate(wave, rate)
+    y = pitch.to_analysis_rate(wave, rate)
     chroma = librosa.feature.chroma_stft(y=y, sr=pitch.ANALYSIS_RATE, tuning=0.0)
     mfcc = librosa.feature.mfcc(y=y, sr=pitch.ANALYSIS_RATE, n_mfcc=13)
     return np.concatenate([chroma.mean(1), chroma.std(1), mfcc.mean(1), mfcc.std(1)])
@@ -283,12 +229,11 @@ def evaluate_run(
     result: dict[str, Any] = {"run": str(run_dir), "checkpoint": run.checkpoint.name, "edge_frames": edge}
     result["pattern"] = {"name": run.pattern.name, "delays": run.pattern.to_list()}
     losses = {}
-    for prefix, data in (("eval/", eval_data), ("train_subset/", train_data)):
-        batches = fixed_batches(
-            data, config.batch_size, config.eval.batches, run.pattern, config.data.crop_frames, config.seed
-        )
+    for prefix, batches in fixed_eval_batches(config, train_data, eval_data, run.pattern).items():
         for part, stats in teacher_forced(run.model, batches, run.pattern, run.vocab, edge).items():
             losses.update(stats.summary(prefix + part))
+    if "eval/loss" not in losses:
+        raise EvalError(f"nothing to evaluate: the run's eval.clips is {config.eval.clips} or its eval split is empty")
     losses["eval/gap"] = losses["eval/loss"] - losses["train_subset/loss"]
     result.update(losses)
     history = read_metrics(run_dir)

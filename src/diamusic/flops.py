@@ -52,7 +52,7 @@ def forward_flops(config: Any, batch: int, text_tokens: int, decoder_steps: int)
     per_text = 2 * dec.cross_hidden_size * ckv  # cross-attention keys and values: once per text byte
     attention = 4 * S * S * q + 4 * S * L * cq
     decoder = dec.num_hidden_layers * (2 * S * per_frame + 2 * L * per_text + attention)
-    head = 2 * S * D * dec.num_channels * dec.vocab_size
+    head = 2 * S * D * dec.num_channels * dec.vocab_size  # one vocabulary per codebook (`num_channels`)
     return batch * (encoder + decoder + head)
 
 

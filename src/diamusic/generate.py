@@ -10,8 +10,8 @@ means the clip has ``e - 1`` frames and codebook c's EOS follows at ``e + delays
 
 Each step's token rules run in Dia's (and transformers') order, so greedy decoding agrees with theirs
 token for token: guidance and the CFG filter's top-k over the whole vocabulary; then the ids a
-channel may not sample (every special id, EOS allowed on channel 0 only) are masked; then channel 0
-takes EOS outright if it is still the top candidate and drops it otherwise; then temperature and
+codebook may not sample (every special id, EOS allowed on codebook 0 only) are masked; then codebook
+0 takes EOS outright if it is still the top candidate and drops it otherwise; then temperature and
 top-p, which keeps a token unless the mass ranked above it exceeds p.
 """
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 class GenerationError(DiamusicError):
     """Sampling settings or an output that cannot be used; one line for the user."""
+
+
+DEFAULT_SECONDS = 10.0  # length cap of a generation when none is asked for; EOS usually ends it earlier
 
 
 @dataclass
@@ -106,7 +109,7 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         if self.compile and not self.static_cache:
             # a growing cache changes shape every step: a recompile per step until dynamo gives up
-            raise GenerationError("compiling the decode step needs the static cache (--cache static)")
+            raise GenerationError("compiling the decode step needs the static cache, not the dynamic one")
 
 
 @dataclass
@@ -155,16 +158,16 @@ def cfg_candidates(guided: torch.Tensor, top_k: int, allowed: torch.Tensor) -> t
 
 
 def eos_only_if_top(logits: torch.Tensor, eos: int) -> torch.Tensor:
-    """Channel 0 ends only when EOS is its single most likely token (Dia's rule).
+    """Codebook 0 ends only when EOS is its single most likely token (Dia's rule).
 
     Stopping is irreversible, so a low-probability EOS drawn at temperature 1 would cut the music
     short; when EOS *is* the top token it is taken outright, otherwise it is removed.
     """
-    ch0 = logits[:, 0]
-    eos_top = ch0.argmax(dim=-1) == eos
-    only_eos = torch.full_like(ch0, -math.inf)
+    first = logits[:, 0]
+    eos_top = first.argmax(dim=-1) == eos
+    only_eos = torch.full_like(first, -math.inf)
     only_eos[:, eos] = 0.0
-    no_eos = ch0.clone()
+    no_eos = first.clone()
     no_eos[:, eos] = -math.inf
     logits = logits.clone()
     logits[:, 0] = torch.where(eos_top[:, None], only_eos, no_eos)
@@ -215,12 +218,12 @@ def generate_codes(
     _check_model(model, texts, pattern, vocab, sampling)
     start = time.perf_counter()
     device = model.device
-    batch, channels = len(texts), pattern.num_codebooks
+    batch, codebooks = len(texts), pattern.num_codebooks
     delays = torch.tensor(pattern.delays, device=device)  # (C,)
     allowed = sampleable(vocab, device)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     max_steps = pattern.decode_steps(sampling.max_frames)
-    cap_step = sampling.max_frames + 1  # channel 0's EOS step for a clip of exactly max_frames
+    cap_step = sampling.max_frames + 1  # codebook 0's EOS step for a clip of exactly max_frames
 
     # Encode the texts once. With CFG the unconditional rows are the *training* "no text" input
     # (encode_text(None)), appended after the conditional rows: one batched decoder pass serves both.
@@ -233,9 +236,9 @@ def generate_codes(
         cache = new_cache(model, max_steps, input_ids.shape[1], options.static_cache)
         compiled = _compiled_step(device) if options.compile else None
 
-        tokens = torch.full((batch, max_steps + 1, channels), vocab.pad, dtype=torch.long, device=device)
+        tokens = torch.full((batch, max_steps + 1, codebooks), vocab.pad, dtype=torch.long, device=device)
         tokens[:, 0] = vocab.bos
-        eos_step = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: channel 0 still going
+        eos_step = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: codebook 0 still going
         natural_eos = torch.zeros(batch, dtype=torch.bool, device=device)
         step = 0
         for step in range(1, max_steps + 1):
@@ -249,23 +252,13 @@ def generate_codes(
             # in-place cache writes), and fills the cross-attention cache; the rest share one graph.
             step_logits = decoder_step if compiled is None or step == 1 else compiled
             logits = step_logits(model, previous, position, encoder_hidden, text_mask, cache)
-            logits = logits.view(-1, channels, vocab.vocab_size).float()  # (B|2B, C, V)
+            logits = logits.view(-1, codebooks, vocab.vocab_size).float()  # (B|2B, C, V)
 
-            # 2. guidance, then the sampling rules: no special ids except EOS on channel 0
-            if sampling.uses_cfg:
-                cond, uncond = logits.split(batch)
-                logits = guide(cond, uncond, sampling.cfg_scale, sampling.cfg_filter_top_k, allowed)
-            else:
-                logits = logits.masked_fill(~allowed, -math.inf)
-            logits = eos_only_if_top(logits, vocab.eos)
-            sampled = sample_logits(logits, sampling.temperature, sampling.top_p, generator)  # (B, C)
+            # 2. guidance, then the sampling rules: no special ids except EOS on codebook 0
+            sampled = sample_step(logits, sampling, allowed, vocab, generator)  # (B, C)
 
-            # 3. channel 0 decides the end: its EOS (or the length cap) fixes e for the sample
-            going = eos_step < 0
-            chose_eos = going & (sampled[:, 0] == vocab.eos)
-            natural_eos |= chose_eos
-            ends_now = chose_eos | (going & (step == cap_step))
-            eos_step = torch.where(ends_now, step, eos_step)
+            # 3. codebook 0 decides the end: its EOS (or the length cap) fixes e for the sample
+            eos_step = mark_ends(sampled, step, eos_step, natural_eos, cap_step, vocab.eos)
 
             # 4. forced tokens: BOS before a codebook starts, its EOS and then PAD after the end
             tokens[:, step] = force_delay_tokens(sampled, step, eos_step, delays, vocab)
@@ -282,12 +275,7 @@ def generate_codes(
     step = min(step, int(eos_step.max()) + pattern.max_delay)
     delayed = tokens[:, : step + 1]
     frames = (eos_step - 1).tolist()
-    # revert the delay on steps 1..: frame t of channel c sits at step t + 1 + d_c
-    reverted = pattern.revert(delayed[:, 1:])
-    codes = [reverted[b, : frames[b]].cpu().numpy().astype(np.int64) for b in range(batch)]
-    for b, c in enumerate(codes):
-        if c.size and (c.min() < 0 or c.max() >= vocab.codebook_size):
-            raise RuntimeError(f"sample {b}: generated frames contain a special token (a decode-loop bug)")
+    codes = frames_of(delayed, frames, pattern, vocab)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return GenerationResult(
@@ -298,6 +286,46 @@ def generate_codes(
         seconds=time.perf_counter() - start,
         delayed=delayed.cpu(),
     )
+
+
+def mark_ends(
+    sampled: torch.Tensor, step: int, eos_step: torch.Tensor, natural_eos: torch.Tensor, cap_step: int, eos: int
+) -> torch.Tensor:
+    """The EOS step of each sample (-1 while codebook 0 is still going), once it chose EOS or reached
+    the length cap; ``natural_eos`` is updated in place for the samples that chose it."""
+    going = eos_step < 0
+    chose_eos = going & (sampled[:, 0] == eos)
+    natural_eos |= chose_eos
+    return torch.where(chose_eos | (going & (step == cap_step)), step, eos_step)
+
+
+def sample_step(
+    logits: torch.Tensor,
+    sampling: SamplingConfig,
+    allowed: torch.Tensor,
+    vocab: AudioVocab,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(B, C) tokens from one step's (B|2B, C, V) logits: guidance (the unconditional rows come
+    second), the sampling rules (no special ids except EOS on codebook 0), then sampling."""
+    if sampling.uses_cfg:
+        cond, uncond = logits.split(logits.shape[0] // 2)
+        logits = guide(cond, uncond, sampling.cfg_scale, sampling.cfg_filter_top_k, allowed)
+    else:
+        logits = logits.masked_fill(~allowed, -math.inf)
+    logits = eos_only_if_top(logits, vocab.eos)
+    return sample_logits(logits, sampling.temperature, sampling.top_p, generator)
+
+
+def frames_of(delayed: torch.Tensor, frames: list[int], pattern: DelayPattern, vocab: AudioVocab) -> list[np.ndarray]:
+    """Each sample's (frames, C) real codes from the decoder's (B, S, C) tokens, BOS step first:
+    frame t of codebook c sits at step t + 1 + d_c."""
+    reverted = pattern.revert(delayed[:, 1:])
+    codes = [reverted[b, : frames[b]].cpu().numpy().astype(np.int64) for b in range(len(frames))]
+    for b, c in enumerate(codes):
+        if c.size and (c.min() < 0 or c.max() >= vocab.codebook_size):
+            raise RuntimeError(f"sample {b}: generated frames contain a special token (a decode-loop bug)")
+    return codes
 
 
 def new_cache(model: DiaForConditionalGeneration, steps: int, text_length: int, static: bool) -> Any:
@@ -367,7 +395,7 @@ def _check_model(
     dec = config.decoder_config
     if (dec.num_channels, dec.vocab_size) != (vocab.num_codebooks, vocab.vocab_size):
         raise GenerationError(
-            f"the model has {dec.num_channels} channels x vocab {dec.vocab_size}, the vocabulary "
+            f"the model has {dec.num_channels} codebooks x vocab {dec.vocab_size}, the vocabulary "
             f"{vocab.num_codebooks} x {vocab.vocab_size}"
         )
     most = longest_cap(model, pattern)

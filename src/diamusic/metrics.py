@@ -92,8 +92,8 @@ def token_stats(
     """
     if logits.ndim == 3:  # accept transformers' flat layout too
         logits = split_logits(logits, labels.shape[1])
-    batch, channels, steps, vocab = logits.shape
-    if labels.shape != (batch, channels, steps):
+    batch, codebooks, steps, vocab = logits.shape
+    if labels.shape != (batch, codebooks, steps):
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
     flat = logits.reshape(-1, vocab)
     flat_labels = labels.reshape(-1)
@@ -101,8 +101,8 @@ def token_stats(
     # float32 log-softmax for bf16/fp16 logits (no copy when they are float32 already);
     # ignored rows come out as exactly 0
     per_token = F.cross_entropy(flat.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="none")
-    loss_per_cb = per_token.view(batch, channels, steps).sum(dim=(0, 2))
-    weights = loss_per_cb.new_ones(channels) if codebook_weights is None else codebook_weights.to(loss_per_cb)
+    loss_per_cb = per_token.view(batch, codebooks, steps).sum(dim=(0, 2))
+    weights = loss_per_cb.new_ones(codebooks) if codebook_weights is None else codebook_weights.to(loss_per_cb)
     weighted = (loss_per_cb * weights).sum()
 
     with torch.no_grad():
@@ -121,9 +121,9 @@ def _entropy_sums(logits: torch.Tensor, valid: torch.Tensor, codebook_size: int)
 
     Chunking bounds the temporary float32 copy (Dia-1.6B: V=1028, T up to 3072 per sample).
     """
-    batch, channels, steps, _ = logits.shape
-    sums = torch.zeros(channels, dtype=torch.float64, device=logits.device)
-    per_chunk = max(1, ENTROPY_CHUNK_ROWS // (channels * steps))
+    batch, codebooks, steps, _ = logits.shape
+    sums = torch.zeros(codebooks, dtype=torch.float64, device=logits.device)
+    per_chunk = max(1, ENTROPY_CHUNK_ROWS // (codebooks * steps))
     for start in range(0, batch, per_chunk):
         logp = torch.log_softmax(logits[start : start + per_chunk, ..., :codebook_size].float(), dim=-1)
         # xlogy-style: p*log p with p=0 contributes 0, never nan

@@ -94,7 +94,7 @@ def model_config(preset: str | ModelPreset, pattern: DelayPattern, vocab: AudioV
         cross_hidden_size=p.encoder_hidden,
         max_position_embeddings=p.audio_positions,
         vocab_size=vocab.vocab_size,
-        num_channels=vocab.num_codebooks,
+        num_channels=vocab.num_codebooks,  # transformers' name for the codebook count
         eos_token_id=vocab.eos,
         pad_token_id=vocab.pad,
         bos_token_id=vocab.bos,
@@ -120,9 +120,10 @@ def load_pretrained(
 ) -> tuple[DiaForConditionalGeneration, list[str]]:
     """Load a Dia checkpoint (hub id or local dir) for this run; returns (model, notes to log).
 
-    The checkpoint's channels and vocabulary must match the dataset's codec (its embeddings and
-    head are laid out per code). The delay pattern is only a data layout, so the run's pattern
-    replaces the checkpoint's, with a note: the model then fine-tunes into the new layout.
+    The checkpoint's codebooks (transformers' ``num_channels``) and vocabulary must match the
+    dataset's codec (its embeddings and head are laid out per code). The delay pattern is only a
+    data layout, so the run's pattern replaces the checkpoint's, with a note: the model then
+    fine-tunes into the new layout.
     """
     from transformers import DiaForConditionalGeneration
 

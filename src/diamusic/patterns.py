@@ -45,9 +45,9 @@ class DelayPattern:
             if d < 0:
                 raise PatternError(f"delay pattern {list(self.delays)}: delays must be >= 0, got {d}")
         if self.delays[0] != 0:
-            # Dia's generation uses channel 0 as the reference for length and EOS
+            # Dia's generation uses codebook 0 as the reference for length and EOS
             raise PatternError(
-                f"delay pattern {list(self.delays)}: channel 0 must have delay 0 "
+                f"delay pattern {list(self.delays)}: codebook 0 must have delay 0 "
                 f"(Dia uses it as the reference for length and EOS), got {self.delays[0]}"
             )
 
@@ -105,7 +105,7 @@ class DelayPattern:
         return self.max_delay
 
     def decode_steps(self, num_frames: int) -> int:
-        """Decoder steps to emit ``num_frames`` frames on every codebook, each channel's EOS included."""
+        """Decoder steps to emit ``num_frames`` frames on every codebook, each codebook's EOS included."""
         return num_frames + self.max_delay + 1
 
     def __str__(self) -> str:
@@ -123,13 +123,13 @@ class DelayPattern:
     def apply(self, codes: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
         """(B, T, C) frames -> (B, T + max_delay, C) steps, BOS before and PAD after each codebook."""
         self._check(codes)
-        batch, frames, channels = codes.shape
+        batch, frames, codebooks = codes.shape
         steps = frames + self.max_delay
         delays = torch.tensor(self.delays, device=codes.device)
         source = torch.arange(steps, device=codes.device)[:, None] - delays[None, :]  # (S, C)
-        index = source.clamp(0, max(frames - 1, 0)).expand(batch, steps, channels)
+        index = source.clamp(0, max(frames - 1, 0)).expand(batch, steps, codebooks)
         if frames == 0:
-            gathered = torch.full((batch, steps, channels), pad, dtype=codes.dtype, device=codes.device)
+            gathered = torch.full((batch, steps, codebooks), pad, dtype=codes.dtype, device=codes.device)
         else:
             gathered = codes.gather(1, index)
         out = torch.where(source < 0, torch.as_tensor(bos, dtype=codes.dtype, device=codes.device), gathered)
@@ -138,13 +138,13 @@ class DelayPattern:
     def revert(self, delayed: torch.Tensor) -> torch.Tensor:
         """(B, S, C) steps -> (B, S - max_delay, C) frames; the exact inverse of ``apply``."""
         self._check(delayed)
-        batch, steps, channels = delayed.shape
+        batch, steps, codebooks = delayed.shape
         frames = steps - self.max_delay
         if frames < 0:
             raise PatternError(f"{steps} steps are fewer than the pattern's max delay {self.max_delay}")
         delays = torch.tensor(self.delays, device=delayed.device)
         index = torch.arange(frames, device=delayed.device)[:, None] + delays[None, :]
-        return delayed.gather(1, index.expand(batch, frames, channels))
+        return delayed.gather(1, index.expand(batch, frames, codebooks))
 
     # --- description --------------------------------------------------------------------------
 

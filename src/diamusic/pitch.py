@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 
 import librosa
-import mir_eval
 import numpy as np
+
+from diamusic.errors import DiamusicError
 
 ANALYSIS_RATE = 22050
 FRAME_LENGTH = 2048  # 93 ms: several periods of the lowest f0 we track (80 Hz)
@@ -32,7 +33,12 @@ _MODES = {
 }
 
 
-def _to_analysis_rate(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+class KeyNameError(DiamusicError):
+    """A musical key's name that cannot be read, e.g. 'H major' or 'C bogus'."""
+
+
+def to_analysis_rate(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A wave as mono float32 at ANALYSIS_RATE, the rate every measure here works at."""
     wave = np.asarray(wave, dtype=np.float32).reshape(-1)
     if sample_rate != ANALYSIS_RATE:
         wave = librosa.resample(wave, orig_sr=sample_rate, target_sr=ANALYSIS_RATE)
@@ -48,7 +54,7 @@ def pitch_track(
     pyin reports f0 on a grid of 10-cent bins counted from fmin; we move fmin down onto the equal-tempered
     grid of A440 so that in-tune notes land on a bin centre and the error is at most 5 cents.
     """
-    y = _to_analysis_rate(wave, sample_rate)
+    y = to_analysis_rate(wave, sample_rate)
     if len(y) < FRAME_LENGTH:  # pyin needs one full frame; pad short clips with silence
         y = np.pad(y, (0, FRAME_LENGTH - len(y)))
     step = 100.0 * RESOLUTION
@@ -82,6 +88,8 @@ def raw_pitch_accuracy(
     est_t, est_f, _ = pitch_track(est_wave, sample_rate)
     if not ref_v.any():
         return float("nan")
+    import mir_eval  # a second of scipy.stats at import: only here, not on every CLI start
+
     ref_voicing, ref_cent, est_voicing, est_cent = mir_eval.melody.to_cent_voicing(ref_t, ref_f, est_t, est_f)
     return float(mir_eval.melody.raw_pitch_accuracy(ref_voicing, ref_cent, est_voicing, est_cent, cent_tolerance))
 
@@ -90,11 +98,11 @@ def parse_key(key: str) -> tuple[int, str]:
     """'G major' / 'F# minor' / 'B- minor' (music21 flats) / 'Bb dorian' -> (tonic pitch class, mode)."""
     m = re.fullmatch(r"\s*([A-Ga-g])([#b\-♯♭]*)\s*([A-Za-z]*)\s*", key)
     if m is None:
-        raise ValueError(f"cannot parse key {key!r}; expected e.g. 'G major' or 'F# minor'")
+        raise KeyNameError(f"cannot parse key {key!r}; expected e.g. 'G major' or 'F# minor'")
     letter, accidentals, mode = m.groups()
     mode = (mode or "major").lower()
     if mode not in _MODES:
-        raise ValueError(f"unknown mode {mode!r} in key {key!r}; known: {sorted(_MODES)}")
+        raise KeyNameError(f"unknown mode {mode!r} in key {key!r}; known: {', '.join(sorted(_MODES))}")
     shift = sum(1 if a in "#♯" else -1 for a in accidentals)
     return (_PITCH_CLASSES[letter.upper()] + shift) % 12, mode
 
@@ -151,7 +159,7 @@ def chroma_cosine(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) 
     """
     profiles = []
     for wave in (ref_wave, est_wave):
-        y = _to_analysis_rate(wave, sample_rate)
+        y = to_analysis_rate(wave, sample_rate)
         # 4096-point frames resolve semitones down to ~100 Hz. norm=None keeps each frame's energy, so the
         # sum is energy-weighted: loud notes dominate and near-silent frames add (almost) nothing
         power = np.abs(librosa.stft(y, n_fft=4096, hop_length=1024)) ** 2

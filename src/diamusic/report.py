@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from diamusic.ablate import PLAN_FILE, AblationError, run_name
+from diamusic.checkpoints import step_of
 from diamusic.patterns import DelayPattern
-from diamusic.runs import DEMOS, step_of
+from diamusic.runs import DEMOS
 from diamusic.stats import Estimate, mean_ci
 from diamusic.tracking import read_metrics
 

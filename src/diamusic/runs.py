@@ -4,20 +4,16 @@ A run directory holds ``run.json`` (resolved config, pattern, dataset fingerprin
 code version, notes), ``config.yaml``, ``metrics.jsonl``, ``codec/`` (so generation needs only
 the run), ``checkpoints/step_XXXXXX/`` and ``demos/step_XXXXXX/``.
 
-A checkpoint is written as ``step_XXXXXX.tmp``, flushed, then renamed, so a directory named
-``step_XXXXXX`` is a finished write; its ``manifest.json`` holds each file's size and SHA-256,
-checked before the checkpoint is loaded, so a file damaged later is caught and named.
+How a checkpoint is written and checked is `diamusic.checkpoints`' business.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +22,7 @@ import torch
 import yaml
 
 from diamusic import __version__
+from diamusic.checkpoints import CheckpointError, checkpoint_dir, checkpoints_of, step_name, step_of, verify_checkpoint
 from diamusic.codecs import Codec, load_codec
 from diamusic.config import TrainConfig, to_dict
 from diamusic.errors import DiamusicError, first_line
@@ -39,39 +36,15 @@ if TYPE_CHECKING:
     from diamusic.data.dataset import CodesDataset
 
 RUN_FILE = "run.json"
-CHECKPOINTS = "checkpoints"
 DEMOS = "demos"
-MANIFEST = "manifest.json"
 
 
 class RunError(DiamusicError):
     """A run directory or resume request that cannot be honoured; one line for the user."""
 
 
-class CheckpointError(RunError):
-    """A checkpoint that is damaged (fails its manifest) or could not be written."""
-
-
-def step_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / step_name(step)
-
-
 def demo_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / DEMOS / step_name(step)
-
-
-def step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step_"))
-
-
-def checkpoints_of(run_dir: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (a write in progress is a ``.tmp`` directory)."""
-    root = Path(run_dir) / CHECKPOINTS
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
 
 
 def resolve_checkpoint(run_dir: Path, which: str | int = "latest") -> Path:
@@ -88,80 +61,6 @@ def resolve_checkpoint(run_dir: Path, which: str | int = "latest") -> Path:
         steps = ", ".join(str(step_of(p)) for p in found)
         raise RunError(f"{run_dir} has no checkpoint at step {int(which)} (have: {steps})")
     return wanted
-
-
-# --- checkpoint integrity ------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a directory's entries (so a rename inside it survives a power cut)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_manifest(folder: Path) -> None:
-    """Checksum every file of a finished checkpoint write into its manifest and flush all to disk."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
-    for path in [*files, folder / MANIFEST, *{p.parent for p in files}, folder]:
-        fsync_path(path)
-
-
-def checkpoint_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _model_file(name: str) -> bool:
-    return name == "config.json" or (name.endswith(".safetensors") and "/" not in name)
-
-
-def verify_checkpoint(folder: Path, model_only: bool = False) -> None:
-    """Refuse a checkpoint whose files differ from its manifest; ``model_only`` checks just the
-    files generation reads (config and weights), not the optimizer state."""
-    manifest = folder / MANIFEST
-    if not manifest.exists():
-        raise CheckpointError(
-            f"checkpoint {folder} has no {MANIFEST}, so its files cannot be checked "
-            "(written by an older diamusic, or copied in part)"
-        )
-    try:
-        entries = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {folder}: {manifest.name} is damaged ({exc})") from exc
-    for name, want in entries.items():
-        if model_only and not _model_file(name):
-            continue
-        path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {folder}: {name} is missing")
-        size = path.stat().st_size
-        if size != want["bytes"]:
-            raise CheckpointError(
-                f"checkpoint {folder}: {name} is truncated or changed ({size} of {want['bytes']} bytes)"
-            )
-        if _sha256(path) != want["sha256"]:
-            raise CheckpointError(f"checkpoint {folder}: {name} is corrupted (its SHA-256 differs from the manifest)")
-
-
-def newest_intact_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
-    """The newest checkpoint that passes its manifest; each damaged newer one is reported to ``warn``."""
-    for ckpt in reversed(checkpoints_of(run_dir)):
-        try:
-            verify_checkpoint(ckpt)
-        except CheckpointError as exc:
-            warn(f"{exc}; trying an older checkpoint")
-            continue
-        return ckpt
-    return None
 
 
 def code_version() -> str:

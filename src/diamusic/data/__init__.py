@@ -19,11 +19,59 @@ may be learnt). Modules: ``sources`` (inputs and captions), ``prepare`` (sharded
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from diamusic.errors import DiamusicError
 
 # 2: clips carry ``final``; a dataset without it would put EOS at every cut
 FORMAT = 2
+CARD_FILE = "card.json"
+CODEC_KEYS = ("name", "fingerprint", "sample_rate", "frame_rate", "num_codebooks", "codebook_size")
 
 
 class DataError(DiamusicError):
     """A dataset problem the user can fix; the message is one line."""
+
+
+def read_json(path: Path) -> Any:
+    """One of a dataset's JSON files; a damaged one (edited, or cut short by a full disk) is a DataError."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({type(exc).__name__})") from exc
+
+
+def read_card(dataset: str | Path) -> dict[str, Any]:
+    """A prepared dataset's card, checked for what readers of the dataset use."""
+    path = Path(dataset) / CARD_FILE
+    if not path.exists():
+        raise DataError(f"{dataset} is not a prepared dataset (no {CARD_FILE}): prepare it first")
+    card = read_json(path)
+    if not isinstance(card, dict):
+        raise DataError(f"{path}: expected a JSON object, got a {type(card).__name__}")
+    if card.get("format", 1) != FORMAT:
+        # older datasets do not say which clip ends its source: training would put EOS at every cut
+        raise DataError(
+            f"{dataset} was prepared by an older diamusic (dataset format {card.get('format', 1)}, "
+            f"need {FORMAT}): run the same prepare again to update it"
+        )
+    codec = card.get("codec")
+    missing = [k for k in ("fingerprint", "codec") if k not in card]
+    missing += [f"codec.{k}" for k in CODEC_KEYS if isinstance(codec, dict) and k not in codec]
+    if missing or not isinstance(codec, dict):
+        raise DataError(f"{path}: no {', '.join(missing) or 'codec object'}: run the same prepare again")
+    return card
+
+
+def card_codebooks(dataset: str | Path) -> int | None:
+    """The codebook count a dataset's card records; None where there is no card (yet)."""
+    if not (Path(dataset) / CARD_FILE).exists():
+        return None
+    card = read_json(Path(dataset) / CARD_FILE)
+    codec = card.get("codec") if isinstance(card, dict) else None
+    codebooks = codec.get("num_codebooks") if isinstance(codec, dict) else None
+    if isinstance(codebooks, bool) or not isinstance(codebooks, int):
+        raise DataError(f"{Path(dataset) / CARD_FILE}: no codebook count (codec.num_codebooks)")
+    return codebooks

@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diamusic.data import FORMAT, DataError
+from diamusic.data import DataError, read_card
 from diamusic.patterns import DelayPattern
 from diamusic.tokens import AudioVocab, build_decoder_batch, encode_text
 
 OPEN_SHARDS = 64  # memory maps kept open per dataset object
+INDEX_FILE = "index.jsonl"
+ROW_KEYS = ("id", "text", "frames", "offset", "shard", "split", "final")  # what reading a clip needs
 
 
 class CodesDataset:
@@ -25,17 +27,8 @@ class CodesDataset:
 
     def __init__(self, path: str | Path, split: str | None = "train") -> None:
         self.path = Path(path)
-        card_path = self.path / "card.json"
-        if not card_path.exists():
-            raise DataError(f"{self.path} is not a prepared dataset (no card.json): prepare it first")
-        self.card: dict[str, Any] = json.loads(card_path.read_text())
-        if self.card.get("format", 1) != FORMAT:
-            # older datasets do not say which clip ends its source: training would put EOS at every cut
-            raise DataError(
-                f"{self.path} was prepared by an older diamusic (dataset format {self.card.get('format', 1)}, "
-                f"need {FORMAT}): run the same prepare again to update it"
-            )
-        rows = [json.loads(line) for line in (self.path / "index.jsonl").read_text().splitlines()]
+        self.card: dict[str, Any] = read_card(self.path)
+        rows = _read_index(self.path / INDEX_FILE)
         self.rows = [r for r in rows if split is None or r["split"] == split]
         self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -71,6 +64,19 @@ class CodesDataset:
     def final(self, i: int) -> bool:
         """Whether clip i is the last piece of its source, so that its end is the music's end."""
         return self.rows[i]["final"]
+
+
+def _read_index(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg}): run the same prepare again") from exc
+        if not isinstance(row, dict) or any(k not in row for k in ROW_KEYS):
+            raise DataError(f"{path}:{n}: expected a clip with {', '.join(ROW_KEYS)}: run the same prepare again")
+        rows.append(row)
+    return rows
 
 
 @dataclass(frozen=True)

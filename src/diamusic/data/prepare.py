@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from diamusic.codecs import Codec, codec_class, load_codec
-from diamusic.data import FORMAT, DataError
+from diamusic.data import CARD_FILE, FORMAT, DataError, read_json
 from diamusic.data.sources import (
     MIN_CLIP_SECONDS,
     Rejected,
@@ -70,12 +70,7 @@ def prepare(
     start = time.time()
     out = Path(out)
     index, count = shard
-    if not (count >= 1 and 0 <= index < count):
-        raise DataError(f"shard {index}/{count}: expected i/n with 0 <= i < n")
-    if not 0 <= eval_fraction < 1:
-        raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    if not max_seconds > MIN_CLIP_SECONDS:
-        raise DataError(f"max_seconds must be > {MIN_CLIP_SECONDS}, got {max_seconds}")
+    _check_arguments(shard, eval_fraction, max_seconds)
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
     corpus = corpus_options(source, corpus)
@@ -111,17 +106,9 @@ def prepare(
         bar = tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
     for s in todo:
         members = items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]
-        array, rows, seconds, spent = _encode_shard(s, members, split, codec_obj, max_seconds)
+        seconds, spent = _write_shard(out, s, members, split, codec_obj, max_seconds)
         audio_seconds += seconds
         encode_seconds += spent
-        base = out / "shards" / f"{s:05d}"
-        codes = io.BytesIO()
-        np.save(codes, array)
-        # the .jsonl goes last: its presence is what marks the shard done
-        files = {".npy": codes.getvalue(), ".jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode()}
-        _check_space(out, sum(len(data) for data in files.values()))
-        for suffix, data in files.items():
-            _atomic_write(base.with_suffix(suffix), data)
         if bar:
             bar.update(len(members))
     if bar:
@@ -138,6 +125,33 @@ def prepare(
     return PrepareResult(
         clips, hours, rejected, time.time() - start, audio_seconds, encode_seconds, complete, truncated
     )
+
+
+def _check_arguments(shard: tuple[int, int], eval_fraction: float, max_seconds: float) -> None:
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise DataError(f"shard {index}/{count}: expected i/n with 0 <= i < n")
+    if not 0 <= eval_fraction < 1:
+        raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    if not max_seconds > MIN_CLIP_SECONDS:
+        raise DataError(f"max_seconds must be > {MIN_CLIP_SECONDS}, got {max_seconds}")
+
+
+def _write_shard(
+    out: Path, shard: int, members: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float
+) -> tuple[float, float]:
+    """Encode one shard and write it (codes, then the rows that mark it done); returns the seconds
+    of audio and of encoding."""
+    array, rows, seconds, spent = _encode_shard(shard, members, split, codec, max_seconds)
+    base = out / "shards" / f"{shard:05d}"
+    codes = io.BytesIO()
+    np.save(codes, array)
+    # the .jsonl goes last: its presence is what marks the shard done
+    files = {".npy": codes.getvalue(), ".jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode()}
+    _check_space(out, sum(len(data) for data in files.values()))
+    for suffix, data in files.items():
+        _atomic_write(base.with_suffix(suffix), data)
+    return seconds, spent
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -161,7 +175,9 @@ def _check_same_job(out: Path, job: dict[str, Any]) -> None:
     """Refuse to resume into a directory prepared with other settings (that would mix datasets)."""
     path = out / "job.json"
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = read_json(path)
+        if not isinstance(previous, dict):
+            raise DataError(f"{path}: expected a JSON object of prepare settings: prepare into another directory")
         if previous != job:
             diff = next(k for k in job if previous.get(k) != job[k])
             raise DataError(
@@ -321,5 +337,5 @@ def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, 
     }
     _atomic_write(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in clips).encode())
     _atomic_write(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
-    _atomic_write(out / "card.json", json.dumps(card, indent=2).encode())
+    _atomic_write(out / CARD_FILE, json.dumps(card, indent=2).encode())
     return card
