@@ -34,7 +34,7 @@ def melody_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(melody_dataset, tmp_path_factory):
-    """A short tiny-model run with demos every 5 steps (shared, read-only)."""
+    """A short tiny-model run with samples every 5 steps (shared, read-only)."""
     from diamusic.config import load_config
     from diamusic.train import train
 
@@ -46,8 +46,8 @@ def tiny_run(melody_dataset, tmp_path_factory):
         "eval.every": 10,
         "eval.clips": 4,
         "checkpoints.every": 5,
-        "demos.every": 5,
-        "demos.seconds": 0.3,
+        "samples.every": 5,
+        "samples.seconds": 0.3,
         "tracking.backends": ["tensorboard"],
     }
     out = tmp_path_factory.mktemp("runs") / "tiny"
@@ -82,12 +82,12 @@ def ragged_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_ablation(melody_dataset, tmp_path_factory):
-    """Two patterns x two seeds, four steps each, with demos and one generation per run (shared, read-only)."""
+    """Two patterns x two seeds, four steps each, with samples and one generation per run (shared, read-only)."""
     from diamusic.ablate import ablate
 
     overrides = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.clips": 2, "eval.every": 4,
-                 "checkpoints.every": 4, "logging.every": 1, "optim.warmup_steps": 1, "demos.every": 2,
-                 "demos.seconds": 0.3}  # fmt: skip
+                 "checkpoints.every": 4, "logging.every": 1, "optim.warmup_steps": 1, "samples.every": 2,
+                 "samples.seconds": 0.3}  # fmt: skip
     out = tmp_path_factory.mktemp("ablation") / "ab"
     ablate(melody_dataset, out, "dia,musicgen", 2, overrides=overrides, prompts=2, seconds=0.3, progress=False)
     return out

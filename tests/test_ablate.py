@@ -95,7 +95,7 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
 
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--seeds", "2", "--quiet"]
-    args += ["--set", "batch_size=2", "--set", "eval.clips=2", "--set", "demos.seconds=0.2", *extra]
+    args += ["--set", "batch_size=2", "--set", "eval.clips=2", "--set", "samples.seconds=0.2", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
 
 
@@ -109,7 +109,7 @@ def test_demo_trains_every_pattern_and_seed_and_writes_the_table(tmp_path):
     for name in ("musicgen", "dia"):
         assert 0 < loss["per_pattern"][name]["mean"] < 10 and loss["per_pattern"][name]["n"] == 2
         run = out / "runs" / name / "seed0"
-        wavs = sorted((run / "demos" / "step_000004").glob("demo_*.wav"))
+        wavs = sorted((run / "samples" / "step_000004").glob("sample_*.wav"))
         assert wavs and all(np.isfinite(sf.read(w)[0]).all() for w in wavs)
     assert "| eval loss ↓ |" in first.stdout and "musicgen - dia" in first.stdout
     # a re-run reuses the data and the finished runs: the same table, nothing refitted or retrained

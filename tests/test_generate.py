@@ -419,7 +419,7 @@ def test_sampling_config_validation():
 
 
 def test_generates_through_a_lora_wrapper():
-    """Training with LoRA hands a PeftModel to the demo hook: same codes as the bare model at init."""
+    """Training with LoRA hands a PeftModel to the samples hook: same codes as the bare model at init."""
     peft = pytest.importorskip("peft")
     pattern = DelayPattern.parse("dia")
     model = tiny("dia")
@@ -430,21 +430,21 @@ def test_generates_through_a_lora_wrapper():
     assert torch.equal(bare.delayed, wrapped.delayed)  # LoRA's B starts at zero
 
 
-# --- run directories, demos and the CLI ---------------------------------------------------------
+# --- run directories, samples at checkpoints and the CLI ----------------------------------------
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([DIAMUSIC, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_demo_hook_writes_audio_during_training(tiny_run):
+def test_samples_are_written_at_checkpoints_during_training(tiny_run):
     from diamusic.codecs import load_codec
 
     codec = load_codec(tiny_run / "codec")
     for step in (5, 10):
-        folder = tiny_run / "demos" / f"step_{step:06d}"
-        wavs = sorted(folder.glob("demo_*.wav"))
-        assert len(wavs) == 2  # demo_num_prompts in tiny-cpu.yaml
+        folder = tiny_run / "samples" / f"step_{step:06d}"
+        wavs = sorted(folder.glob("sample_*.wav"))
+        assert len(wavs) == 2  # samples.num_prompts in tiny-cpu.yaml
         for wav in wavs:
             audio, rate = sf.read(wav)
             assert rate == codec.sample_rate and len(audio) > 0 and np.isfinite(audio).all()

@@ -336,10 +336,10 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     assert load_run(tmp_path / "fsdp", device="cpu").checkpoint == last
 
     # LoRA and bf16 under FSDP: adapters train as without sharding and the run loads (merged) for
-    # generation; a demo step writes a checkpoint (no process holds the whole model), the demo comes from it
+    # generation; a samples step writes a checkpoint (no process holds the whole model), the samples come from it
     lora = {"model.lora_rank": 4, "precision": "bf16"}
-    demos = {"demos.every": 2, "demos.seconds": 0.2, "checkpoints.every": 4}
-    _run_script(tmp_path, launch, data, "fsdp_lora", 2, fsdp_on_cpu=True, **lora, **demos)
+    samples = {"samples.every": 2, "samples.seconds": 0.2, "checkpoints.every": 4}
+    _run_script(tmp_path, launch, data, "fsdp_lora", 2, fsdp_on_cpu=True, **lora, **samples)
     _run_script(tmp_path, [sys.executable], data, "single_lora", 4, **lora)
     _assert_same_curves(tmp_path, "single_lora", "fsdp_lora", rel=1e-2)  # bf16 weights vs bf16 autocast
     weights = load_file(checkpoints_of(tmp_path / "fsdp_lora")[-1] / "model.safetensors")
@@ -347,7 +347,7 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     assert load_run(tmp_path / "fsdp_lora", device="cpu").model.config.delay_pattern == list(range(9))
     assert [p.name for p in checkpoints_of(tmp_path / "fsdp_lora")] == ["step_000002", "step_000004"]
     for step in ("step_000002", "step_000004"):
-        assert list((tmp_path / "fsdp_lora" / "demos" / step).glob("*.wav")), step
+        assert list((tmp_path / "fsdp_lora" / "samples" / step).glob("*.wav")), step
 
 
 def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tmp_path, monkeypatch):

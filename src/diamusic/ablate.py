@@ -385,4 +385,4 @@ def demo(
 
 def _demo_overrides(steps: int) -> dict[str, Any]:
     # evaluations cost no randomness, so three points on the eval curve change nothing else
-    return {"data.crop_frames": 86, "eval.every": max(1, steps // 3), "demos.every": max(1, steps // 2)}
+    return {"data.crop_frames": 86, "eval.every": max(1, steps // 3), "samples.every": max(1, steps // 2)}

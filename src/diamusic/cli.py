@@ -269,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = demo(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set, not args.quiet)
     page = write_report(result.out)
     print(result.summary.read_text())
-    print(f"wrote {result.summary}; runs, their demos and generated audio under {result.out / 'runs'}")
+    print(f"wrote {result.summary}; runs, their samples and generated audio under {result.out / 'runs'}")
     print(f"listening report: {page.resolve()}")
     return 0
 

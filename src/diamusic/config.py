@@ -97,8 +97,9 @@ class TrackingConfig:
 
 
 @dataclass
-class DemoConfig:
-    every: int = 0  # demo audio every N optimizer steps (0: only at the end, and only when prompts are set)
+class SamplesConfig:
+    # audio from fixed prompts every N optimizer steps (0: only at the end, and only when prompts are set)
+    every: int = 0
     prompts: list[str] = field(default_factory=list)  # empty: the first eval captions
     num_prompts: int = 2
     seconds: float = 4.0
@@ -122,7 +123,7 @@ class TrainConfig:
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    demos: DemoConfig = field(default_factory=DemoConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -254,9 +255,9 @@ def validate(config: TrainConfig) -> None:
         (config.checkpoints.every > 0, "checkpoints.every must be > 0 (set it to steps to save only at the end)"),
         (config.checkpoints.keep >= 0, "checkpoints.keep must be >= 0 (0 = keep all)"),
         (config.logging.every > 0, "logging.every must be > 0"),
-        (config.demos.every >= 0, "demos.every must be >= 0 (0 = off)"),
-        (config.demos.num_prompts > 0, "demos.num_prompts must be > 0"),
-        (0.0 < config.demos.seconds < math.inf, "demos.seconds must be a finite number > 0"),
+        (config.samples.every >= 0, "samples.every must be >= 0 (0 = off)"),
+        (config.samples.num_prompts > 0, "samples.num_prompts must be > 0"),
+        (0.0 < config.samples.seconds < math.inf, "samples.seconds must be a finite number > 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -30,7 +30,7 @@ import torch
 from diamusic.errors import DiamusicError
 from diamusic.model import pattern_of, vocab_of
 from diamusic.patterns import DelayPattern
-from diamusic.runs import demo_dir
+from diamusic.runs import samples_dir
 from diamusic.tokens import AudioVocab, encode_text, force_delay_tokens, sampleable
 
 if TYPE_CHECKING:
@@ -459,7 +459,7 @@ def generate_files(
     return result, paths
 
 
-def write_demos(
+def write_samples(
     model: DiaForConditionalGeneration,
     run_dir: Path,
     step: int,
@@ -470,12 +470,12 @@ def write_demos(
 ) -> list[Path]:
     """Fixed prompts and seed, so checkpoints are compared by ear on the same material."""
     sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=0)
-    out = demo_dir(run_dir, step)
-    _, paths = generate_files(model, prompts, codec, sampling, out, "demo", {"step": step}, overwrite=True)
+    out = samples_dir(run_dir, step)
+    _, paths = generate_files(model, prompts, codec, sampling, out, "sample", {"step": step}, overwrite=True)
     if tracker is not None:
         import soundfile as sf
 
         for i, path in enumerate(paths):
             wave, rate = sf.read(path, dtype="float32")
-            tracker.log_audio(f"demo/{i}", wave, rate, step, caption=prompts[i])
+            tracker.log_audio(f"samples/{i}", wave, rate, step, caption=prompts[i])
     return paths

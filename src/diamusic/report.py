@@ -1,7 +1,7 @@
 """Plots and the listening report of an ablation directory.
 
 `write_report(DIR)` reads what `ablate` left there (ablation.json, summary.json, each run's
-metrics.jsonl, generated/ and demos/) and writes PNG plots under ``DIR/plots`` and one HTML page,
+metrics.jsonl, generated/ and samples/) and writes PNG plots under ``DIR/plots`` and one HTML page,
 ``DIR/report.html``, that opens from disk: images and audio are files beside it, linked by
 relative paths, and nothing is fetched from the network. A small script in the page checks that
 every image and audio element loaded and writes the count into ``#selfcheck``.
@@ -18,7 +18,7 @@ from typing import Any
 from diamusic.ablate import PLAN_FILE, AblationError, run_name
 from diamusic.checkpoints import step_of
 from diamusic.patterns import DelayPattern
-from diamusic.runs import DEMOS
+from diamusic.runs import SAMPLES
 from diamusic.stats import Estimate, mean_ci
 from diamusic.tracking import read_metrics
 
@@ -203,14 +203,14 @@ def _listening(out: Path, runs: dict[str, dict[int, Path]]) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _demos(out: Path, runs: dict[str, dict[int, Path]]) -> str:
+def _samples(out: Path, runs: dict[str, dict[int, Path]]) -> str:
     sections = []
     for n, by_seed in runs.items():
         seed, run = next(iter(by_seed.items()))
-        steps = sorted((run / DEMOS).glob("step_*"), key=step_of)
+        steps = sorted((run / SAMPLES).glob("step_*"), key=step_of)
         rows = []
         for folder in steps:
-            wavs = sorted(folder.glob("demo_*.wav"))
+            wavs = sorted(folder.glob("sample_*.wav"))
             captions = [json.loads(w.with_suffix(".json").read_text())["text"] for w in wavs]
             players = "".join(f"<td><span class='prompt'>{_e(c)}</span><br>{_audio(out, w)}</td>"
                               for w, c in zip(wavs, captions, strict=True))  # fmt: skip
@@ -257,8 +257,8 @@ interval against every other pattern excludes 0.</p>
 {img}
 <h2>Listening: generations per prompt</h2>
 {_listening(out, runs)}
-<h2>Demos at checkpoints</h2>
-{_demos(out, runs)}
+<h2>Samples at checkpoints</h2>
+{_samples(out, runs)}
 <h2>Patterns</h2>
 {grid_html}
 {SELFCHECK}

@@ -2,7 +2,7 @@
 
 A run directory holds ``run.json`` (resolved config, pattern, dataset fingerprint, codec card,
 code version, notes), ``config.yaml``, ``metrics.jsonl``, ``codec/`` (so generation needs only
-the run), ``checkpoints/step_XXXXXX/`` and ``demos/step_XXXXXX/``.
+the run), ``checkpoints/step_XXXXXX/`` and ``samples/step_XXXXXX/``.
 
 How a checkpoint is written and checked is `diamusic.checkpoints`' business.
 """
@@ -36,15 +36,15 @@ if TYPE_CHECKING:
     from diamusic.data.dataset import CodesDataset
 
 RUN_FILE = "run.json"
-DEMOS = "demos"
+SAMPLES = "samples"
 
 
 class RunError(DiamusicError):
     """A run directory or resume request that cannot be honoured; one line for the user."""
 
 
-def demo_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / DEMOS / step_name(step)
+def samples_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / SAMPLES / step_name(step)
 
 
 def resolve_checkpoint(run_dir: Path, which: str | int = "latest") -> Path:

@@ -3,7 +3,7 @@
 Read `train` top to bottom: `diamusic.trainer.setup` builds everything a run needs (run
 directory, data, model, optimizer, tracker, resumed state); each optimizer step is one
 `train_step` (micro-batches whose loss is normalised by the valid targets of the whole
-accumulated batch, across processes too); then log, evaluate, checkpoint and demo when due. Runs
+accumulated batch, across processes too); then log, evaluate, checkpoint and write samples when due. Runs
 single-process or under `accelerate launch` / `torchrun` (DDP; FSDP through an accelerate
 config) unchanged.
 """
@@ -89,13 +89,13 @@ def log_eval(t: Trainer) -> dict[str, float]:
     return metrics
 
 
-def write_demos_at(t: Trainer) -> None:
-    """The demos of this step, from the main process."""
-    if t.demos is None or not t.main:
+def write_samples_at(t: Trainer) -> None:
+    """The samples of this step (audio at checkpoints), from the main process."""
+    if t.samples is None or not t.main:
         return
     acc = t.accelerator
     model = load_run(t.run_dir, t.step, str(acc.device)).model if t.sharded else acc.unwrap_model(t.model)
-    t.demos.write(model, t.run_dir, t.step, t.tracker)
+    t.samples.write(model, t.run_dir, t.step, t.tracker)
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -180,11 +180,11 @@ def train(
                 bar(last_train)
             if due(t.step, config.eval.every) or end:
                 last_eval = log_eval(t)
-            demo_now = t.demos is not None and t.demos.due(t.step)
-            if due(t.step, config.checkpoints.every) or end or (demo_now and t.sharded):
+            samples_now = t.samples is not None and t.samples.due(t.step)
+            if due(t.step, config.checkpoints.every) or end or (samples_now and t.sharded):
                 save(t)
-            if demo_now:
-                write_demos_at(t)
+            if samples_now:
+                write_samples_at(t)
             if stop_after is not None and t.step >= stop_after:
                 break
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from diamusic.checkpoints import checkpoints_of, remove_unfinished, restore
-from diamusic.config import DemoConfig, TrainConfig, pattern_of_config, to_dict
+from diamusic.config import SamplesConfig, TrainConfig, pattern_of_config, to_dict
 from diamusic.data import DataError
 from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches
 from diamusic.errors import DiamusicError
@@ -127,7 +127,7 @@ class Trainer:
     vocab: AudioVocab
     weights: torch.Tensor | None
     sharded: bool  # FSDP: no process holds the whole model
-    demos: Demos | None
+    samples: Samples | None
     model_config: Any  # the DiaConfig, for counting FLOPs
     peak_tflops: float | None  # bf16 peak of all processes' GPUs, when known: MFU is logged
     step: int = 0
@@ -190,7 +190,7 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         vocab=data.train.vocab,
         weights=torch.tensor(weights, dtype=torch.float32, device=accelerator.device) if weights else None,
         sharded=_sharded(accelerator),
-        demos=Demos.for_run(config, run_dir, data.eval, accelerator.is_main_process),
+        samples=Samples.for_run(config, run_dir, data.eval, accelerator.is_main_process),
         model_config=model_config,
         peak_tflops=_peak_tflops(accelerator, bf16),
     )
@@ -236,7 +236,7 @@ def _setup_model(
 ) -> tuple[torch.nn.Module, list[str], dict[str, int]]:
     """The model, with the run's files written (a new run) and unfinished checkpoint writes removed."""
     model, notes = build(config, data.pattern, data.train)
-    check_demo_length(config, model, data.pattern, data.train.card["codec"]["frame_rate"])
+    check_samples_length(config, model, data.pattern, data.train.card["codec"]["frame_rate"])
     sizes = {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True)}
     if main:
         if not data.resume:
@@ -307,14 +307,14 @@ def batch_plan(config: TrainConfig, rank: int = 0, world_size: int = 1) -> Batch
     )
 
 
-def check_demo_length(config: TrainConfig, model: torch.nn.Module, pattern: DelayPattern, frame_rate: float) -> None:
-    """A demo longer than the model can generate is refused before the run starts, not at its first demo."""
+def check_samples_length(config: TrainConfig, model: torch.nn.Module, pattern: DelayPattern, frame_rate: float) -> None:
+    """Samples longer than the model can generate are refused before the run starts, not at the first."""
     from diamusic.generate import longest_cap
 
-    d = config.demos
+    d = config.samples
     frames, most = d.seconds * frame_rate, longest_cap(model, pattern)
     if (d.every > 0 or d.prompts) and frames > most:
-        raise DiamusicError(f"demos.seconds {d.seconds:g} is {frames:.0f} frames; the model generates at most {most}")
+        raise DiamusicError(f"samples.seconds {d.seconds:g} is {frames:.0f} frames; the model generates at most {most}")
 
 
 def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tuple[torch.nn.Module, list[str]]:
@@ -339,26 +339,26 @@ def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tup
     return model, notes
 
 
-# --- demos --------------------------------------------------------------------------------------
+# --- samples: audio at checkpoints ----------------------------------------------------------------
 
 
 @dataclass
-class Demos:
-    """Fixed prompts and seed, audio under RUN/demos/step_XXXXXX, so checkpoints compare by ear.
+class Samples:
+    """Fixed prompts and seed, audio under RUN/samples/step_XXXXXX, so checkpoints compare by ear.
 
-    Every process holds it (so all agree on the demo steps); only the main one generates, and holds
-    the codec. Under FSDP no process holds the whole model, so the demo loads the gathered weights
+    Every process holds it (so all agree on the sample steps); only the main one generates, and holds
+    the codec. Under FSDP no process holds the whole model, so the samples come from the gathered weights
     of the checkpoint the loop writes at that step.
     """
 
-    config: DemoConfig
+    config: SamplesConfig
     last_step: int
     prompts: list[str]
     codec: Any
 
     @classmethod
-    def for_run(cls, config: TrainConfig, run_dir: Path, eval_data: CodesDataset, main: bool) -> Demos | None:
-        d = config.demos
+    def for_run(cls, config: TrainConfig, run_dir: Path, eval_data: CodesDataset, main: bool) -> Samples | None:
+        d = config.samples
         if d.every <= 0 and not d.prompts:
             return None
         prompts = list(d.prompts) or [eval_data.text(i) for i in range(min(len(eval_data), 4))]
@@ -373,6 +373,6 @@ class Demos:
         return step == self.last_step or due(step, self.config.every)
 
     def write(self, model: torch.nn.Module, run_dir: Path, step: int, tracker: Tracker) -> None:
-        from diamusic.generate import write_demos
+        from diamusic.generate import write_samples
 
-        write_demos(model, run_dir, step, self.prompts, self.config.seconds, self.codec, tracker)
+        write_samples(model, run_dir, step, self.prompts, self.config.seconds, self.codec, tracker)
