@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint browser demo clean
+.PHONY: setup test test-fast lint browser demo clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: setup
 
 test: lint browser
 	$(VENV)/bin/python -m pytest
+
+# the inner loop: unit tests only (no subprocess, launcher, kill -9, demo, browser or compile tests)
+test-fast: lint
+	$(VENV)/bin/python -m pytest -m "not integration"
 
 # the report's test opens it in a real browser: Debian's chromium, installed when missing and possible
 browser:

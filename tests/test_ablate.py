@@ -99,6 +99,7 @@ def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.integration
 def test_demo_trains_every_pattern_and_seed_and_writes_the_table(tmp_path):
     first = demo(tmp_path / "demo", "--patterns", "musicgen", "dia")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -119,6 +120,7 @@ def test_demo_trains_every_pattern_and_seed_and_writes_the_table(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
+@pytest.mark.integration
 def test_demo_refuses_a_bad_pattern_before_any_work(tmp_path):
     result = demo(tmp_path / "demo", "--patterns", "musicgen", "0,2,1")
     assert result.returncode == 2 and "has 3 delays but the codec has 9 codebooks" in result.stderr

@@ -1,17 +1,45 @@
-"""The CLI as a user meets it: real console script, exit codes, one-line errors."""
+"""The CLI as a user meets it: exit codes, one-line errors, and the real console script."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def console(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script in its own process (a few seconds of imports each)."""
     return subprocess.run([DIAMUSIC, *args], capture_output=True, text=True, timeout=120)
+
+
+def run(*args: str) -> SimpleNamespace:
+    """`main` in this process, as the console script calls it: exit code and both streams."""
+    from diamusic.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's usage errors and --help
+            code = exc.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+@pytest.mark.integration
+def test_console_script_shows_a_pattern_and_debug_shows_a_traceback():
+    result = console("patterns", "show", "musicgen")
+    assert result.returncode == 0
+    assert "max delay 8" in result.stdout and "extra decode steps vs parallel: 8" in result.stdout
+    result = console("--debug", "patterns", "show", "0,2,1")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+    result = console("patterns", "show", "0,2,1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_patterns_show_musicgen():

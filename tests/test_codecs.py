@@ -137,6 +137,7 @@ def test_decode_validates_and_returns_audio(small, waves):
         small.decode(codes.astype(np.float32))
 
 
+@pytest.mark.integration
 def test_realistic_codec_keeps_the_melody():
     """1024 x 9 codebooks on 128 mel bands, fitted on 60 melodies (15 s clips, 20k frames sampled, 5 Lloyd
     iterations: a cut-down fit to stay near 35 s), then raw pitch accuracy at 20 cents on 3 held-out clips.

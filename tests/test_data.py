@@ -449,6 +449,7 @@ P.prepare(folder, "spectral-rvq", out, max_seconds=2.0, codec_options={"codebook
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["encode", "between-files"])
 def test_prepare_killed_9_then_rerun_gives_the_same_dataset(audio_folder, tmp_path, monkeypatch, where):
     import subprocess

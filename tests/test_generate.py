@@ -455,6 +455,7 @@ def test_samples_are_written_at_checkpoints_during_training(tiny_run):
     assert list((tiny_run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.integration
 def test_generate_cli_writes_playable_wavs_deterministically(tiny_run, tmp_path):
     args = ["generate", "--run", str(tiny_run), "--text", "a jig in D major", "--text", "a slow air", "--num", "2"]
     args += ["--seconds", "0.5", "--temperature", "0.8", "--seed", "3"]
@@ -524,6 +525,7 @@ def test_generates_from_a_lora_run(melody_dataset, tmp_path):
     assert generate_codes(run.model, ["x"], run.pattern, run.vocab, sampling).frames[0] <= 4
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["dia", "musicgen"])
 def test_static_cache_and_compiled_step_give_the_same_tokens(name, monkeypatch):
     from torch._dynamo.utils import counters, get_static_address_type

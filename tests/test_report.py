@@ -27,6 +27,7 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@pytest.mark.integration
 def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
     browser = chromium()
     if browser is None:

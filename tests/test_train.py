@@ -47,6 +47,7 @@ def losses(run_dir, key="train/loss"):
     return rows
 
 
+@pytest.mark.integration
 def test_loss_falls_well_below_uniform(melody_dataset, tmp_path):
     sets = {"logging.every": 1, "eval.every": 300, "checkpoints.every": 300, "optim.lr": 3e-3, "data.crop_frames": 48}
     config = tiny_config(melody_dataset, sets, steps=300)
@@ -291,6 +292,7 @@ def _assert_same_curves(tmp_path, a: str, b: str, rel: float = 1e-4) -> None:
         assert [v for _, v in x] == pytest.approx([v for _, v in y], rel=rel), key
 
 
+@pytest.mark.integration
 def test_two_process_ddp_matches_single_process(ragged_dataset, tmp_path):
     """Ragged crops: the ranks hold different target counts, so a per-rank mean would fail here."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
@@ -306,6 +308,7 @@ def test_two_process_ddp_matches_single_process(ragged_dataset, tmp_path):
     assert evaluate_run(tmp_path / "ddp", prompts=0, device="cpu")["eval/loss"] == pytest.approx(logged, rel=1e-6)
 
 
+@pytest.mark.integration
 def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(melody_dataset, tmp_path):
     """The shipped FSDP config under `accelerate launch`, on 2 CPU processes (see DIST_SCRIPT)."""
     from safetensors.torch import load_file
@@ -381,6 +384,7 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tm
     assert info["config"]["precision"] == "bf16"
 
 
+@pytest.mark.integration
 def test_compiled_training_gives_the_same_run_and_checkpoints(melody_dataset, tmp_path):
     from torch._dynamo.utils import counters
 
@@ -605,6 +609,7 @@ def whole_cli_run(melody_dataset, tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("where", "at", "resumed_from"),
     [("step", 3, None), ("step", 15, 10), ("checkpoint", 20, 10)],
