@@ -85,7 +85,7 @@ def small_ablation(melody_dataset, tmp_path_factory):
     """Two patterns x two seeds, four steps each, with samples and one generation per run (shared, read-only)."""
     from diamusic.ablate import ablate
 
-    overrides = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.clips": 2, "eval.every": 4,
+    overrides = {"steps": 4, "batch_size": 2, "data.crop_frames": 40, "eval.clips": 2, "eval.every": 4,
                  "checkpoints.every": 4, "logging.every": 1, "optim.warmup_steps": 1, "samples.every": 2,
                  "samples.seconds": 0.3}  # fmt: skip
     out = tmp_path_factory.mktemp("ablation") / "ab"

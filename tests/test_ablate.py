@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from diamusic import ablate
-from diamusic.ablate import AblationError, markdown, parse_patterns, run_name, summarise
+from diamusic import eval as eval_module
+from diamusic.ablate import AblationError, markdown, parse_patterns, run_name, summarise, summary_json
 from diamusic.errors import DiamusicError
 
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
-TINY = {"steps": 4, "batch_size": 2, "data.crop_frames": 32, "eval.clips": 2, "eval.every": 4}
+TINY = {"steps": 4, "batch_size": 2, "data.crop_frames": 40, "eval.clips": 2, "eval.every": 4}
 TINY |= {"checkpoints.every": 2, "logging.every": 1, "optim.warmup_steps": 1}
 
 
@@ -28,27 +30,62 @@ def test_pattern_lists_group_custom_delays_by_codebook_count():
         parse_patterns("dia,0,8,9,10,11,12,13,14,15", 9)
 
 
-def test_summary_marks_a_winner_only_where_the_paired_interval_excludes_zero():
-    def run(loss, entropy):
-        return {"eval/loss": loss, "train/entropy": entropy, "eval/loss/cb0": loss}
+def summary_of(results: dict, reference: str = "dia", metrics=None) -> dict:
+    rows = summarise(results, reference, metrics)
+    names = {"dia": [0, *range(8, 16)], "musicgen": list(range(9)), "compressed": [0, 0, 1, 1, 2, 2, 3, 3, 4]}
+    seeds = sorted(next(iter(results.values())))
+    plan = ablate.Plan("", [names[n] for n in results], seeds, {}, 0, 0.0, reference)
+    return summary_json(rows, plan, results)
+
+
+def test_a_primary_row_names_a_winner_only_where_the_holm_adjusted_test_says_so():
+    def run(loss, entropy, steps=None):
+        out = {"eval/loss": loss, "train/entropy": entropy, "eval/loss/cb0": loss}
+        return out | ({"gen/decode_steps": steps, "gen/stopped_on_eos": 0.0} if steps else {})
 
     # musicgen's loss is lower on every seed by about 0.1; its entropy differences change sign
     results = {
-        "dia": {0: run(3.0, 2.0), 1: run(3.5, 2.5), 2: run(2.8, 2.2)},
-        "musicgen": {0: run(2.9, 2.1), 1: run(3.41, 2.4), 2: run(2.69, 2.25)},
+        "dia": {0: run(3.0, 2.0, 275), 1: run(3.5, 2.5, 275), 2: run(2.8, 2.2, 275)},
+        "musicgen": {0: run(2.9, 2.1, 268), 1: run(3.41, 2.4, 268), 2: run(2.69, 2.25, 268)},
     }
     rows = {r.key: r for r in summarise(results, "dia")}
     assert rows["eval/loss"].winner == "musicgen" and rows["train/entropy"].winner is None
-    loss = rows["eval/loss"].versus_reference["musicgen"]
-    assert loss.mean == pytest.approx(-0.1) and loss.excludes_zero()
-    assert rows["eval/loss"].per_pattern["dia"].mean == pytest.approx(3.1)
+    loss = rows["eval/loss"].versus("musicgen", "dia")
+    # differences -0.1, -0.09, -0.11: t = -0.1 / (0.01 / sqrt 3) = -17.32, df 2: p = 1 - |t| / sqrt(t^2 + 2)
+    assert loss.difference.mean == pytest.approx(-0.1)
+    assert loss.p == pytest.approx(1 - 17.3205 / math.sqrt(17.3205**2 + 2), rel=1e-4)
+    # two primary comparisons in the family (eval loss, train entropy): Holm doubles the smaller p
+    entropy = rows["train/entropy"].versus("musicgen", "dia")
+    assert loss.p_adjusted == pytest.approx(min(1.0, 2 * loss.p))
+    assert entropy.p_adjusted == pytest.approx(max(entropy.p, 2 * loss.p))
+    # an exploratory row with the same evidence names no winner; decode steps are exact, not compared
+    assert rows["eval/loss/cb0"].kind == "exploratory" and rows["eval/loss/cb0"].winner is None
+    steps = rows["gen/decode_steps"]
+    assert steps.kind == "exact" and steps.winner is None and steps.comparisons == [] and "stopped on EOS" in steps.note
     assert "gen/in_key_ratio" not in rows  # a metric no run has is left out, not shown as nan
-    table = markdown(list(rows.values()), ["dia", "musicgen"], "dia", 3)
+    table = markdown(summary_of(results))
     line = next(x for x in table.splitlines() if x.startswith("| eval loss ↓"))
-    assert line.endswith("| -0.100 ± 0.025 * | musicgen |")  # differences -0.1, -0.09, -0.11: s 0.01
-    assert next(x for x in table.splitlines() if x.startswith("| output entropy (train)")).endswith("no clear winner |")
+    assert "| -0.100 ± 0.025 (d -0.3, p 0.007) * | musicgen |" in line  # s of the differences 0.01
+    assert next(x for x in table.splitlines() if x.startswith("| output entropy (train)")).count("no clear winner") == 1
+    assert "| decode steps | 275 | 268 | no generation stopped on EOS" in table
 
 
+def test_pure_noise_over_28_primary_rows_declares_winners_at_most_at_the_family_wise_rate():
+    rng = np.random.default_rng(0)
+    metrics = [ablate.Metric(f"m{i}", f"metric {i}", True, primary=True) for i in range(28)]
+    simulations, winners, uncorrected = 200, 0, 0
+    for _ in range(simulations):
+        results = {n: {s: {m.key: float(rng.normal()) for m in metrics} for s in range(3)} for n in ("dia", "musicgen")}
+        rows = summarise(results, "dia", metrics)
+        winners += sum(r.winner is not None for r in rows)
+        uncorrected += sum(c.p < ablate.ALPHA for r in rows for c in r.comparisons)
+    # the expected number of winners per table is at most the family-wise rate (binomial slack: 3 sd);
+    # without the correction the same tables declare 28 x 5% = 1.4 per table
+    assert winners / simulations <= ablate.ALPHA + 3 * math.sqrt(ablate.ALPHA / simulations)
+    assert uncorrected / simulations > 1.0
+
+
+@pytest.mark.integration
 def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_dataset, tmp_path, monkeypatch):
     calls = []
     real_train = ablate.train
@@ -61,6 +98,15 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
         return real_train(config, run_dir, resume=resume, progress=progress)
 
     monkeypatch.setattr(ablate, "train", killed_in_the_third_run)
+    scored = []  # what each run's evaluation scored: (pattern, captions, labels) per split
+    real_scoring = eval_module.teacher_forced
+
+    def recorded(model, batches, pattern, vocab, edge=None, **kwargs):
+        texts = torch.cat([b["input_ids"] for b in batches])
+        scored.append((pattern.name, edge, texts, torch.cat([b["labels"] for b in batches])))
+        return real_scoring(model, batches, pattern, vocab, edge, **kwargs)
+
+    monkeypatch.setattr(eval_module, "teacher_forced", recorded)
     args = (melody_dataset, tmp_path / "ab", "musicgen,dia", 2)
     settings = {"overrides": TINY, "prompts": 1, "seconds": 0.3, "progress": False}
     with pytest.raises(KeyboardInterrupt):
@@ -75,9 +121,19 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
         for seed in (0, 1):
             run = tmp_path / "ab" / "runs" / name / f"seed{seed}"
             evaluation = json.loads((run / "eval.json").read_text())
-            assert evaluation["edge_frames"] == 15 and evaluation["checkpoint"] == "step_000004"
+            assert evaluation["edge_frames"] == 16 and evaluation["checkpoint"] == "step_000004"
             assert json.loads((run / "run.json").read_text())["config"]["seed"] == seed
+    # every run is scored on the same clips whatever its seed: the same captions for every pattern, the
+    # same labels for every seed of a pattern, at the edge of the most delayed pattern + 1
+    assert len(scored) == 2 * 4 and {edge for _, edge, _, _ in scored} == {16}
+    for split in (0, 1):  # eval, then the train subset, for each run
+        runs = scored[split::2]
+        assert all(torch.equal(texts, runs[0][2]) for _, _, texts, _ in runs)
+        for name in ("musicgen", "dia"):
+            labels = [lab for n, _, _, lab in runs if n == name]
+            assert len(labels) == 2 and torch.equal(labels[0], labels[1])
     summary = json.loads((tmp_path / "ab" / "summary.json").read_text())
+    assert summary["notes"][0].startswith("Every run is scored on the same 2 eval clips")
     eval_loss = next(m for m in summary["metrics"] if m["key"] == "eval/loss")
     assert set(eval_loss["per_pattern"]) == {"musicgen", "dia"} and eval_loss["per_pattern"]["dia"]["n"] == 2
     assert "| eval loss, interior frames ↓ |" in (tmp_path / "ab" / "summary.md").read_text()
@@ -130,7 +186,7 @@ def test_demo_refuses_a_bad_pattern_before_any_work(tmp_path):
 
 def test_nan_free_table_for_one_seed():
     rows = summarise({"dia": {0: {"eval/loss": 3.0}}, "musicgen": {0: {"eval/loss": 2.0}}}, "dia")
-    assert rows[0].winner is None and math.isnan(rows[0].versus_reference["musicgen"].low)
+    assert rows[0].winner is None and math.isnan(rows[0].versus("musicgen", "dia").difference.low)
 
 
 def test_demo_runs_its_plan_and_refuses_a_bad_pattern_first(tmp_path, monkeypatch):

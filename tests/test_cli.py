@@ -88,6 +88,7 @@ def test_bad_set_is_one_line(tmp_path):
     assert result.returncode != 0 and "unknown config key 'optim.lrr'" in result.stderr
 
 
+@pytest.mark.integration
 def test_train_cli_fine_tunes_a_local_checkpoint_into_another_pattern(melody_dataset, tmp_path, capsys):
     from diamusic.cli import main
     from diamusic.data.dataset import CodesDataset

@@ -75,16 +75,21 @@ def test_eval_prompts_take_one_clip_per_source_first():
 
 def test_evaluate_run_reports_every_metric(tiny_run, tmp_path):
     result = evaluation.evaluate_run(tiny_run, prompts=2, seconds=0.3, device="cpu", out=tmp_path / "e.json")
-    assert (tmp_path / "e.json").exists() and result["checkpoint"] == "step_000010" and result["edge_frames"] == 8
+    # the musicgen run's interior starts at its max delay + 1, where every codebook has a real frame in context
+    assert (tmp_path / "e.json").exists() and result["checkpoint"] == "step_000010" and result["edge_frames"] == 9
     for prefix in ("eval/", "train_subset/"):
         for part in ("", "interior/", "edge/"):
             assert 0 < result[f"{prefix}{part}loss"] < 10, prefix + part
             assert f"{prefix}{part}loss/cb8" in result and f"{prefix}{part}entropy" in result
     assert result["eval/gap"] == pytest.approx(result["eval/loss"] - result["train_subset/loss"])
     keys = ["train/loss", "train/loss_noise", "gen/frames_per_s", "gen/real_time_factor", "gen/decode_steps"]
-    keys += ["gen/voiced_ratio", "gen/chroma_cosine", "gen/frechet_features", "gen/usage_js", "gen/usage_js/cb8"]
+    keys += ["gen/voiced_ratio", "gen/chroma_cosine", "gen/usage_js", "gen/usage_js/cb8", "machine/load_average"]
     for key in keys:
         assert key in result and not math.isnan(result[key]), key
+    assert result["gen/clips"] == 2 and "gen/frechet_features" not in result  # 2 clips: too few for a distance
+    assert result["model/max_delay"] == 8 and result["model/parameters"] > 0
+    assert result["eval/clips"] == result["train_subset/clips"] > 0
+    assert result["eval/targets"] == result["eval/interior/targets"] + result["eval/edge/targets"]
 
 
 def test_logged_eval_losses_equal_diamusic_eval_of_the_checkpoint(ragged_dataset, tmp_path):
@@ -114,6 +119,12 @@ def test_eval_cli_prints_and_writes(tiny_run, tmp_path, capsys):
     assert main(["eval", "--run", str(tiny_run), "--prompts", "1", "--seconds", "0.3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "step_000010" in printed and "eval/interior/loss" in printed
-    assert json.loads(out.read_text())["checkpoint"] == "step_000010"
+    default = json.loads(out.read_text())
+    assert default["checkpoint"] == "step_000010" and default["edge_frames"] == 9
+    # an edge set by hand (as an ablation of patterns up to max delay 15 uses) is recorded with the losses
+    assert main(["eval", "--run", str(tiny_run), "--prompts", "0", "--edge", "16", "--out", str(out)]) == 0
+    wider = json.loads(out.read_text())
+    assert wider["edge_frames"] == 16 and wider["eval/interior/targets"] < default["eval/interior/targets"]
+    assert wider["eval/loss"] == default["eval/loss"]  # the edge splits the targets, it does not change them
     assert main(["eval", "--run", str(tmp_path), "--prompts", "0"]) == 2  # not a run: one line
     assert capsys.readouterr().err.startswith("diamusic: error:")

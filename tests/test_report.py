@@ -1,5 +1,6 @@
 """The listening report: plots and one HTML page that a browser opens from disk with everything loaded."""
 
+import html
 import json
 import re
 import shutil
@@ -10,6 +11,7 @@ import pytest
 from diamusic.report import write_report
 
 
+@pytest.mark.integration
 def test_report_writes_plots_and_links_every_file(small_ablation):
     page = write_report(small_ablation)
     text = page.read_text()
@@ -21,6 +23,14 @@ def test_report_writes_plots_and_links_every_file(small_ablation):
     assert "http://" not in text and "https://" not in text
     # 2 prompts x (reference + 2 patterns x 2 seeds), and 2 demo steps x 2 prompts per pattern
     assert len(re.findall(r"<audio ", text)) == 2 * (1 + 2 * 2) + 2 * 2 * 2
+    # the summary's sections, as in summary.md: the primary claims first, decode steps exact (nothing
+    # stopped on EOS in 0.3 s), and every cell of summary.md's tables on the page
+    assert re.findall(r"<h3>([^<]*)</h3>", text)[:2] == ["Primary", "Exploratory"]
+    summary_md = (small_ablation / "summary.md").read_text()
+    for line in summary_md.splitlines():
+        if line.startswith("| ") and not line.startswith("| metric"):
+            for cell in line.strip("| ").split(" | "):
+                assert html.escape(cell) in text, cell
 
 
 def chromium() -> str | None:
@@ -42,9 +52,9 @@ def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
     assert counts, check.group(1)
     images, bad_images, audios, bad_audio = map(int, counts.groups())
     assert images >= 6 and bad_images == 0 and audios == 18 and bad_audio == 0
-    # the table has one column per pattern (plus the metric, the difference and the winner)
+    # the primary table has one column per pattern (plus the metric, the difference, the winner and a note)
     header = re.search(r"<table><tbody><tr>(.*?)</tr>", dom.stdout).group(1)
-    assert re.findall(r"<th>([^<]*)</th>", header) == ["metric", "dia", "musicgen", "musicgen − dia", "winner"]
+    assert re.findall(r"<th>([^<]*)</th>", header) == ["metric", "dia", "musicgen", "musicgen - dia", "winner", "note"]
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, "--window-size=1400,2400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)  # fmt: skip

@@ -1,11 +1,12 @@
 """Teacher-forced evaluation: interior and edge targets, and the parts they split a loss into."""
 
+import pytest
 import torch
 
 from diamusic.config import load_config
 from diamusic.data.dataset import CodesDataset
 from diamusic.patterns import DelayPattern
-from diamusic.teacher_forced import fixed_eval_batches, interior, teacher_forced
+from diamusic.teacher_forced import fixed_eval_batches, interior, interior_edge, teacher_forced
 from diamusic.tokens import IGNORE_INDEX, AudioVocab, build_decoder_batch
 
 VOCAB = AudioVocab(codebook_size=32, num_codebooks=9)
@@ -21,6 +22,29 @@ def test_interior_targets_are_the_frames_away_from_both_crop_ends():
     assert not (labels[inside] == VOCAB.eos).any()  # EOS is a target at the end: always edge
     assert not inside[labels == IGNORE_INDEX].any()
     assert interior(labels, pattern, VOCAB, edge=0).sum() == (labels[:, :, :] != IGNORE_INDEX).sum() - 9
+
+
+def _context_is_whole(inputs: torch.Tensor, labels: torch.Tensor, inside: torch.Tensor) -> bool:
+    """Whether every target marked inside has, among the inputs it is predicted from (decode steps
+    0..s), a real code of every codebook and no PAD or EOS."""
+    real = inputs < VOCAB.codebook_size  # (B, S, C)
+    seen_real = real.cummax(dim=1).values.all(-1)  # (B, S): every codebook has had a real code by step s
+    clean = ~((inputs == VOCAB.pad) | (inputs == VOCAB.eos)).any(-1).cummax(dim=1).values  # (B, S)
+    whole = (seen_real & clean)[:, None, :].expand_as(inside)  # the same context for every codebook's target
+    return bool(whole[inside].all())
+
+
+@pytest.mark.parametrize("name", ["dia", "musicgen", "compressed", "parallel"])
+def test_interior_targets_at_the_default_edge_have_every_codebook_in_context(name):
+    pattern = DelayPattern.parse(name)
+    codes = [torch.randint(0, 32, (40, 9)), torch.randint(0, 32, (29, 9))]
+    inputs, labels = build_decoder_batch(codes, pattern, VOCAB, ends=[True, False])
+    edge = interior_edge([pattern])
+    assert edge == pattern.max_delay + 1
+    inside = interior(labels, pattern, VOCAB, edge)
+    assert inside.any() and _context_is_whole(inputs, labels, inside)
+    if pattern.max_delay > 0:  # one frame less and codebook 0's first interior frame sees only BOS in the last codebook
+        assert not _context_is_whole(inputs, labels, interior(labels, pattern, VOCAB, edge - 1))
 
 
 def test_every_seed_and_process_count_scores_the_same_clips(melody_dataset):

@@ -536,6 +536,7 @@ def test_skipped_nonfinite_steps_are_bounded_and_logged(melody_dataset, tmp_path
         train(config, tmp_path / "two", progress=False)
 
 
+@pytest.mark.integration
 def test_resume_passes_over_a_damaged_checkpoint_and_reproduces(melody_dataset, tmp_path, capsys):
     config = tiny_config(melody_dataset, {**QUIET, "checkpoints.every": 10}, steps=30)
     train(config, tmp_path / "whole", progress=False)
@@ -643,6 +644,7 @@ def _cli_train(data, out, sets: dict, *extra: str) -> tuple[int, list[str]]:
     return main(argv)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stage", ["free-space-check", "write"])
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(
     melody_dataset, tiny_run, tmp_path, small_disk, monkeypatch, capsys, stage
@@ -691,6 +693,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(
     print(f"full disk: {'a real tmpfs' if real_disk else 'a patched writer'}")
 
 
+@pytest.mark.integration
 def test_forced_resume_onto_another_codec_switches_the_run_codec_or_refuses(melody_dataset, tmp_path):
     from diamusic.codecs import load_codec
     from diamusic.data.prepare import prepare

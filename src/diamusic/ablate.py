@@ -21,16 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diamusic.checkpoints import checkpoints_of, step_name, step_of
 from diamusic.codecs import SpectralConfig, SpectralRVQCodec
 from diamusic.config import DEFAULT_PRESET, TrainConfig, from_dict, load_config, to_dict
 from diamusic.data.dataset import CodesDataset
 from diamusic.data.prepare import prepare
 from diamusic.errors import DiamusicError
-from diamusic.eval import evaluate_run
+from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
 from diamusic.patterns import DelayPattern
 from diamusic.runs import RUN_FILE
-from diamusic.stats import Estimate, mean_ci, paired_difference, winner
+from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
+from diamusic.teacher_forced import interior_edge
 from diamusic.train import train
 
 PLAN_FILE = "ablation.json"
@@ -45,28 +48,41 @@ class AblationError(DiamusicError):
     """An ablation that cannot run as asked."""
 
 
-# (metric key, label, lower is better); per-codebook eval losses are added for the codec's codebooks
-METRICS: list[tuple[str, str, bool]] = [
-    ("train/loss", "final train loss", True),
-    ("eval/loss", "eval loss", True),
-    ("eval/interior/loss", "eval loss, interior frames", True),
-    ("eval/edge/loss", "eval loss, edge frames", True),
-    ("train/entropy", "output entropy (train)", True),
-    ("eval/entropy", "output entropy (eval)", True),
-    ("train/loss_noise", "loss noise", True),
-    ("eval/gap", "eval gap (eval - train subset)", True),
-    ("gen/in_key_ratio", "in-key ratio", False),
-    ("gen/in_tune_ratio", "in-tune ratio", False),
-    ("gen/pitch_stability", "pitch stability (semitones)", True),
-    ("gen/voiced_ratio", "voiced ratio", False),
-    ("gen/note_rate", "note rate (/s)", False),
-    ("gen/chroma_cosine", "chroma similarity to reference", False),
-    ("gen/melody_agreement", "melody agreement with reference", False),
-    ("gen/frechet_features", "Fréchet distance (chroma+MFCC)", True),
-    ("gen/usage_js", "code usage divergence (JS)", True),
-    ("gen/decode_steps", "decode steps", True),
-    ("gen/frames_per_s", "decode frames/s", False),
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    lower_is_better: bool
+    primary: bool = False  # a claim the ablation exists to test: Holm-corrected, may name a winner
+    wall_clock: bool = False  # timed on a machine shared with other work: reported, never compared
+
+
+METRICS: list[Metric] = [
+    # the research log's claims
+    Metric("train/loss", "final train loss", True, primary=True),
+    Metric("eval/loss", "eval loss", True, primary=True),
+    Metric("eval/interior/loss", "eval loss, interior frames", True, primary=True),
+    Metric("train/entropy", "output entropy (train)", True, primary=True),
+    # everything else is exploratory (per-codebook eval losses are added for the codec's codebooks)
+    Metric("eval/edge/loss", "eval loss, edge frames", True),
+    Metric("eval/entropy", "output entropy (eval)", True),
+    Metric("train/loss_noise", "loss noise", True),
+    Metric("eval/gap", "eval gap (eval - train subset)", True),
+    Metric("gen/in_key_ratio", "in-key ratio", False),
+    Metric("gen/in_tune_ratio", "in-tune ratio", False),
+    Metric("gen/pitch_stability", "pitch stability (semitones)", True),
+    Metric("gen/voiced_ratio", "voiced ratio", False),
+    Metric("gen/note_rate", "note rate (/s)", False),
+    Metric("gen/chroma_cosine", "chroma similarity to reference", False),
+    Metric("gen/melody_agreement", "melody agreement with reference", False),
+    Metric("gen/frechet_features", "Fréchet distance (chroma+MFCC)", True),
+    Metric("gen/usage_js", "code usage divergence (JS)", True),
+    Metric("gen/decode_steps", "decode steps", True),
+    Metric("gen/frames_per_s", "decode frames/s", False, wall_clock=True),
+    Metric("model/max_delay", "max delay (frames)", True),
+    Metric("model/parameters", "parameters", True),
 ]
+ALPHA = 0.05  # the family-wise error rate of the primary comparisons (and the intervals' 95%)
 
 
 def run_name(pattern: DelayPattern) -> str:
@@ -128,7 +144,7 @@ class Plan:
     @property
     def edge(self) -> int:
         """Interior frames are those every pattern compared sees in full."""
-        return max(p.max_delay for p in self.delay_patterns)
+        return interior_edge(self.delay_patterns)
 
     def run_dir(self, out: Path, pattern: DelayPattern, seed: int) -> Path:
         return out / "runs" / run_name(pattern) / f"seed{seed}"
@@ -175,13 +191,39 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
     eval_file = run_dir / "eval.json"
     if eval_file.exists():
         result = json.loads(eval_file.read_text())
-        if result.get("checkpoint") == step_name(config.steps):
+        if result.get("checkpoint") == step_name(config.steps) and result.get("edge_frames") == plan.edge:
             return result
     audio = run_dir / "generated"
     return evaluate_run(run_dir, config.steps, plan.prompts, plan.seconds, plan.edge, out=eval_file, audio_dir=audio)
 
 
 # --- the summary --------------------------------------------------------------------------------
+#
+# Rows come in kinds, so that the table never names a winner a careful reader would not accept:
+#   primary      the research log's claims; every pair of patterns is tested (paired t-test over
+#                seeds) and the p-values are Holm-adjusted over all primary comparisons together
+#   exploratory  every other measured metric, adjusted over its own family; never a winner
+#   exact        the same in every seed (decode steps when nothing stopped on EOS, the max delay,
+#                parameter counts): arithmetic, not evidence, so no interval, test or winner
+#   wall-clock   timing on a machine shared with other work: reported with its load, not compared
+#   no signal    0 for every generated clip of every run: nothing to compare
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    difference: Estimate  # a - b, paired by seed
+    p: float  # two-sided paired t-test; nan where there is no test (one seed, or a zero-width interval)
+    p_adjusted: float  # Holm over the row's family (primary or exploratory)
+    effect: float  # the difference in units of the seed-to-seed spread
+
+    def flipped(self) -> Comparison:
+        d = Estimate(-self.difference.mean, -self.difference.high, -self.difference.low, self.difference.n)
+        return Comparison(self.b, self.a, d, self.p, self.p_adjusted, -self.effect)
+
+    def significant(self) -> bool:
+        return self.p_adjusted < ALPHA  # False for nan: no test, no claim
 
 
 @dataclass
@@ -189,82 +231,287 @@ class Row:
     key: str
     label: str
     lower_is_better: bool
+    kind: str  # primary | exploratory | exact | wall-clock | no signal
     per_pattern: dict[str, Estimate]
-    versus_reference: dict[str, Estimate]  # pattern - reference, paired by seed
-    winner: str | None
+    per_seed: dict[str, list[float]]
+    comparisons: list[Comparison]  # every pair of patterns, for the primary and exploratory kinds
+    winner: str | None = None
+    note: str = ""
+
+    def versus(self, name: str, other: str) -> Comparison | None:
+        return oriented(self.comparisons, name, other)
 
 
-def summarise(results: dict[str, dict[int, dict[str, Any]]], reference: str) -> list[Row]:
-    """results[pattern][seed] = eval dict -> one row per metric present in every run."""
+def oriented(comparisons: list[Comparison], name: str, other: str) -> Comparison | None:
+    """The comparison of ``name`` with ``other`` as name - other, if there is one."""
+    for c in comparisons:
+        if (c.a, c.b) == (name, other):
+            return c
+        if (c.b, c.a) == (name, other):
+            return c.flipped()
+    return None
+
+
+def summarise(
+    results: dict[str, dict[int, dict[str, Any]]], reference: str, metrics: list[Metric] | None = None
+) -> list[Row]:
+    """results[pattern][seed] = eval dict -> one row per metric measured in some run."""
     names = list(results)
     seeds = sorted(set.intersection(*(set(by_seed) for by_seed in results.values())))
-    codebooks = sorted({k for r in results[names[0]].values() for k in r if k.startswith("eval/loss/cb")})
-    metrics = METRICS + [(k, f"eval loss, codebook {k.removeprefix('eval/loss/cb')}", True) for k in codebooks]
+    runs = [results[n][s] for n in names for s in seeds]
+    if metrics is None:
+        codebooks = sorted({k for r in runs for k in r if k.startswith("eval/loss/cb")}, key=lambda k: int(k[12:]))
+        metrics = METRICS + [Metric(k, f"eval loss, codebook {k[12:]}", True) for k in codebooks]
     rows = []
-    for key, label, lower in metrics:
-        values = {n: [float(results[n][s].get(key, math.nan)) for s in seeds] for n in names}
-        if all(math.isnan(v) for vs in values.values() for v in vs):
-            continue
-        per_pattern = {n: mean_ci(values[n]) for n in names}
-        versus = {n: paired_difference(values[n], values[reference]) for n in names if n != reference}
-        rows.append(Row(key, label, lower, per_pattern, versus, _clear_winner(values, per_pattern, lower)))
+    for metric in metrics:
+        values = {n: [float(results[n][s].get(metric.key, math.nan)) for s in seeds] for n in names}
+        if not all(math.isnan(v) for vs in values.values() for v in vs):
+            rows.append(_row(metric, values, runs))
+    for kind in ("primary", "exploratory"):
+        family = [c for r in rows if r.kind == kind for c in r.comparisons]
+        for c, p in zip(family, holm([c.p for c in family]), strict=True):
+            c.p_adjusted = p
+    for row in rows:
+        if row.kind == "primary":
+            row.winner = _clear_winner(row)
     return rows
 
 
-def _clear_winner(values: dict[str, list[float]], means: dict[str, Estimate], lower: bool) -> str | None:
-    """The best pattern by mean, if its paired interval against every other pattern excludes zero."""
+def _row(metric: Metric, values: dict[str, list[float]], runs: list[dict[str, Any]]) -> Row:
+    per_pattern = {n: mean_ci(v) for n, v in values.items()}
+    row = Row(metric.key, metric.label, metric.lower_is_better, "", per_pattern, values, [])
+    measured = [v for vs in values.values() for v in vs if not math.isnan(v)]
+    seeds = len(next(iter(values.values())))
+    if metric.wall_clock:
+        row.kind, row.note = "wall-clock", f"wall-clock time{_load(runs)}: not a pattern comparison (see benchmarks/)"
+    elif metric.key.startswith("gen/") and all(v == 0 for v in measured):
+        ceiling = [r[_reference_key(metric.key)] for r in runs if _reference_key(metric.key) in r]
+        on_references = f"; the reference clips score {np.nanmean(ceiling):.2f}" if ceiling else ""
+        row.kind, row.note = "no signal", f"0 for every generated clip of every run{on_references}"
+    elif seeds >= 2 and all(max(vs) == min(vs) for vs in values.values()):
+        row.kind, row.note = "exact", _why_exact(metric.key, runs)
+    else:
+        row.kind = "primary" if metric.primary else "exploratory"
+        names = list(values)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                va, vb = values[a], values[b]
+                p = paired_p(va, vb)
+                row.comparisons.append(Comparison(a, b, paired_difference(va, vb), p, math.nan, effect_size(va, vb)))
+        row.note = "; ".join(_why_untested(c, values) for c in row.comparisons if math.isnan(c.p) and seeds >= 2)
+    return row
+
+
+def _load(runs: list[dict[str, Any]]) -> str:
+    loads = [r["machine/load_average"] for r in runs if "machine/load_average" in r]
+    if not loads:
+        return ""
+    cores = max(r.get("machine/cores", 0) for r in runs)
+    low, high = f"{min(loads):.1f}", f"{max(loads):.1f}"
+    spread = low if low == high else f"{low} to {high}"
+    return f" under a load average of {spread} on {cores} cores"
+
+
+def _why_untested(c: Comparison, values: dict[str, list[float]]) -> str:
+    pairs = sum(not (math.isnan(x) or math.isnan(y)) for x, y in zip(values[c.a], values[c.b], strict=True))
+    if pairs < 2:
+        return f"{c.a} - {c.b}: measured in {pairs} seed(s) of both, not tested"
+    return f"{c.a} - {c.b}: the same difference in every seed (zero-width interval), not tested"
+
+
+def _reference_key(key: str) -> str:
+    return key.replace("gen/", "gen/reference_", 1)
+
+
+def _why_exact(key: str, runs: list[dict[str, Any]]) -> str:
+    if key == "gen/decode_steps" and all(r.get("gen/stopped_on_eos", 1) == 0 for r in runs):
+        return "no generation stopped on EOS: each decodes its frames + max delay + 1"
+    return {"model/max_delay": "set by the pattern", "model/parameters": "set by the architecture"}.get(
+        key, "the same in every seed"
+    )
+
+
+def _clear_winner(row: Row) -> str | None:
+    """The best pattern by mean, if it beats every other pattern with a Holm-adjusted p < ALPHA."""
 
     def badness(name: str) -> float:
-        mean = means[name].mean
-        return math.inf if math.isnan(mean) else (mean if lower else -mean)
+        mean = row.per_pattern[name].mean
+        return math.inf if math.isnan(mean) else (mean if row.lower_is_better else -mean)
 
-    best = min(means, key=badness)
-    for other in means:
-        if other != best and winner(paired_difference(values[best], values[other]), best, other, lower) != best:
+    best = min(row.per_pattern, key=badness)
+    for other in row.per_pattern:
+        c = row.versus(best, other) if other != best else None
+        if c is not None and not (c.significant() and (c.difference.mean < 0) == row.lower_is_better):
             return None
     return best
 
 
-def markdown(rows: list[Row], names: list[str], reference: str, seeds: int) -> str:
-    others = [n for n in names if n != reference]
-    head = ["metric", *names, *(f"{n} - {reference}" for n in others), "winner"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 2) + "---|"]
-    for row in rows:
-        cells = [row.per_pattern[n].format() for n in names]
-        diffs = [row.versus_reference[n].format() + (" *" if row.versus_reference[n].excludes_zero() else "")
-                 for n in others]  # fmt: skip
-        arrow = "↓" if row.lower_is_better else "↑"
-        lines.append(f"| {row.label} {arrow} | " + " | ".join([*cells, *diffs, row.winner or "no clear winner"]) + " |")
-    note = (
-        f"Means ± 95% t-interval over {seeds} seed(s); differences paired by seed (* = the interval excludes 0); "
-        "a winner only where its paired interval against every other pattern excludes 0. ↓/↑: lower/higher is better."
-    )
-    return note + "\n\n" + "\n".join(lines)
-
-
-def write_summary(out: Path, rows: list[Row], names: list[str], plan: Plan) -> Path:
-    patterns = {run_name(p): p.to_list() for p in plan.delay_patterns}
-    as_json = {
-        "patterns": patterns,
+def summary_json(rows: list[Row], plan: Plan, results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """What summary.json holds: every number of the tables, and the notes that qualify them."""
+    return {
+        "patterns": {run_name(p): p.to_list() for p in plan.delay_patterns},
         "seeds": plan.seeds,
         "reference": plan.reference,
         "edge_frames": plan.edge,
+        "alpha": ALPHA,
+        "notes": _notes(results, plan),
         "metrics": [
             {
                 "key": r.key,
                 "label": r.label,
                 "lower_is_better": r.lower_is_better,
+                "kind": r.kind,
                 "per_pattern": {n: dataclasses.asdict(e) for n, e in r.per_pattern.items()},
-                "versus_reference": {n: dataclasses.asdict(e) for n, e in r.versus_reference.items()},
+                "per_seed": r.per_seed,
+                "comparisons": [dataclasses.asdict(c) for c in r.comparisons],
                 "winner": r.winner,
+                "note": r.note,
             }
             for r in rows
         ],
     }
-    (out / "summary.json").write_text(json.dumps(as_json, indent=2, allow_nan=True))
-    table = markdown(rows, names, plan.reference, len(plan.seeds))
-    grid = "\n".join(f"- {n}: delays {','.join(map(str, d))}" for n, d in patterns.items())
-    (out / "summary.md").write_text(f"# Delay-pattern ablation\n\n{grid}\n\n{table}\n")
+
+
+def _notes(results: dict[str, dict[int, dict[str, Any]]], plan: Plan) -> list[str]:
+    runs = [r for by_seed in results.values() for r in by_seed.values()]
+    notes = []
+    counts = {(r.get("eval/clips"), r.get("eval/targets"), r.get("eval/interior/targets")) for r in runs}
+    if len(counts) == 1:
+        clips, targets, inner = counts.pop()
+        notes.append(
+            f"Every run is scored on the same {clips} eval clips (chosen by the dataset, not the seed): "
+            f"{targets} targets, {inner} of them interior (at least {plan.edge} frames from both ends of a crop)."
+        )
+        if inner == 0:
+            notes.append(f"No interior frames: eval crops must be longer than twice the edge ({plan.edge} frames).")
+    else:
+        notes.append(f"Runs were scored on different eval sets (clips, targets, interior): {sorted(counts, key=str)}.")
+    clips = {r.get("gen/clips") for r in runs if "gen/clips" in r}
+    if clips and max(clips) < FRECHET_MIN_CLIPS:
+        notes.append(
+            f"Fréchet distance not computed: {max(clips)} generated clips per run, at least {FRECHET_MIN_CLIPS} needed."
+        )
+    return notes
+
+
+# --- the tables (summary.md and the report's page render the same cells) -----------------------
+
+
+TEXT_COLUMNS = ("metric", "winner", "note", "why")  # left-aligned; the numbers are right-aligned
+
+
+@dataclass
+class Section:
+    title: str
+    intro: str
+    head: list[str]
+    rows: list[list[str]]
+
+    def without_empty_notes(self) -> Section:
+        if "note" not in self.head or any(cells[self.head.index("note")] for cells in self.rows):
+            return self
+        keep = [i for i, h in enumerate(self.head) if h != "note"]
+        return Section(self.title, self.intro, [self.head[i] for i in keep], [[r[i] for i in keep] for r in self.rows])
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p {p:.3f}"
+
+
+def _exact(e: dict[str, float]) -> str:
+    v = e["mean"]
+    return "-" if math.isnan(v) else str(int(v)) if float(v).is_integer() else f"{v:.4g}"
+
+
+def sections(summary: dict[str, Any]) -> list[Section]:
+    """The summary's tables: primary, exploratory, exact, and rows reported but not compared."""
+    names, ref = list(summary["patterns"]), summary["reference"]
+    others = [n for n in names if n != ref]
+    seeds = len(summary["seeds"])
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for m in summary["metrics"]:
+        by_kind.setdefault(m["kind"], []).append(m)
+
+    def label(m: dict[str, Any]) -> str:
+        return f"{m['label']} {'↓' if m['lower_is_better'] else '↑'}"
+
+    def compared(m: dict[str, Any], primary: bool) -> list[str]:
+        cells = [label(m), *(Estimate(**m["per_pattern"][n]).format() for n in names)]
+        for n in others:
+            c = oriented([_comparison(c) for c in m["comparisons"]], n, ref)
+            if c is None:
+                cells.append("-")
+                continue
+            stats = ([f"d {c.effect:+.1f}"] if primary and not math.isnan(c.effect) else [])
+            stats += [_p(c.p_adjusted)] if not math.isnan(c.p_adjusted) else []
+            star = " *" if primary and c.significant() else ""
+            cells.append(c.difference.format() + (f" ({', '.join(stats)})" if stats else "") + star)
+        if primary:
+            cells.append(m["winner"] or "no clear winner")
+        return [*cells, m["note"]]
+
+    diffs = [f"{n} - {ref}" for n in others]
+    primary = by_kind.get("primary", [])
+    exploratory = by_kind.get("exploratory", [])
+    tests = sum(len(m["comparisons"]) for m in primary)
+    leads = sum(len(m["comparisons"]) for m in exploratory)
+    out = [
+        Section(
+            "Primary",
+            f"The claims the ablation tests. Means ± 95% t-interval over {seeds} seed(s); differences paired by seed, "
+            f"with d = the difference over the seed-to-seed spread and p Holm-adjusted over all {tests} primary "
+            f"comparisons (every pair of patterns on every primary metric). * and a winner only where p < "
+            f"{summary['alpha']} (a winner against every other pattern).",
+            ["metric", *names, *diffs, "winner", "note"],
+            [compared(m, True) for m in primary],
+        ),
+        Section(
+            "Exploratory",
+            f"Every other measured metric: p Holm-adjusted over these {leads} "
+            "comparisons. Leads for the next experiment, never a winner.",
+            ["metric", *names, *diffs, "note"],
+            [compared(m, False) for m in exploratory],
+        ),
+        Section(
+            "Exact",
+            "The same in every seed: no interval, no test, no winner.",
+            ["metric", *names, "why"],
+            [[m["label"], *(_exact(m["per_pattern"][n]) for n in names), m["note"]] for m in by_kind.get("exact", [])],
+        ),
+        Section(
+            "Not compared",
+            "Reported, not compared.",
+            ["metric", *names, "why"],
+            [
+                [m["label"], *(Estimate(**m["per_pattern"][n]).format() for n in names), m["note"]]
+                for kind in ("wall-clock", "no signal")
+                for m in by_kind.get(kind, [])
+            ],
+        ),
+    ]
+    return [s.without_empty_notes() for s in out if s.rows]
+
+
+def _comparison(c: dict[str, Any]) -> Comparison:
+    return Comparison(**{**c, "difference": Estimate(**c["difference"])})
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    parts = []
+    for s in sections(summary):
+        align = ["---" if h in TEXT_COLUMNS else "---:" for h in s.head]
+        lines = ["| " + " | ".join(s.head) + " |", "|" + "|".join(align) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in s.rows]
+        parts.append(f"## {s.title}\n\n{s.intro}\n\n" + "\n".join(lines))
+    notes = "\n".join(f"- {n}" for n in summary["notes"])
+    return "\n\n".join(parts) + (f"\n\n{notes}" if notes else "")
+
+
+def write_summary(out: Path, rows: list[Row], plan: Plan, results: dict[str, dict[int, dict[str, Any]]]) -> Path:
+    summary = summary_json(rows, plan, results)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+    grid = "\n".join(f"- {n}: delays {','.join(map(str, d))}" for n, d in summary["patterns"].items())
+    (out / "summary.md").write_text(f"# Delay-pattern ablation\n\n{grid}\n\n{markdown(summary)}\n")
     return out / "summary.md"
 
 
@@ -319,7 +566,7 @@ def ablate(
         for pattern in parsed:
             results[run_name(pattern)][seed] = run_one(plan, out, pattern, seed, progress)
     rows = summarise(results, reference)
-    return AblationResult(out, write_summary(out, rows, names, plan), rows, names, results)
+    return AblationResult(out, write_summary(out, rows, plan, results), rows, names, results)
 
 
 DEMO_DIR = Path("runs/demo")

@@ -225,7 +225,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate_run(args.run, args.checkpoint, args.prompts, args.seconds, device=args.device, out=args.out)
+    result = evaluate_run(args.run, args.checkpoint, args.prompts, args.seconds, args.edge, args.device, args.out)
     keys = ("eval/loss", "eval/interior/loss", "eval/entropy", "eval/gap", "gen/in_key_ratio", "gen/frames_per_s")
     print(f"{args.run} {result['checkpoint']}: " + ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result))
     if args.out:
@@ -427,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", type=_count, default=evaluating["prompts"], help="eval captions to generate from (0: none)"
     )
     ev.add_argument("--seconds", type=_seconds, default=evaluating["seconds"], help="length cap of each generation")
+    ev.add_argument(
+        "--edge",
+        type=_count,
+        help="interior frames are at least this many frames from both ends of a crop (default: the run's max "
+        "delay + 1; to compare with an ablation, pass its edge_frames)",
+    )
     ev.add_argument("--device", help="cpu | cuda (default: cuda when present)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)

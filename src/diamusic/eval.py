@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ from diamusic.data.dataset import CodesDataset
 from diamusic.errors import DiamusicError
 from diamusic.generate import SamplingConfig, generate_codes
 from diamusic.runs import LoadedRun, load_run
-from diamusic.teacher_forced import fixed_eval_batches, teacher_forced
+from diamusic.teacher_forced import fixed_eval_batches, interior_edge, teacher_forced
 from diamusic.tracking import read_metrics
 
 IN_TUNE_CENTS = 25.0  # every pitch is within 50 cents of some semitone: a quarter of that is the test
+# generations needed for the Fréchet distance: below it, sampling noise in the 50 feature means and
+# variances (about 26% relative error on a variance from 30 clips) swamps any difference between models
+FRECHET_MIN_CLIPS = 30
 
 
 class EvalError(DiamusicError):
@@ -163,6 +167,8 @@ def generated_metrics(
         row["chroma_cosine"] = pitch.chroma_cosine(reference, wave, codec.sample_rate)
         if prompt.melody:
             row["melody_agreement"] = melody_agreement(wave, codec.sample_rate, prompt.melody, track)
+            # the metric's ceiling through this codec: a generation scoring 0 then says the model, not the metric
+            row["reference_melody_agreement"] = melody_agreement(reference, codec.sample_rate, prompt.melody)
         row["stopped_on_eos"] = float(result.stopped_on_eos[0])
         rows.append(row)
         generated_feats.append(audio_features(wave, codec.sample_rate))
@@ -174,13 +180,18 @@ def generated_metrics(
     audio_seconds = frames / codec.frame_rate
     out.update(
         {
+            "gen/clips": len(prompts),
             "gen/decode_steps": decode_steps / len(prompts),
+            # wall-clock: meaningful only on a quiet machine, so the load it ran under goes with it
             "gen/frames_per_s": frames / max(sampling_seconds, 1e-9),
             "gen/real_time_factor": audio_seconds / max(sampling_seconds, 1e-9),
             "gen/seconds": audio_seconds / len(prompts),
-            "gen/frechet_features": frechet_diagonal(np.stack(generated_feats), np.stack(real_feats)),
+            "machine/load_average": os.getloadavg()[0],
+            "machine/cores": len(os.sched_getaffinity(0)),
         }
     )
+    if len(prompts) >= FRECHET_MIN_CLIPS:
+        out["gen/frechet_features"] = frechet_diagonal(np.stack(generated_feats), np.stack(real_feats))
     usage = usage_divergence(generated_codes, [p.reference for p in prompts], run.vocab.codebook_size)
     out.update({f"gen/usage_js/cb{c}": v for c, v in enumerate(usage)})
     out["gen/usage_js"] = float(np.mean(usage))
@@ -215,7 +226,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Every metric of one checkpoint, as one flat dict (also written to ``out`` as JSON).
 
-    ``edge`` defaults to the run's own max delay; an ablation passes the largest of its patterns'.
+    ``edge`` defaults to the run's own max delay + 1 (`interior_edge`); an ablation passes the one of
+    all its patterns, and a standalone evaluation compared with an ablation's must pass the same.
     ``audio_dir`` keeps the generated and reference audio.
     """
     start = time.perf_counter()
@@ -224,14 +236,20 @@ def evaluate_run(
     data_path = Path(run.info["dataset"])
     if not (data_path / "card.json").exists():
         raise EvalError(f"the run's dataset {data_path} is gone: evaluation needs its eval split")
-    edge = run.pattern.max_delay if edge is None else edge
+    edge = interior_edge([run.pattern]) if edge is None else edge
+    if edge < 0:
+        raise EvalError(f"the interior edge must be >= 0 frames, got {edge}")
     eval_data, train_data = CodesDataset(data_path, "eval"), CodesDataset(data_path, "train")
     result: dict[str, Any] = {"run": str(run_dir), "checkpoint": run.checkpoint.name, "edge_frames": edge}
     result["pattern"] = {"name": run.pattern.name, "delays": run.pattern.to_list()}
+    result["model/max_delay"] = run.pattern.max_delay
+    result["model/parameters"] = sum(p.numel() for p in run.model.parameters())
     losses = {}
     for prefix, batches in fixed_eval_batches(config, train_data, eval_data, run.pattern).items():
+        losses[prefix + "clips"] = sum(len(b["labels"]) for b in batches)
         for part, stats in teacher_forced(run.model, batches, run.pattern, run.vocab, edge).items():
             losses.update(stats.summary(prefix + part))
+            losses[prefix + part + "targets"] = int(stats.count.sum())
     if "eval/loss" not in losses:
         raise EvalError(f"nothing to evaluate: the run's eval.clips is {config.eval.clips} or its eval split is empty")
     losses["eval/gap"] = losses["eval/loss"] - losses["train_subset/loss"]

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from diamusic.ablate import PLAN_FILE, AblationError, run_name
+from diamusic.ablate import PLAN_FILE, AblationError, run_name, sections
 from diamusic.checkpoints import step_of
 from diamusic.patterns import DelayPattern
 from diamusic.runs import SAMPLES
@@ -55,6 +55,11 @@ def _upper(e: dict[str, float]) -> float:
     return 0.0 if math.isnan(e["high"]) else e["high"] - e["mean"]
 
 
+def _seed_dots(ax: Any, x: float, values: list[float], spread: float = 0.15) -> None:
+    offsets = [spread * (i / max(len(values) - 1, 1) - 0.5) for i in range(len(values))]
+    ax.scatter([x + o for o in offsets], values, s=9, color="black", zorder=3)
+
+
 def _runs(out: Path, plan: dict[str, Any]) -> dict[str, dict[int, Path]]:
     patterns = [DelayPattern.parse(d) for d in plan["patterns"]]
     return {run_name(p): {s: out / "runs" / run_name(p) / f"seed{s}" for s in plan["seeds"]} for p in patterns}
@@ -89,7 +94,8 @@ def plot_curves(out: Path, runs: dict[str, dict[int, Path]], keys: list[tuple[st
 
 
 def plot_bars(out: Path, summary: dict[str, Any], keys: list[tuple[str, str]], name: str) -> Path | None:
-    """Small multiples: one panel per metric, one bar per pattern, 95% interval as the error bar."""
+    """Small multiples: one panel per metric, one bar per pattern, 95% interval as the error bar and
+    each seed's value as a dot beside it (three dots say more than a bar)."""
     metrics = {m["key"]: m for m in summary["metrics"]}
     present = [(k, t) for k, t in keys if k in metrics]
     if not present:
@@ -103,6 +109,8 @@ def plot_bars(out: Path, summary: dict[str, Any], keys: list[tuple[str, str]], n
         estimates = [metrics[key]["per_pattern"][n] for n in names]
         errors = [_upper(e) for e in estimates]
         ax.bar(names, [e["mean"] for e in estimates], yerr=errors, capsize=4, color=["C0", "C1", "C2", "C3", "C4"])
+        for i, n in enumerate(names):
+            _seed_dots(ax, i, metrics[key]["per_seed"][n])
         ax.set_title(title + (" ↓" if metrics[key]["lower_is_better"] else " ↑"), fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     for ax in list(axes.flat)[len(present) :]:
@@ -124,6 +132,8 @@ def plot_codebooks(out: Path, summary: dict[str, Any]) -> Path | None:
         means = [m["per_pattern"][n]["mean"] for m in rows]
         errors = [_upper(m["per_pattern"][n]) for m in rows]
         ax.bar([c + i * width for c in range(len(rows))], means, width, yerr=errors, capsize=2, label=n)
+        for c, m in enumerate(rows):
+            _seed_dots(ax, c + i * width, m["per_seed"][n], spread=width / 3)
     ax.set_xticks([c + 0.4 - width / 2 for c in range(len(rows))], [f"cb{c}" for c in range(len(rows))])
     ax.set_ylabel("eval loss (nats)")
     ax.set_title("eval loss per codebook (95% interval over seeds)")
@@ -153,7 +163,6 @@ body { font-family: sans-serif; margin: 2em; max-width: 1400px; }
 table { border-collapse: collapse; font-size: 13px; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
-.win { font-weight: bold; }
 audio { width: 220px; height: 32px; }
 .prompt { font-size: 13px; color: #333; max-width: 260px; }
 img { max-width: 100%; }
@@ -164,23 +173,15 @@ def _e(text: Any) -> str:
     return html.escape(str(text))
 
 
-def _table(summary: dict[str, Any]) -> str:
-    names = list(summary["patterns"])
-    ref = summary["reference"]
-    others = [n for n in names if n != ref]
-    head = "".join(f"<th>{_e(h)}</th>" for h in ["metric", *names, *(f"{n} − {ref}" for n in others), "winner"])
-    body = []
-    for m in summary["metrics"]:
-        cells = [f"<td>{_e(m['label'])} {'↓' if m['lower_is_better'] else '↑'}</td>"]
-        for n in names:
-            e = Estimate(**m["per_pattern"][n])
-            cells.append(f"<td class='{'win' if m['winner'] == n else ''}'>{_e(e.format())}</td>")
-        for n in others:
-            d = Estimate(**m["versus_reference"][n])
-            cells.append(f"<td>{_e(d.format())}{' *' if d.excludes_zero() else ''}</td>")
-        cells.append(f"<td>{_e(m['winner'] or 'no clear winner')}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+def _tables(summary: dict[str, Any]) -> str:
+    """The summary's sections, cell for cell as summary.md has them."""
+    out = []
+    for section in sections(summary):
+        head = "".join(f"<th>{_e(h)}</th>" for h in section.head)
+        body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>" for cells in section.rows)
+        out.append(f"<h3>{_e(section.title)}</h3><p>{_e(section.intro)}</p><table><tr>{head}</tr>{body}</table>")
+    notes = "".join(f"<li>{_e(n)}</li>" for n in summary["notes"])
+    return "".join(out) + (f"<ul>{notes}</ul>" if notes else "")
 
 
 def _audio(out: Path, path: Path) -> str:
@@ -247,12 +248,11 @@ def write_report(out: str | Path) -> Path:
 <body>
 <h1>Delay-pattern ablation</h1>
 <p>{len(runs)} patterns x seeds {_e(seeds)}; differences against <b>{_e(summary["reference"])}</b>, paired by seed.
-Interior frames: at least {summary["edge_frames"]} frames from both ends of a crop.
+Interior frames: at least {summary["edge_frames"]} frames from both ends of a crop. In the plots, bars are
+means over seeds with their 95% interval and the dots are the seeds.
 <span id="selfcheck">not checked</span></p>
 <h2>Summary</h2>
-<p>Means ± 95% t-interval over seeds; * = the paired interval excludes 0; a winner only where its paired
-interval against every other pattern excludes 0.</p>
-{_table(summary)}
+{_tables(summary)}
 <h2>Curves and metrics</h2>
 {img}
 <h2>Listening: generations per prompt</h2>

@@ -8,13 +8,13 @@ Edge frames: a delayed codebook sees BOS in another codebook's context near a cr
 PAD in place of lower codebooks' later frames near its end; how many frames that touches grows
 with the pattern's delays. So the loss is also reported on the interior frames only, those at
 least ``edge`` frames from both ends of their crop, where every pattern compared sees real frames
-in every codebook: a like-for-like comparison.
+in every codebook: a like-for-like comparison (`interior_edge`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -54,6 +54,17 @@ def fixed_eval_batches(
         return [make_batch(data, p, pattern, d.crop_frames, None, d.eos_in_loss) for p in picks]
 
     return {"eval/": batches(eval, eval_picks), "train_subset/": batches(train, train_picks)}
+
+
+def interior_edge(patterns: Sequence[DelayPattern]) -> int:
+    """The smallest edge at which every interior target of every pattern has a real frame of every
+    codebook in its context: the largest max delay + 1.
+
+    The target at decode step s is predicted from the inputs of steps up to s - 1, where codebook c
+    holds frame s - 1 - delays[c]: for the most delayed codebook to hold frame 0 there, codebook 0's
+    target frame s must be at least max delay + 1 (at max delay it still sees only BOS).
+    """
+    return max(p.max_delay for p in patterns) + 1
 
 
 def interior(labels: torch.Tensor, pattern: DelayPattern, vocab: AudioVocab, edge: int) -> torch.Tensor:
