@@ -29,7 +29,7 @@ lint: setup
 test: lint browser
 	$(VENV)/bin/python -m pytest
 
-# the inner loop: unit tests only (no subprocess, launcher, kill -9, demo, browser or compile tests)
+# the inner loop: the suite without the tests marked integration (see the marker in pyproject.toml)
 test-fast: lint
 	$(VENV)/bin/python -m pytest -m "not integration"
 

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import shutil
@@ -19,6 +20,18 @@ from diamusic.patterns import DelayPattern
 from diamusic.runs import RunError
 from diamusic.tracking import read_metrics
 from diamusic.train import train
+
+
+@contextlib.contextmanager
+def fresh_accelerator():
+    """accelerate fixes the precision once per process: start afresh, and leave it fresh for later tests."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def tiny_config(data, sets: dict | None = None, **top):
@@ -206,6 +219,31 @@ def test_pretrained_checkpoint_with_another_pattern(melody_dataset, tmp_path):
     assert saved["delay_pattern"] == [0, 1, 2, 3, 4, 5, 6, 7, 8]
 
 
+def test_a_bf16_checkpoint_fine_tunes_with_fp32_master_weights(melody_dataset, tmp_path, monkeypatch):
+    """transformers loads a checkpoint in its own dtype unless told otherwise: a bf16 Dia would then
+    train bf16 weights under `precision: bf16`, whose autocast promises fp32 master weights."""
+    from safetensors import safe_open
+
+    from diamusic import trainer
+
+    vocab = CodesDataset(melody_dataset).vocab
+    build_model("tiny", DelayPattern.parse("musicgen"), vocab).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    seen = []
+    real = trainer.build_optimizer
+
+    def recorded(config, model):
+        seen.extend(p.dtype for p in model.parameters())
+        return real(config, model)
+
+    monkeypatch.setattr(trainer, "build_optimizer", recorded)
+    sets = {"model.init": "pretrained", "model.pretrained": str(tmp_path / "bf16")}
+    with fresh_accelerator():
+        train(tiny_config(melody_dataset, sets, steps=2, precision="bf16"), tmp_path / "run", progress=False)
+    assert seen and set(seen) == {torch.float32}
+    with safe_open(str(checkpoints_of(tmp_path / "run")[-1] / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}  # noqa: SIM118 (safe_open has no __iter__)
+
+
 def test_training_never_calls_the_codec(melody_dataset, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the codec was called during training")
@@ -368,14 +406,8 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_tracks_fp32(melody_dataset, tm
     settings = {"steps": 6, "logging.every": 1, "eval.every": 6, "checkpoints.every": 100}
     train(tiny_config(melody_dataset, **settings), tmp_path / "fp32", progress=False)
     monkeypatch.setattr(train_module, "forward_stats", spy)
-    # accelerate fixes the precision once per process: start afresh, and leave it fresh for later tests
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    try:
+    with fresh_accelerator():
         train(tiny_config(melody_dataset, **settings, precision="bf16"), tmp_path / "bf16", progress=False)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
     assert head_dtypes == {torch.bfloat16}  # autocast really ran the matmuls in bf16
     a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
     assert [v for _, v in a] != [v for _, v in b]

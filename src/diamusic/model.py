@@ -116,9 +116,13 @@ def build_model(preset: str, pattern: DelayPattern, vocab: AudioVocab, seed: int
 
 
 def load_pretrained(
-    name_or_path: str, pattern: DelayPattern, vocab: AudioVocab, dtype: torch.dtype | None = None
+    name_or_path: str, pattern: DelayPattern, vocab: AudioVocab, dtype: torch.dtype = torch.float32
 ) -> tuple[DiaForConditionalGeneration, list[str]]:
     """Load a Dia checkpoint (hub id or local dir) for this run; returns (model, notes to log).
+
+    The weights are loaded in ``dtype``, fp32 by default, whatever dtype the checkpoint was saved in:
+    transformers would otherwise keep a bf16 checkpoint in bf16, and training would then update bf16
+    weights where `precision: bf16` promises fp32 master weights under bf16 autocast.
 
     The checkpoint's codebooks (transformers' ``num_channels``) and vocabulary must match the
     dataset's codec (its embeddings and head are laid out per code). The delay pattern is only a
@@ -127,8 +131,7 @@ def load_pretrained(
     """
     from transformers import DiaForConditionalGeneration
 
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = DiaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+    model = DiaForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
     dec = model.config.decoder_config
     theirs = (dec.num_channels, dec.vocab_size)
     if theirs != (vocab.num_codebooks, vocab.vocab_size):
