@@ -123,3 +123,24 @@ def small_disk(tmp_path):
     yield Disk
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def melodies():
+    """Nine pieces of the built-in corpus: three of each collection, essen/oneills/bach in turn."""
+    from diamusic import corpus
+
+    return list(corpus.iter_melodies(limit=9, seed=0))
+
+
+@pytest.fixture(scope="session")
+def arrangements():
+    """``arrangements(melodies, seeds, texture, renderer)``: (melody, seed, arrangement) for each pair."""
+    from diamusic import arrangement
+
+    def arranged(melodies, seeds, texture="mixed", renderer="soundfont"):
+        for m in melodies:
+            for seed in seeds:
+                yield m, seed, arrangement.arrange(m, seed, texture, renderer)
+
+    return arranged

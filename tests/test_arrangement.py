@@ -1,28 +1,16 @@
 """arrange: the choices of a rendering and the parts it plays (no audio)."""
 
-import pytest
 
 from diamusic import arrangement, corpus, instruments, pitch
 
 
-@pytest.fixture(scope="module")
-def melodies():
-    return list(corpus.iter_melodies(limit=9, seed=0))  # three of each collection, essen/oneills/bach in turn
-
-
-def arrangements(melodies, seeds, texture="mixed", renderer="soundfont"):
-    for m in melodies:
-        for seed in seeds:
-            yield m, seed, arrangement.arrange(m, seed, texture, renderer)
-
-
-def test_tempo_change_keeps_pieces_within_max_seconds(melodies):
+def test_tempo_change_keeps_pieces_within_max_seconds(melodies, arrangements):
     for m, seed, arr in arrangements(melodies, range(8)):
         end = max(s + d for part in arr.parts for _, s, d, _ in part.notes)
         assert end <= corpus.MAX_SECONDS + 0.05, (m.id, seed)
 
 
-def test_transposition_key_tempo_and_range(melodies):
+def test_transposition_key_tempo_and_range(melodies, arrangements):
     seen_transpositions = set()
     for m, seed, arr in arrangements(melodies, range(10)):
         tags = arr.tags
@@ -52,7 +40,7 @@ def test_chorale_keeps_bachs_voices(melodies):
     assert [p.role for p in solo.parts] == ["melody"] and solo.tags["accompaniment"] == []
 
 
-def test_harmonised_accompaniment_stays_in_key(melodies):
+def test_harmonised_accompaniment_stays_in_key(melodies, arrangements):
     tunes = [m for m in melodies if not m.accompaniment]
     checked = 0
     for m, seed, arr in arrangements(tunes, range(6), texture="accompanied"):
@@ -68,7 +56,7 @@ def test_harmonised_accompaniment_stays_in_key(melodies):
     assert checked > 1000
 
 
-def test_drums_follow_the_metre(melodies):
+def test_drums_follow_the_metre(melodies, arrangements):
     with_drums = 0
     for m, _, arr in arrangements([m for m in melodies if not m.accompaniment], range(12), texture="accompanied"):
         drums = [p for p in arr.parts if p.role == "drums"]

@@ -5,20 +5,8 @@ import re
 
 import pytest
 
-from diamusic import arrangement, captions, corpus, instruments, pitch, render, synth
+from diamusic import captions, instruments, pitch, render, synth
 from diamusic.seeding import piece_rng
-
-
-@pytest.fixture(scope="module")
-def melodies():
-    return list(corpus.iter_melodies(limit=9, seed=0))  # three of each collection, essen/oneills/bach in turn
-
-
-def arrangements(melodies, seeds, texture="mixed", renderer="soundfont"):
-    for m in melodies:
-        for seed in seeds:
-            yield m, seed, arrangement.arrange(m, seed, texture, renderer)
-
 
 ALL_NAMES = sorted(set(instruments.INSTRUMENTS) | {f"synth {t}" for t in synth.TIMBRES})
 
@@ -28,7 +16,7 @@ def named(caption: str) -> set[str]:
 
 
 @pytest.mark.parametrize("renderer", render.RENDERERS)
-def test_captions_agree_with_the_rendering(melodies, renderer):
+def test_captions_agree_with_the_rendering(melodies, renderer, arrangements):
     templates = set()
     for m, seed, arr in arrangements(melodies, range(8), renderer=renderer):
         tags = arr.tags

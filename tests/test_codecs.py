@@ -179,6 +179,21 @@ def tiny_dac_dir(tmp_path_factory):
     return path
 
 
+def test_a_run_moved_with_its_local_dac_weights_still_loads_its_codec(tiny_dac_dir, tmp_path):
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_dac_dir, project / "dac")
+    codec = codecs.DacCodec(model=str(project / "dac"))
+    codec.save(project / "runs" / "mg" / "codec")
+    project.rename(tmp_path / "moved")  # e.g. from scratch space to the lab's share
+    loaded = codecs.load_codec(tmp_path / "moved" / "runs" / "mg" / "codec")
+    assert loaded.fingerprint == codec.fingerprint and loaded.model_id == str(tmp_path / "moved" / "dac")
+    shutil.rmtree(tmp_path / "moved" / "dac")  # and weights that are gone are one codec error, not a hub lookup
+    with pytest.raises(codecs.CodecError, match="weights it was saved with are gone"):
+        codecs.load_codec(tmp_path / "moved" / "runs" / "mg" / "codec")
+
+
 def test_tiny_dac_round_trip(tiny_dac_dir, tmp_path):
     codec = codecs.DacCodec(model=str(tiny_dac_dir))
     assert isinstance(codec, codecs.Codec)

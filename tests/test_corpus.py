@@ -5,14 +5,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from diamusic import corpus, pitch
-
-
-@pytest.fixture(scope="module")
-def melodies():
-    return list(corpus.iter_melodies(limit=9, seed=0))
 
 
 def test_iteration_is_deterministic_and_seeded(melodies):

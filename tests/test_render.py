@@ -5,16 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from diamusic import arrangement, captions, corpus, pitch, playback, render
+from diamusic import arrangement, captions, pitch, playback, render
 from diamusic.errors import DiamusicError
 from diamusic.seeding import piece_rng
 
 SR = playback.SAMPLE_RATE
-
-
-@pytest.fixture(scope="module")
-def melodies():
-    return list(corpus.iter_melodies(limit=9, seed=0))  # three of each collection, essen/oneills/bach in turn
 
 
 @pytest.fixture(scope="module")

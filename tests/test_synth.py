@@ -5,14 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from diamusic import corpus, pitch, synth
+from diamusic import pitch, synth
 
 SR = 22050
-
-
-@pytest.fixture(scope="module")
-def melodies():
-    return list(corpus.iter_melodies(limit=9, seed=0))
 
 
 def test_timbre_is_drawn_per_melody_and_seed(melodies):

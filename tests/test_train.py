@@ -244,6 +244,40 @@ def test_a_bf16_checkpoint_fine_tunes_with_fp32_master_weights(melody_dataset, t
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}  # noqa: SIM118 (safe_open has no __iter__)
 
 
+def test_wandb_without_a_key_is_one_line_before_the_run_writes_anything(melody_dataset, tmp_path, monkeypatch):
+    from diamusic.errors import DiamusicError
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: `wandb login` never ran here
+    config = tiny_config(melody_dataset, {"tracking.backends": ["wandb"]}, steps=2)
+    with pytest.raises(DiamusicError, match="wandb tracker has no API key") as caught:
+        train(config, tmp_path / "run", progress=False)
+    assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()
+    # the same directory then takes the run with the local tracker: nothing was left to refuse it
+    local = tiny_config(melody_dataset, {"tracking.backends": ["tensorboard"]}, steps=2)
+    train(local, tmp_path / "run", progress=False)
+    assert checkpoints_of(tmp_path / "run")
+
+
+def test_samples_every_0_means_no_samples_even_with_prompts(melody_dataset, tmp_path):
+    config = tiny_config(melody_dataset, {"samples.every": 0, "samples.prompts": ["a jig in D major"]}, steps=2)
+    train(config, tmp_path / "run", progress=False)
+    assert checkpoints_of(tmp_path / "run") and not (tmp_path / "run" / "samples").exists()
+
+
+def test_a_crop_longer_than_the_decoder_positions_is_one_line_before_anything_is_written(melody_dataset, tmp_path):
+    from diamusic.errors import DiamusicError
+
+    preset = load_config("tiny-cpu").model.preset
+    model = build_model(preset, DelayPattern.parse("dia"), CodesDataset(melody_dataset).vocab)
+    most = model.config.decoder_config.max_position_embeddings - 2 - 15
+    config = tiny_config(melody_dataset, {"data.crop_frames": most + 1, "delay_pattern": "dia"}, steps=2)
+    with pytest.raises(DiamusicError, match=f"at most {most} frames") as caught:
+        train(config, tmp_path / "run", progress=False)
+    assert "\n" not in str(caught.value) and not (tmp_path / "run" / "run.json").exists()
+
+
 def test_training_never_calls_the_codec(melody_dataset, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the codec was called during training")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,7 +116,9 @@ class DacCodec:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:  # hashing ~300 MB of weights takes a moment: do it once, on demand
-            h = hashlib.sha256(self.model.config.to_json_string(use_diff=False).encode())
+            # the config without where it was loaded from: the same weights moved elsewhere are the same codec
+            config = {k: v for k, v in self.model.config.to_dict().items() if k != "_name_or_path"}
+            h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
             for name, tensor in sorted(self.model.state_dict().items()):
                 h.update(name.encode())
                 h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -159,6 +162,8 @@ class DacCodec:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         info = {"name": self.name, "model": self.model_id, "fingerprint": self.fingerprint}
+        if Path(self.model_id).is_dir():  # local weights: also where they lie from here, for a moved project
+            info["model_relative"] = os.path.relpath(self.model_id, directory.resolve())
         (directory / CODEC_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
     @staticmethod
@@ -175,9 +180,15 @@ class DacCodec:
     @classmethod
     def load(cls, directory: str | Path) -> DacCodec:
         info = _read_info(directory, "model")
-        codec = cls(model=info["model"])
+        model = info["model"]
+        relative = (Path(directory).resolve() / str(info.get("model_relative", ""))).resolve()
+        if "model_relative" in info and relative.is_dir() and not Path(model).is_dir():
+            model = str(relative)  # the run moved together with its weights: the fingerprint still decides
+        elif Path(model).is_absolute() and not Path(model).is_dir():
+            raise CodecError(f"{directory}: the DAC weights it was saved with are gone from {model}")
+        codec = cls(model=model)
         if info.get("fingerprint") not in (None, codec.fingerprint):
-            raise CodecError(f"{directory}: DAC weights at {info['model']!r} changed since the codec was saved")
+            raise CodecError(f"{directory}: DAC weights at {model!r} changed since the codec was saved")
         return codec
 
 

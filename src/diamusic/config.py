@@ -98,7 +98,7 @@ class TrackingConfig:
 
 @dataclass
 class SamplesConfig:
-    # audio from fixed prompts every N optimizer steps (0: only at the end, and only when prompts are set)
+    # audio from fixed prompts every N optimizer steps and at the last one (0: none)
     every: int = 0
     prompts: list[str] = field(default_factory=list)  # empty: the first eval captions
     num_prompts: int = 2

@@ -12,6 +12,42 @@ import numpy as np
 
 from diamusic.errors import DiamusicError
 
+OFFLINE_WANDB_MODES = ("offline", "disabled", "dryrun")
+
+
+def check_trackers(backends: list[str]) -> None:
+    """Refuse, before a run writes anything, a tracker that could not start: a missing package, or
+    wandb online without credentials (which wandb reports deep inside `init`, after the run's files
+    exist). Credentials are WANDB_API_KEY or the ~/.netrc entry `wandb login` writes."""
+    if "wandb" in backends:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as exc:
+            raise DiamusicError("the wandb tracker needs the wandb package: pip install wandb") from exc
+        if os.environ.get("WANDB_MODE", "online") not in OFFLINE_WANDB_MODES and not _wandb_key():
+            raise DiamusicError(
+                "the wandb tracker has no API key: run `wandb login`, set WANDB_API_KEY or WANDB_MODE=offline, "
+                "or track with tensorboard (--tracker tensorboard)"
+            )
+    if "tensorboard" in backends:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError as exc:
+            raise DiamusicError("the tensorboard tracker needs the tensorboard package") from exc
+
+
+def _wandb_key() -> bool:
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
 
 class Tracker:
     def __init__(
@@ -30,11 +66,10 @@ class Tracker:
         self._wandb = self._tb = None
         if not enabled:
             return
+        check_trackers(backends)
         if "wandb" in backends:
-            try:
-                import wandb
-            except ImportError as exc:
-                raise DiamusicError("the wandb tracker needs the wandb package: pip install wandb") from exc
+            import wandb
+
             # a resumed run continues the same wandb run instead of starting a second one
             id_file = run_dir / "wandb_id"
             run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
@@ -50,10 +85,8 @@ class Tracker:
             )
             id_file.write_text(run_id)
         if "tensorboard" in backends:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise DiamusicError("the tensorboard tracker needs the tensorboard package") from exc
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:

@@ -30,7 +30,7 @@ from diamusic.patterns import DelayPattern
 from diamusic.runs import check_run_dir, default_device, record_dataset_switch, write_run_files
 from diamusic.teacher_forced import fixed_eval_batches
 from diamusic.tokens import AudioVocab
-from diamusic.tracking import Tracker
+from diamusic.tracking import Tracker, check_trackers
 
 
 def due(step: int, every: int) -> bool:
@@ -215,9 +215,10 @@ def _setup_accelerator(config: TrainConfig) -> tuple[Any, bool]:
 
 
 def _setup_data(config: TrainConfig, run_dir: Path, resume: bool, force: bool, main: bool) -> RunData:
-    """The splits and pattern, checked against the run directory before anything is written."""
+    """The splits, pattern and trackers, checked against the run directory before anything is written."""
     if not config.data.path:
         raise DataError("no dataset: the config's data.path is empty")
+    check_trackers(config.tracking.backends)
     train_data = CodesDataset(config.data.path, "train")
     eval_data = CodesDataset(config.data.path, "eval")
     previous = check_run_dir(run_dir, config, train_data.fingerprint, train_data.card["codec"], resume, force)
@@ -236,6 +237,7 @@ def _setup_model(
 ) -> tuple[torch.nn.Module, list[str], dict[str, int]]:
     """The model, with the run's files written (a new run) and unfinished checkpoint writes removed."""
     model, notes = build(config, data.pattern, data.train)
+    check_crop_length(config, model, data.pattern)
     check_samples_length(config, model, data.pattern, data.train.card["codec"]["frame_rate"])
     sizes = {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True)}
     if main:
@@ -313,8 +315,22 @@ def check_samples_length(config: TrainConfig, model: torch.nn.Module, pattern: D
 
     d = config.samples
     frames, most = d.seconds * frame_rate, longest_cap(model, pattern)
-    if (d.every > 0 or d.prompts) and frames > most:
+    if d.every > 0 and frames > most:
         raise DiamusicError(f"samples.seconds {d.seconds:g} is {frames:.0f} frames; the model generates at most {most}")
+
+
+def check_crop_length(config: TrainConfig, model: torch.nn.Module, pattern: DelayPattern) -> None:
+    """A crop the decoder has no positions for is refused: rotary positions past the pretrained range
+    do not fail, they silently train on positions the model never saw."""
+    from diamusic.generate import longest_cap
+
+    most = longest_cap(model, pattern)
+    if config.data.crop_frames > most:
+        positions = model.config.decoder_config.max_position_embeddings
+        raise DiamusicError(
+            f"data.crop_frames {config.data.crop_frames} needs {config.data.crop_frames + pattern.max_delay + 2} "
+            f"decoder positions with the {pattern.name} pattern; the model has {positions}: at most {most} frames"
+        )
 
 
 def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tuple[torch.nn.Module, list[str]]:
@@ -359,7 +375,7 @@ class Samples:
     @classmethod
     def for_run(cls, config: TrainConfig, run_dir: Path, eval_data: CodesDataset, main: bool) -> Samples | None:
         d = config.samples
-        if d.every <= 0 and not d.prompts:
+        if d.every <= 0:  # off, prompts or not: a run asked for no audio gets none, not audio at its last step
             return None
         prompts = list(d.prompts) or [eval_data.text(i) for i in range(min(len(eval_data), 4))]
         if not prompts:
