@@ -193,8 +193,8 @@ def test_demo_runs_its_plan_and_refuses_a_bad_pattern_first(tmp_path, monkeypatc
     calls = []
     monkeypatch.setattr(ablate, "prepare", lambda **kwargs: calls.append(("prepare", kwargs)))
     monkeypatch.setattr(ablate, "ablate", lambda **kwargs: calls.append(("ablate", kwargs)))
-    ablate.demo(tmp_path, ["dia", "musicgen"], 8, 30, 2, ["batch_size=4"], progress=False)
     plan = ablate.demo_plan(tmp_path, ["dia", "musicgen"], 8, 30, 2, ["batch_size=4"])
+    ablate.demo(plan, progress=False)
     assert calls == [("prepare", {**plan.prepare, "progress": False}), ("ablate", {**plan.ablate, "progress": False})]
     assert plan.prepare["limit"] == 8 and plan.prepare["codec"] == "spectral-rvq"
     assert plan.ablate["overrides"]["steps"] == 30 and plan.ablate["seeds"] == 2

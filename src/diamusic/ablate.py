@@ -614,18 +614,11 @@ def demo_plan(
     )
 
 
-def demo(
-    out: Path = DEMO_DIR,
-    patterns: Sequence[str] = PATTERNS,
-    melodies: int = DEMO_MELODIES,
-    steps: int = DEMO_STEPS,
-    seeds: int = SEEDS,
-    sets: list[str] | None = None,
-    progress: bool = True,
-) -> AblationResult:
-    """The main job on the embedded default: the built-in melodies with the offline codec, then the
-    ablation of ``patterns`` with the tiny model. The prepared data under ``out/data`` is reused."""
-    plan = demo_plan(out, patterns, melodies, steps, seeds, sets)
+def demo(plan: DemoPlan | None = None, progress: bool = True) -> AblationResult:
+    """The main job on the embedded default (`demo_plan`'s defaults unless given another plan): the
+    built-in melodies with the offline codec, then the ablation with the tiny model. The prepared
+    data is reused."""
+    plan = plan or demo_plan()
     prepare(**plan.prepare, progress=progress)
     return ablate(**plan.ablate, progress=progress)
 

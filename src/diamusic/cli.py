@@ -266,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     plan = demo_plan(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set)
     print("the demo runs, as commands:\n  " + "\n  ".join(demo_commands(plan)), file=sys.stderr)
-    result = demo(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set, not args.quiet)
+    result = demo(plan, progress=not args.quiet)
     page = write_report(result.out)
     print(result.summary.read_text())
     print(f"wrote {result.summary}; runs, their samples and generated audio under {result.out / 'runs'}")
