@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     preparing = _defaults(prepare)
     evaluating = _defaults(evaluate_run)
     ablating = _defaults(ablate)
-    demoing = _defaults(demo)
+    demoing = _defaults(demo_plan)
     parser = _Parser(prog="diamusic", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
