@@ -501,28 +501,43 @@ def test_generate_cli_picks_checkpoints_and_names_bad_input(tiny_run, tmp_path, 
         assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
 
 
-def test_generates_from_a_lora_run(melody_dataset, tmp_path):
+def test_a_lora_run_checkpoints_its_adapters_and_generates_from_them_on_its_base(melody_dataset, tmp_path):
+    """A LoRA checkpoint holds the adapters only (the base is the run's pretrained model, checked by
+    its fingerprint); loading merges them into that base, and a changed base is refused."""
     from safetensors.torch import load_file
 
+    from diamusic.checkpoints import CheckpointError
     from diamusic.config import load_config
+    from diamusic.data.dataset import CodesDataset
+    from diamusic.model import build_model, weights_fingerprint
     from diamusic.runs import load_run
     from diamusic.train import train
 
+    vocab = CodesDataset(melody_dataset).vocab
+    base = build_model("tiny", DelayPattern.parse("musicgen"), vocab, seed=5)
+    base.save_pretrained(tmp_path / "base")
     overrides = {"data.path": str(melody_dataset), "steps": 3, "batch_size": 2, "data.crop_frames": 16,
-                 "eval.every": 3, "eval.clips": 2, "model.lora_rank": 4, "optim.warmup_steps": 1}  # fmt: skip
+                 "eval.every": 3, "eval.clips": 2, "model.lora_rank": 4, "optim.warmup_steps": 1,
+                 "model.init": "pretrained", "model.pretrained": str(tmp_path / "base")}  # fmt: skip
     train(load_config("tiny-cpu", overrides=overrides), tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert 0 < info["parameters"]["trainable"] < 0.2 * info["parameters"]["total"]  # LoRA trains only the adapters
+    assert info["base_fingerprint"] == weights_fingerprint(base)
     run = load_run(tmp_path / "run", device="cpu")
-    parameters = json.loads((tmp_path / "run" / "run.json").read_text())["parameters"]
-    assert 0 < parameters["trainable"] < 0.2 * parameters["total"]  # LoRA trains only the adapters
     saved = load_file(run.checkpoint / "model.safetensors")
-    base_keys = [k for k in saved if k.endswith("q_proj.base_layer.weight")]
-    assert base_keys  # the checkpoint holds peft's names...
+    assert saved and all("lora_" in k for k in saved)  # the adapters, not the frozen base
+    sizes = [(folder / "model.safetensors").stat().st_size for folder in (run.checkpoint, tmp_path / "base")]
+    assert sizes[0] < 0.2 * sizes[1]
+    # the loaded model is the base with the trained adapters merged into its plain weights
     merged = dict(run.model.named_parameters())
-    name = base_keys[0].removeprefix("base_model.model.").replace(".base_layer", "")
-    # ...and the loaded model has the trained adapters merged into the plain weights
-    assert not torch.equal(merged[name], saved[base_keys[0]])
+    name = "model.decoder.layers.0.self_attention.q_proj.weight"
+    assert name in merged and not torch.equal(merged[name], dict(base.named_parameters())[name])
     sampling = SamplingConfig(max_frames=4, **GREEDY)
     assert generate_codes(run.model, ["x"], run.pattern, run.vocab, sampling).frames[0] <= 4
+    # another base under the same path: the adapters are refused, not merged into the wrong weights
+    build_model("tiny", DelayPattern.parse("musicgen"), vocab, seed=6).save_pretrained(tmp_path / "base")
+    with pytest.raises(CheckpointError, match="other base weights"):
+        load_run(tmp_path / "run", device="cpu")
 
 
 @pytest.mark.integration

@@ -97,8 +97,10 @@ def test_run_dir_records_config_fingerprint_version_and_checkpoints(melody_datas
     assert model.config.delay_pattern == [0, 1, 2, 3, 4, 5, 6, 7, 8]
 
 
-def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(melody_dataset, tmp_path):
-    config = tiny_config(melody_dataset, {"logging.every": 3}, cfg_dropout=0.3)
+@pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
+def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(melody_dataset, tmp_path, lora):
+    """With LoRA the checkpoints hold only the adapters: the resume loads them onto the base again."""
+    config = tiny_config(melody_dataset, {"logging.every": 3, "model.lora_rank": lora}, cfg_dropout=0.3)
     train(config, tmp_path / "whole", progress=False)
     partial = train(config, tmp_path / "split", progress=False, stop_after=10)
     assert partial.step == 10
@@ -419,6 +421,7 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     _assert_same_curves(tmp_path, "single_lora", "fsdp_lora", rel=1e-2)  # bf16 weights vs bf16 autocast
     weights = load_file(checkpoints_of(tmp_path / "fsdp_lora")[-1] / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}  # fp32 master weights
+    assert weights and all("lora_" in k for k in weights)  # the gathered file: the adapters, not the base
     assert load_run(tmp_path / "fsdp_lora", device="cpu").model.config.delay_pattern == list(range(9))
     assert [p.name for p in checkpoints_of(tmp_path / "fsdp_lora")] == ["step_000002", "step_000004"]
     for step in ("step_000002", "step_000004"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from types import MethodType
 from typing import TYPE_CHECKING
 
@@ -200,14 +199,29 @@ def add_lora(model: DiaForConditionalGeneration, rank: int, alpha: float) -> tor
     return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS))
 
 
-def load_lora_checkpoint(checkpoint: str | Path, rank: int, alpha: float) -> DiaForConditionalGeneration:
-    """A training checkpoint of a LoRA run (peft key names) as a plain Dia model, adapters merged."""
-    from safetensors.torch import load_file
-    from transformers import DiaConfig, DiaForConditionalGeneration
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every weight and its name: the same base model, wherever it was loaded from."""
+    import hashlib
 
-    checkpoint = Path(checkpoint)
-    wrapped = add_lora(DiaForConditionalGeneration(DiaConfig.from_pretrained(checkpoint)), rank, alpha)
-    wrapped.load_state_dict(load_file(checkpoint / "model.safetensors"))
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def adapter_names(model: torch.nn.Module) -> set[str]:
+    """The names of the trainable weights: what a LoRA checkpoint holds."""
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def merge_adapters(base: DiaForConditionalGeneration, adapters: dict[str, torch.Tensor], rank: int, alpha: float):
+    """``base`` with a LoRA run's adapters loaded and merged into its weights: a plain Dia model."""
+    wrapped = add_lora(base, rank, alpha)
+    missing = adapter_names(wrapped) - set(adapters)
+    if missing:
+        raise ModelError(f"the checkpoint lacks {len(missing)} adapter weights, e.g. {sorted(missing)[0]}")
+    wrapped.load_state_dict(adapters, strict=False)
     return wrapped.merge_and_unload()
 
 

@@ -26,7 +26,7 @@ from diamusic.checkpoints import CheckpointError, checkpoint_dir, checkpoints_of
 from diamusic.codecs import Codec, load_codec
 from diamusic.config import TrainConfig, to_dict
 from diamusic.errors import DiamusicError, first_line
-from diamusic.model import load_lora_checkpoint, pattern_of, vocab_of
+from diamusic.model import build_model, load_pretrained, merge_adapters, pattern_of, vocab_of, weights_fingerprint
 from diamusic.patterns import DelayPattern
 from diamusic.tokens import AudioVocab
 
@@ -155,6 +155,7 @@ def write_run_files(
     pattern: DelayPattern,
     notes: list[str],
     parameters: dict[str, int],
+    base: str | None = None,
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -167,6 +168,7 @@ def write_run_files(
         "code_version": code_version(),
         "notes": notes,
         "parameters": parameters,  # total and trainable (fewer with LoRA or a frozen encoder)
+        "base_fingerprint": base,  # LoRA: the base weights the adapters go onto (checked when loaded)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     tmp = run_dir / (RUN_FILE + ".tmp")
@@ -187,6 +189,25 @@ class LoadedRun:
     info: dict[str, Any]  # run.json
 
 
+def lora_model(ckpt: Path, info: dict[str, Any]) -> torch.nn.Module:
+    """A LoRA checkpoint's adapters merged into the base its run names (loaded or built again, never a
+    random full model loaded over), checked against the base fingerprint recorded when it trained."""
+    from safetensors.torch import load_file
+
+    config, model = info["config"], info["config"]["model"]
+    pattern = DelayPattern.parse(info["pattern"]["delays"])
+    vocab = AudioVocab(codebook_size=info["codec"]["codebook_size"], num_codebooks=info["codec"]["num_codebooks"])
+    if model["init"] == "pretrained":
+        base, _ = load_pretrained(model["pretrained"], pattern, vocab)
+    else:
+        base = build_model(model["preset"], pattern, vocab, seed=config["seed"])
+    expected = info.get("base_fingerprint")
+    if expected is not None and weights_fingerprint(base) != expected:
+        source = model["pretrained"] if model["init"] == "pretrained" else f"the {model['preset']} preset"
+        raise CheckpointError(f"{ckpt}: its adapters were trained on other base weights than {source} holds now")
+    return merge_adapters(base, load_file(str(ckpt / "model.safetensors")), model["lora_rank"], model["lora_alpha"])
+
+
 def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str | None = None) -> LoadedRun:
     """The model of one checkpoint, with the pattern and codec the run was trained with."""
     from safetensors import SafetensorError
@@ -203,7 +224,7 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str 
     hf_logging.disable_progress_bar()  # a local checkpoint loads in a blink; keep stderr for errors
     try:
         if model_config["lora_rank"] > 0:
-            model = load_lora_checkpoint(ckpt, model_config["lora_rank"], model_config["lora_alpha"])
+            model = lora_model(ckpt, info)
         else:
             model = DiaForConditionalGeneration.from_pretrained(ckpt)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # deserialisers, on a file they cannot read

@@ -71,7 +71,8 @@ def save(t: Trainer) -> Path:
     if not weights_finite(t.accelerator, t.model):
         raise TrainingDiverged(f"step {t.step}: the weights hold NaN or inf, so no checkpoint was written")
     c = t.config.checkpoints
-    return save_checkpoint(t.accelerator, t.model, t.run_dir, t.step, t.state_dict(), c.keep, t.sharded)
+    adapters = t.config.model.lora_rank > 0
+    return save_checkpoint(t.accelerator, t.model, t.run_dir, t.step, t.state_dict(), c.keep, t.sharded, adapters)
 
 
 def log_eval(t: Trainer) -> dict[str, float]:

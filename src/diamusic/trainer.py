@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from diamusic.checkpoints import checkpoints_of, remove_unfinished, restore
+from diamusic.checkpoints import checkpoints_of, remove_unfinished, restore, save_adapters_only
 from diamusic.config import SamplesConfig, TrainConfig, pattern_of_config, to_dict
 from diamusic.data import DataError
 from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches
 from diamusic.errors import DiamusicError
 from diamusic.flops import peak_tflops
 from diamusic.metrics import LossNoise, TokenStats
-from diamusic.model import add_lora, build_model, count_parameters, load_pretrained
+from diamusic.model import add_lora, build_model, count_parameters, load_pretrained, weights_fingerprint
 from diamusic.optim import build_optimizer
 from diamusic.patterns import DelayPattern
 from diamusic.runs import check_run_dir, default_device, record_dataset_switch, write_run_files
@@ -174,6 +174,8 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         # in place, so parameter names (and so checkpoints) are those of the uncompiled model
         model.compile()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if config.model.lora_rank > 0 and not _sharded(accelerator):
+        save_adapters_only(accelerator)
     plan = batch_plan(config, accelerator.process_index, accelerator.num_processes)
     weights = config.codebook_weights
     t = Trainer(
@@ -236,13 +238,13 @@ def _setup_model(
     config: TrainConfig, run_dir: Path, data: RunData, main: bool
 ) -> tuple[torch.nn.Module, list[str], dict[str, int]]:
     """The model, with the run's files written (a new run) and unfinished checkpoint writes removed."""
-    model, notes = build(config, data.pattern, data.train)
+    model, notes, base = build(config, data.pattern, data.train)
     check_crop_length(config, model, data.pattern)
     check_samples_length(config, model, data.pattern, data.train.card["codec"]["frame_rate"])
     sizes = {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True)}
     if main:
         if not data.resume:
-            write_run_files(run_dir, config, data.train, data.pattern, notes, sizes)
+            write_run_files(run_dir, config, data.train, data.pattern, notes, sizes, base)
         remove_unfinished(run_dir)
     return model, notes, sizes
 
@@ -333,8 +335,12 @@ def check_crop_length(config: TrainConfig, model: torch.nn.Module, pattern: Dela
         )
 
 
-def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tuple[torch.nn.Module, list[str]]:
-    """The model of a new run (scratch or pretrained, frozen parts, adapters), with notes to log."""
+def build(
+    config: TrainConfig, pattern: DelayPattern, data: CodesDataset
+) -> tuple[torch.nn.Module, list[str], str | None]:
+    """The model of a new run (scratch or pretrained, frozen parts, adapters), with notes to log and,
+    under LoRA, the base weights' fingerprint: the checkpoints hold only the adapters, and loading
+    them onto the base the config names checks that it is the same base."""
     vocab = data.vocab
     if config.model.init == "pretrained":
         model, notes = load_pretrained(config.model.pretrained, pattern, vocab)
@@ -345,14 +351,16 @@ def build(config: TrainConfig, pattern: DelayPattern, data: CodesDataset) -> tup
         for p in model.model.encoder.parameters():
             p.requires_grad_(False)
         notes.append("encoder frozen")
+    base = None
     if config.model.lora_rank > 0:
+        base = weights_fingerprint(model)
         model = add_lora(model, config.model.lora_rank, config.model.lora_alpha)
         notes.append(f"LoRA rank {config.model.lora_rank} on attention projections")
     if config.model.gradient_checkpointing:
         # renamed after transformers 5.0; non-reentrant, so adapters get gradients through checkpointed layers
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
-    return model, notes
+    return model, notes, base
 
 
 # --- samples: audio at checkpoints ----------------------------------------------------------------
