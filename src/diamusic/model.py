@@ -215,7 +215,9 @@ def adapter_names(model: torch.nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if p.requires_grad}
 
 
-def merge_adapters(base: DiaForConditionalGeneration, adapters: dict[str, torch.Tensor], rank: int, alpha: float):
+def merge_adapters(
+    base: DiaForConditionalGeneration, adapters: dict[str, torch.Tensor], rank: int, alpha: float
+) -> DiaForConditionalGeneration:
     """``base`` with a LoRA run's adapters loaded and merged into its weights: a plain Dia model."""
     wrapped = add_lora(base, rank, alpha)
     missing = adapter_names(wrapped) - set(adapters)
