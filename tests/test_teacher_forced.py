@@ -52,14 +52,15 @@ def test_every_seed_and_process_count_scores_the_same_clips(melody_dataset):
     pattern = DelayPattern.parse("dia")
 
     def rows(seed: int, world: int) -> dict[str, torch.Tensor]:
-        config = load_config("tiny-cpu", overrides={"seed": seed, "batch_size": 2, "eval.clips": 5,
+        # 3 of the 5 eval clips: a choice that could depend on the seed (all 5 would hide it)
+        config = load_config("tiny-cpu", overrides={"seed": seed, "batch_size": 2, "eval.clips": 3,
                                                     "data.crop_frames": 32})  # fmt: skip
         sets = fixed_eval_batches(config, train, held, pattern, world)
         assert all(len(b["labels"]) <= 2 * world for batches in sets.values() for b in batches)
         return {k: torch.cat([b["labels"] for b in batches]) for k, batches in sets.items()}
 
     one, other = rows(0, 1), rows(3, 2)
-    assert len(one["eval/"]) == min(5, len(held)) and len(one["train_subset/"]) == len(one["eval/"])
+    assert len(held) > 3 and len(one["eval/"]) == 3 and len(one["train_subset/"]) == 3
     for key in one:
         assert torch.equal(one[key], other[key]), key
 

@@ -437,8 +437,9 @@ def sections(summary: dict[str, Any]) -> list[Section]:
 
     def compared(m: dict[str, Any], primary: bool) -> list[str]:
         cells = [label(m), *(Estimate(**m["per_pattern"][n]).format() for n in names)]
+        comparisons = [_comparison(c) for c in m["comparisons"]]
         for n in others:
-            c = oriented([_comparison(c) for c in m["comparisons"]], n, ref)
+            c = oriented(comparisons, n, ref)
             if c is None:
                 cells.append("-")
                 continue

@@ -39,8 +39,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     mean = sum(xs) / n
     if n < 2:
         return Estimate(mean, math.nan, math.nan, n)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = _t_quantile((1 + confidence) / 2, n - 1) * sd / math.sqrt(n)
+    half = _t_quantile((1 + confidence) / 2, n - 1) * math.sqrt(_variance(xs) / n)
     return Estimate(mean, mean - half, mean + half, n)
 
 
