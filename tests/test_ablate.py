@@ -151,6 +151,7 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
 
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--seeds", "2", "--quiet"]
+    args += ["--prompts", "1", "--seconds", "1"]
     args += ["--set", "batch_size=2", "--set", "eval.clips=2", "--set", "samples.seconds=0.2", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
 

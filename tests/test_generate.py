@@ -1,3 +1,4 @@
+import functools
 import json
 import subprocess
 import sys
@@ -499,6 +500,19 @@ def test_generate_cli_picks_checkpoints_and_names_bad_input(tiny_run, tmp_path, 
     }
     for fragment, (code, lines) in bad.items():
         assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_generate_cli_refuses_a_used_output_directory_before_loading_the_model(tiny_run, tmp_path, monkeypatch, capsys):
+    from diamusic import cli
+
+    (tmp_path / "gen_00.wav").write_bytes(b"earlier")
+    def loaded(*args, **kwargs):
+        pytest.fail("the model loaded before the refusal")
+
+    monkeypatch.setattr(cli, "load_run", functools.wraps(cli.load_run)(loaded))  # the CLI reads its defaults
+    assert cli.main(["generate", "--run", str(tiny_run), "--text", "x", "--out", str(tmp_path)]) == 2
+    assert "already holds gen_* files" in capsys.readouterr().err
+    assert (tmp_path / "gen_00.wav").read_bytes() == b"earlier"
 
 
 def test_a_lora_run_checkpoints_its_adapters_and_generates_from_them_on_its_base(melody_dataset, tmp_path):

@@ -332,12 +332,13 @@ DIST_SCRIPT = textwrap.dedent(
     from diamusic.config import load_config
     from diamusic.train import train
     stop_after, resume = settings.pop("stop_after", None), settings.pop("resume", False)
-    overrides = {"data.path": data, "steps": 4, "batch_size": batch, "data.crop_frames": 32, "logging.every": 1,
-                 "eval.every": 2, "eval.clips": 8, "checkpoints.every": 2, "optim.warmup_steps": 2}
-    train(load_config("tiny-cpu", overrides={**overrides, **settings}), out, resume=resume, progress=False,
-          stop_after=stop_after)
+    overrides = {"data.path": data, "batch_size": batch, **settings}
+    train(load_config("tiny-cpu", overrides=overrides), out, resume=resume, progress=False, stop_after=stop_after)
     """
 )
+# every run these tests compare: launched (DIST_SCRIPT) or in this process (_train_here)
+DIST_OVERRIDES = {"steps": 4, "data.crop_frames": 32, "logging.every": 1, "eval.every": 2, "eval.clips": 8,
+                  "checkpoints.every": 2, "optim.warmup_steps": 2}  # fmt: skip
 
 
 def _free_port() -> str:
@@ -350,13 +351,20 @@ def _run_script(tmp_path, launcher: list[str], data, out: str, batch: int, **set
     script = tmp_path / "dist_train.py"
     script.write_text(DIST_SCRIPT)
     done = subprocess.run(
-        [*launcher, str(script), str(data), str(tmp_path / out), str(batch), json.dumps(settings)],
+        [*launcher, str(script), str(data), str(tmp_path / out), str(batch), json.dumps(DIST_OVERRIDES | settings)],
         capture_output=True,
         text=True,
         timeout=400,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def _train_here(tmp_path, data, out: str, batch: int, **settings) -> None:
+    """A single-process reference run of `_run_script`'s settings, without a new interpreter's start-up."""
+    overrides = {**DIST_OVERRIDES, "data.path": str(data), "batch_size": batch, **settings}
+    with fresh_accelerator():
+        train(load_config("tiny-cpu", overrides=overrides), tmp_path / out, progress=False)
 
 
 def _assert_same_curves(tmp_path, a: str, b: str, rel: float = 1e-4) -> None:
@@ -372,7 +380,7 @@ def test_two_process_ddp_matches_single_process(ragged_dataset, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
     ragged = {"data.crop_frames": 64}
     ddp = _run_script(tmp_path, torchrun, ragged_dataset, "ddp", 2, **ragged)
-    _run_script(tmp_path, [sys.executable], ragged_dataset, "single", 4, **ragged)
+    _train_here(tmp_path, ragged_dataset, "single", 4, **ragged)
     assert "2 process(es)" in ddp.stderr
     _assert_same_curves(tmp_path, "single", "ddp")
     # the evaluation logged by 2 processes is `diamusic eval`'s of the same checkpoint
@@ -397,7 +405,7 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     first = _run_script(tmp_path, launch, data, "fsdp", 2, fsdp_on_cpu=True, stop_after=2)
     assert "2 process(es)" in first.stderr
     _run_script(tmp_path, launch, data, "fsdp", 2, fsdp_on_cpu=True, resume=True)
-    _run_script(tmp_path, [sys.executable], data, "single", 4)
+    _train_here(tmp_path, data, "single", 4)
     _assert_same_curves(tmp_path, "single", "fsdp")
     last = checkpoints_of(tmp_path / "fsdp")[-1]
     assert (last / "pytorch_model_fsdp_0").is_dir()  # sharded, for resuming
@@ -417,7 +425,7 @@ def test_fsdp_matches_single_process_resumes_from_shards_and_gathers_weights(mel
     lora = {"model.lora_rank": 4, "precision": "bf16"}
     samples = {"samples.every": 2, "samples.seconds": 0.2, "checkpoints.every": 4}
     _run_script(tmp_path, launch, data, "fsdp_lora", 2, fsdp_on_cpu=True, **lora, **samples)
-    _run_script(tmp_path, [sys.executable], data, "single_lora", 4, **lora)
+    _train_here(tmp_path, data, "single_lora", 4, **lora)
     _assert_same_curves(tmp_path, "single_lora", "fsdp_lora", rel=1e-2)  # bf16 weights vs bf16 autocast
     weights = load_file(checkpoints_of(tmp_path / "fsdp_lora")[-1] / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}  # fp32 master weights

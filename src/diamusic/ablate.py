@@ -576,7 +576,7 @@ DEMO_STEPS = 300  # optimizer steps per run
 # a small codebook so a few hundred CPU steps show real learning (1024 is the codec default); 3 prompts
 # of 3 s each keep the pitch tracking of 9 evaluations to a few minutes on 2 cores
 DEMO_PREPARE = {"max_seconds": 8.0, "eval_fraction": 0.1, "codec_options": {"codebook_size": 256}}
-DEMO_EVAL = {"prompts": 3, "seconds": 3.0}
+DEMO_PROMPTS, DEMO_SECONDS = 3, 3.0  # generations per evaluated run, and their length cap
 
 
 @dataclass(frozen=True)
@@ -595,6 +595,8 @@ def demo_plan(
     steps: int = DEMO_STEPS,
     seeds: int = SEEDS,
     sets: list[str] | None = None,
+    prompts: int = DEMO_PROMPTS,
+    seconds: float = DEMO_SECONDS,
 ) -> DemoPlan:
     """What `demo` does with these settings; a bad pattern is refused here, before anything is prepared."""
     parse_patterns(patterns, SpectralConfig.levels)
@@ -609,7 +611,8 @@ def demo_plan(
             "config": DEFAULT_PRESET,
             "overrides": {"steps": steps, **_demo_overrides(steps)},
             "sets": list(sets or []),
-            **DEMO_EVAL,
+            "prompts": prompts,
+            "seconds": seconds,
         },
         report=ablation,
     )

@@ -195,8 +195,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from diamusic.generate import generate_files
+    from diamusic.generate import check_output, generate_files
 
+    check_output(Path(args.out), "gen", args.overwrite)  # before the model loads: a refusal costs nothing
     run = load_run(args.run, args.checkpoint, device=args.device)
     sampling = SamplingConfig.for_seconds(
         args.seconds,
@@ -264,7 +265,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from diamusic.report import write_report
 
-    plan = demo_plan(Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set)
+    plan = demo_plan(
+        Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set, args.prompts, args.seconds
+    )
     print("the demo runs, as commands:\n  " + "\n  ".join(demo_commands(plan)), file=sys.stderr)
     result = demo(plan, progress=not args.quiet)
     page = write_report(result.out)
@@ -474,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dem.add_argument("--steps", type=_positive, default=demoing["steps"], help="optimizer steps per run")
     dem.add_argument("--seeds", type=_positive, default=demoing["seeds"], help="seeds per pattern")
+    dem.add_argument(
+        "--prompts", type=_count, default=demoing["prompts"], help="eval captions each run generates from"
+    )
+    dem.add_argument("--seconds", type=_seconds, default=demoing["seconds"], help="length cap of each generation")
     dem.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     dem.add_argument("--quiet", action="store_true", help="no progress bars")
     dem.set_defaults(func=cmd_demo)

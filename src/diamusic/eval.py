@@ -5,6 +5,7 @@ scored for speed, melody and closeness to the data.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -100,6 +101,17 @@ def melody_agreement(wave: np.ndarray, rate: int, notes: list[list[float]], trac
     return float(mir_eval.melody.raw_pitch_accuracy(*voicing, cent_tolerance=50.0))
 
 
+def reference_track(wave: np.ndarray, rate: int) -> pitch.Track:
+    """The pitch track of a reference clip. An ablation scores the same references once per run, so
+    each is tracked once per process (pyin is most of an evaluation's time); treat it as read-only."""
+    return _track_of(np.ascontiguousarray(wave, dtype=np.float32).tobytes(), rate)
+
+
+@functools.lru_cache(maxsize=32)
+def _track_of(wave: bytes, rate: int) -> pitch.Track:
+    return pitch.pitch_track(np.frombuffer(wave, dtype=np.float32), rate)
+
+
 def audio_features(wave: np.ndarray, rate: int) -> np.ndarray:
     """Mean and std over time of chroma (12) and MFCC (13): a clip-level summary, ours, not a learnt embedding."""
     import librosa
@@ -168,7 +180,9 @@ def generated_metrics(
         if prompt.melody:
             row["melody_agreement"] = melody_agreement(wave, codec.sample_rate, prompt.melody, track)
             # the metric's ceiling through this codec: a generation scoring 0 then says the model, not the metric
-            row["reference_melody_agreement"] = melody_agreement(reference, codec.sample_rate, prompt.melody)
+            row["reference_melody_agreement"] = melody_agreement(
+                reference, codec.sample_rate, prompt.melody, reference_track(reference, codec.sample_rate)
+            )
         row["stopped_on_eos"] = float(result.stopped_on_eos[0])
         rows.append(row)
         generated_feats.append(audio_features(wave, codec.sample_rate))

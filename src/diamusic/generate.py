@@ -414,6 +414,12 @@ def longest_cap(model: DiaForConditionalGeneration, pattern: DelayPattern) -> in
 # --- from a run directory to audio files --------------------------------------------------------
 
 
+def check_output(out: Path, stem: str, overwrite: bool) -> None:
+    """Refuse an output directory that already holds generations, unless told to overwrite them."""
+    if not overwrite and out.is_dir() and any(out.glob(f"{stem}_*")):
+        raise GenerationError(f"{out} already holds {stem}_* files: choose another output directory or overwrite")
+
+
 def generate_files(
     model: DiaForConditionalGeneration,
     texts: list[str],
@@ -430,8 +436,7 @@ def generate_files(
     ``stem`` in ``out`` are refused unless ``overwrite``, before anything is generated."""
     import soundfile as sf
 
-    if not overwrite and out.is_dir() and any(out.glob(f"{stem}_*")):
-        raise GenerationError(f"{out} already holds {stem}_* files: choose another output directory or overwrite")
+    check_output(out, stem, overwrite)
     pattern, vocab = pattern_of(model), vocab_of(model)
     _check_model(model, texts, pattern, vocab, sampling)  # a refused request leaves no folder behind
     try:  # before generating, so an unwritable destination costs nothing
