@@ -323,12 +323,54 @@ def test_dataset_keeps_only_recent_shards_open(audio_folder, tmp_path, monkeypat
     )
     everything = CodesDataset(tmp_path / "ds", None)
     expected = [np.array(everything.codes(i)) for i in range(len(everything))]
-    assert len({row["shard"] for row in everything.rows}) > 2
+    assert len({row["shard"] for row in everything.rows()}) > 2
     monkeypatch.setattr(dataset_module, "OPEN_SHARDS", 2)
     bounded = CodesDataset(tmp_path / "ds", None)
     for i in [*range(len(bounded)), 0, len(bounded) - 1]:
         assert np.array_equal(bounded.codes(i), expected[i])
         assert len(bounded._shards) <= 2
+
+
+def test_prepare_encodes_in_turns_under_its_buffer_and_gives_the_same_dataset(audio_folder, tmp_path, monkeypatch):
+    """With a buffer smaller than any input, each input's clips are encoded as soon as they are cut
+    (never a whole shard of waves at once), and the dataset is the one an unbounded buffer gives."""
+    from diamusic.codecs import SpectralRVQCodec
+
+    options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
+    prepare(str(audio_folder), "spectral-rvq", tmp_path / "whole", **options)
+    calls = []
+    encode = SpectralRVQCodec.encode_batch
+
+    def recorded(self, waves, sample_rate):
+        calls.append(len(waves))
+        return encode(self, waves, sample_rate)
+
+    monkeypatch.setattr(SpectralRVQCodec, "encode_batch", recorded)
+    monkeypatch.setattr(prepare_module, "ENCODE_BUFFER_BYTES", 1, raising=False)
+    prepare(str(audio_folder), "spectral-rvq", tmp_path / "turns", **options)
+    sources = {json.loads(line)["source"] for line in (tmp_path / "whole" / "index.jsonl").read_text().splitlines()}
+    assert len(calls) == len(sources) > 5  # one input's clips at a time (one shard of 13 inputs here)
+    cards = [json.loads((tmp_path / d / "card.json").read_text()) for d in ("whole", "turns")]
+    assert cards[0]["fingerprint"] == cards[1]["fingerprint"]
+
+
+def test_a_dataset_holds_clip_metadata_compactly_and_reads_the_rest_on_demand(melody_dataset, tmp_path):
+    """Reference melodies and tags stay on disk: 2,000 clips with 100 notes each would otherwise
+    hold ~40 MB of Python objects in every process and loader worker."""
+    import tracemalloc
+
+    shutil.copytree(melody_dataset, tmp_path / "ds")
+    notes = [[60 + k % 12, k * 0.25, 0.25] for k in range(100)]
+    rows = [{"id": f"s{i}#0", "text": f"tune {i}", "source": f"s{i}", "split": "train", "frames": 10, "offset": 0,
+             "shard": 0, "final": True, "tags": {"key": "D major"}, "melody": notes} for i in range(2000)]  # fmt: skip
+    (tmp_path / "ds" / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tracemalloc.start()
+    data = CodesDataset(tmp_path / "ds")
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(data) == 2000 and held < 500 * len(data), held  # about 200 bytes a clip: the arrays and captions
+    assert data.text(1234) == "tune 1234" and data.final(7) and data.codes(5).shape == (10, 9)
+    assert data.row(1234) == rows[1234] and next(iter(data.rows())) == rows[0]
 
 
 def test_only_the_final_clip_of_a_source_teaches_eos(audio_folder, tmp_path):
@@ -337,7 +379,7 @@ def test_only_the_final_clip_of_a_source_teaches_eos(audio_folder, tmp_path):
         str(audio_folder), "spectral-rvq", tmp_path / "ds", max_seconds=2.0, codec_options=SMALL_CODEC, progress=False
     )
     data = CodesDataset(tmp_path / "ds", None)
-    index = {row["id"]: i for i, row in enumerate(data.rows)}
+    index = {row["id"]: i for i, row in enumerate(data.rows())}
     pattern = DelayPattern.parse("dia")
     eos = data.vocab.eos
     for clip_id, ends in (("long.wav#0", False), ("long.wav#1", False), ("long.wav#2", True), ("good0.wav#0", True)):
@@ -350,7 +392,7 @@ def test_a_dataset_without_final_clips_is_refused_then_updated_by_prepare(audio_
     out = tmp_path / "ds"
     options = {"max_seconds": 2.0, "codec_options": SMALL_CODEC, "progress": False}
     prepare(str(audio_folder), "spectral-rvq", out, **options)
-    expected = CodesDataset(out, None).rows
+    expected = list(CodesDataset(out, None).rows())
     # as written before clips said whether they end their source
     card = json.loads((out / "card.json").read_text())
     del card["format"]
@@ -361,7 +403,7 @@ def test_a_dataset_without_final_clips_is_refused_then_updated_by_prepare(audio_
     with pytest.raises(DataError, match="older diamusic .*run the same prepare again"):
         CodesDataset(out)
     prepare(str(audio_folder), "spectral-rvq", out, **options)
-    assert CodesDataset(out, None).rows == expected
+    assert list(CodesDataset(out, None).rows()) == expected
 
 
 def test_corpus_options_are_checked_before_anything_is_written(audio_folder, tmp_path):

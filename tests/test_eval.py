@@ -61,10 +61,14 @@ def test_distribution_scores_are_zero_for_identical_sets_and_grow_apart():
 
 def test_eval_prompts_take_one_clip_per_source_first():
     class Clips:
-        rows = [{"source": s, "text": f"{s}{k}"} for s, k in ["a0", "a1", "a2", "b0", "c0", "c1"]]
+        names = [f"{s}{k}" for s, k in ["a0", "a1", "a2", "b0", "c0", "c1"]]
+        sources = np.array([ord(name[0]) for name in names])
 
         def text(self, i: int) -> str:
-            return self.rows[i]["text"]
+            return self.names[i]
+
+        def row(self, i: int) -> dict:
+            return {"source": self.names[i][0], "text": self.names[i]}
 
         def codes(self, i: int) -> np.ndarray:
             return np.zeros((4, 9), dtype=np.int64)

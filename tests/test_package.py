@@ -11,7 +11,7 @@ ORDER = [
     "seeding", "corpus", "synth", "instruments", "harmony", "captions", "arrangement", "playback", "render",
     "codecs", "model", "flops", "metrics",
     "tracking", "data", "data.sources", "data.dataset", "data.prepare", "data.inspect",
-    "checkpoints", "config", "teacher_forced", "runs", "optim", "generate", "trainer", "train", "eval",
+    "checkpoints", "config", "teacher_forced", "runs", "optim", "generate", "export", "trainer", "train", "eval",
     "ablate", "report", "cli",
 ]  # fmt: skip
 ROOT = Path(diamusic.__file__).parent

@@ -3,8 +3,9 @@
 A checkpoint is written as ``step_XXXXXX.tmp``, flushed, then renamed, so a directory named
 ``step_XXXXXX`` is a finished write; its ``manifest.json`` holds each file's size and SHA-256,
 checked before the checkpoint is loaded, so a file damaged later is caught and named. Beside
-accelerate's state (model, optimizer, scheduler, RNG of every process) it holds ``config.json``
-(so ``from_pretrained`` loads it) and ``train_state.json``, the training loop's own state.
+accelerate's state (model, optimizer, scheduler, RNG of every process) it holds ``config.json``,
+the generation config and processor files (so transformers loads it; not for LoRA, whose
+checkpoints hold only the adapters) and ``train_state.json``, the training loop's own state.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def checkpoint_bytes(folder: Path) -> int:
 
 
 def _model_file(name: str) -> bool:
-    return name == "config.json" or (name.endswith(".safetensors") and "/" not in name)
+    return name in ("config.json", "generation_config.json") or (name.endswith(".safetensors") and "/" not in name)
 
 
 def verify_checkpoint(folder: Path, model_only: bool = False) -> None:
@@ -171,11 +172,17 @@ def save_checkpoint(
     keep: int,
     sharded: bool,
     adapters_only: bool = False,
+    model_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Model, optimizer, scheduler and RNG of every process (accelerate's state) and the loop's
     ``train_state``, in one directory that appears whole or not at all, with a manifest of
     checksums; keeps the newest ``keep`` (0: all). A failed write removes what it wrote and raises
-    CheckpointError, leaving the earlier checkpoints as they were. Every process calls it."""
+    CheckpointError, leaving the earlier checkpoints as they were. Every process calls it.
+
+    A whole model's checkpoint also gets its ``config.json`` and what ``model_files(folder)`` writes
+    (transformers' generation and processor files), so ``from_pretrained`` loads it as it is; an
+    adapters-only one gets neither, so it cannot be mistaken for a whole model (`diamusic export`
+    merges it into its base)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -198,8 +205,10 @@ def save_checkpoint(
                     names = adapter_names(acc.unwrap_model(model))
                     full = {k: v for k, v in full.items() if k in names}
                 save_file(full, tmp / "model.safetensors", metadata={"format": "pt"})
-            # config.json beside model.safetensors makes the checkpoint loadable with from_pretrained
-            acc.unwrap_model(model).config.save_pretrained(tmp)
+            if not adapters_only:
+                acc.unwrap_model(model).config.save_pretrained(tmp)
+                if model_files is not None:
+                    model_files(tmp)
             (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, **train_state}))
             write_manifest(tmp)
             if final.exists():  # a damaged checkpoint of this step, passed over by the resume

@@ -19,6 +19,7 @@ from diamusic.config import DEFAULT_PRESET, ModelConfig
 from diamusic.data.prepare import prepare
 from diamusic.data.sources import CORPUS_DEFAULTS
 from diamusic.eval import evaluate_run
+from diamusic.export import export_run
 from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, SamplingConfig
 from diamusic.patterns import PRESETS, DelayPattern
 from diamusic.runs import load_run
@@ -234,6 +235,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from diamusic.export import push
+
+    out = export_run(args.run, args.out, args.checkpoint, license=args.license)
+    print(f"wrote {out}: a transformers folder (DiaForConditionalGeneration.from_pretrained), model card README.md")
+    if args.push_to_hub:
+        print(f"pushed to {push(out, args.push_to_hub)}")
+    return 0
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "tracking.backends": args.tracker}
     result = ablate(
@@ -439,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu | cuda (default: cuda when present)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
+
+    exp = sub.add_parser("export", help="one checkpoint as a standalone transformers folder with a model card")
+    exp.add_argument("--run", required=True, help="run directory from `diamusic train`")
+    exp.add_argument("--checkpoint", default=_defaults(export_run)["checkpoint"], help="a step number or 'latest'")
+    exp.add_argument("--out", required=True, help="a new (or empty) directory")
+    exp.add_argument("--license", help="the license the model card states (the data's decides it; default: other)")
+    exp.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub model repo")
+    exp.set_defaults(func=cmd_export)
 
     ab = sub.add_parser("ablate", help="train and evaluate every pattern x seed on identical settings, then a table")
     ab.add_argument("--data", required=True, help="dataset directory from `diamusic prepare`")

@@ -177,15 +177,23 @@ class DacCodec:
         cls.check_options(options)
         return cls(model=options.get("dac_model", DAC_MODEL))
 
-    @classmethod
-    def load(cls, directory: str | Path) -> DacCodec:
+    @staticmethod
+    def source(directory: str | Path) -> str:
+        """Where a saved DAC codec's weights load from: its hub id, or its local directory (found
+        beside the saved codec when both moved together)."""
         info = _read_info(directory, "model")
         model = info["model"]
         relative = (Path(directory).resolve() / str(info.get("model_relative", ""))).resolve()
         if "model_relative" in info and relative.is_dir() and not Path(model).is_dir():
-            model = str(relative)  # the run moved together with its weights: the fingerprint still decides
-        elif Path(model).is_absolute() and not Path(model).is_dir():
+            return str(relative)  # the run moved together with its weights: the fingerprint still decides
+        if Path(model).is_absolute() and not Path(model).is_dir():
             raise CodecError(f"{directory}: the DAC weights it was saved with are gone from {model}")
+        return model
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DacCodec:
+        info = _read_info(directory, "model")
+        model = cls.source(directory)
         codec = cls(model=model)
         if info.get("fingerprint") not in (None, codec.fingerprint):
             raise CodecError(f"{directory}: DAC weights at {model!r} changed since the codec was saved")

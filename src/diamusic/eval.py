@@ -52,13 +52,14 @@ def eval_prompts(data: CodesDataset, count: int) -> list[Prompt]:
     """The first clip of each of the first ``count`` eval sources, in the dataset's order (so every
     run gets the same ones); a source's later clips are taken only when sources run out."""
     firsts, rest, seen = [], [], set()
-    for i, row in enumerate(data.rows):
-        (rest if row.get("source") in seen else firsts).append(i)
-        seen.add(row.get("source"))
+    for i, source in enumerate(data.sources):
+        (rest if source in seen else firsts).append(i)
+        seen.add(source)
     prompts = []
     for i in (firsts + rest)[:count]:
-        tags = data.rows[i].get("tags") or {}
-        prompts.append(Prompt(data.text(i), tags.get("key"), np.asarray(data.codes(i)), data.rows[i].get("melody")))
+        row = data.row(i)
+        key = (row.get("tags") or {}).get("key")
+        prompts.append(Prompt(data.text(i), key, np.asarray(data.codes(i)), row.get("melody")))
     return prompts
 
 

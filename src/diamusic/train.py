@@ -11,6 +11,7 @@ config) unchanged.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -25,9 +26,10 @@ from diamusic.checkpoints import checkpoints_of, save_checkpoint, weights_finite
 from diamusic.config import DataConfig, TrainConfig
 from diamusic.data.dataset import StepBatches
 from diamusic.errors import DiamusicError
+from diamusic.export import write_transformers_files
 from diamusic.flops import training_flops
 from diamusic.metrics import TokenStats, token_stats
-from diamusic.runs import load_run
+from diamusic.runs import RUN_FILE, load_run
 from diamusic.teacher_forced import teacher_forced
 from diamusic.tokens import IGNORE_INDEX
 from diamusic.trainer import StepOutput, Trainer, Window, due, setup
@@ -72,7 +74,14 @@ def save(t: Trainer) -> Path:
         raise TrainingDiverged(f"step {t.step}: the weights hold NaN or inf, so no checkpoint was written")
     c = t.config.checkpoints
     adapters = t.config.model.lora_rank > 0
-    return save_checkpoint(t.accelerator, t.model, t.run_dir, t.step, t.state_dict(), c.keep, t.sharded, adapters)
+
+    def transformers_files(folder: Path) -> None:  # main process only, with run.json's current codec
+        codec = json.loads((t.run_dir / RUN_FILE).read_text())["codec"]
+        write_transformers_files(folder, t.model_config, t.run_dir / "codec", codec)
+
+    return save_checkpoint(
+        t.accelerator, t.model, t.run_dir, t.step, t.state_dict(), c.keep, t.sharded, adapters, transformers_files
+    )
 
 
 def log_eval(t: Trainer) -> dict[str, float]:

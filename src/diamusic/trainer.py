@@ -128,7 +128,7 @@ class Trainer:
     weights: torch.Tensor | None
     sharded: bool  # FSDP: no process holds the whole model
     samples: Samples | None
-    model_config: Any  # the DiaConfig, for counting FLOPs
+    model_config: Any  # the DiaConfig: FLOPs, and the transformers files of a checkpoint
     peak_tflops: float | None  # bf16 peak of all processes' GPUs, when known: MFU is logged
     step: int = 0
     skipped_steps: int = 0  # non-finite steps whose update was skipped

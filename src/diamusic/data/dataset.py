@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,30 @@ ROW_KEYS = ("id", "text", "frames", "offset", "shard", "split", "final")  # what
 
 
 class CodesDataset:
-    """The clips of one split, read from memory-mapped shards."""
+    """The clips of one split, read from memory-mapped shards.
+
+    What reading a clip needs is held compactly (arrays, and the captions); the rest of a clip's
+    row (tags, the reference melody's notes) is read from ``index.jsonl`` when asked for (`row`,
+    `rows`), so a large dataset costs every process and loader worker little memory.
+    """
 
     def __init__(self, path: str | Path, split: str | None = "train") -> None:
         self.path = Path(path)
         self.card: dict[str, Any] = read_card(self.path)
-        rows = _read_index(self.path / INDEX_FILE)
-        self.rows = [r for r in rows if split is None or r["split"] == split]
+        lines, texts, numbers, sources = [], [], [], []
+        known: dict[str, int] = {}
+        for start, row in _scan_index(self.path / INDEX_FILE):
+            if split is not None and row["split"] != split:
+                continue
+            lines.append(start)
+            texts.append(row["text"])
+            numbers.append((row["frames"], row["offset"], row["shard"], row["final"]))
+            sources.append(known.setdefault(row.get("source", row["id"]), len(known)))
+        table = np.array(numbers, dtype=np.int64).reshape(-1, 4)
+        self.frames, self._offsets, self._shard_of, self._final = table[:, 0], table[:, 1], table[:, 2], table[:, 3] > 0
+        self.sources = np.array(sources, dtype=np.int64)  # each clip's source, numbered in order of appearance
+        self._texts = texts
+        self._lines = np.array(lines, dtype=np.int64)  # where each clip's row starts in index.jsonl
         self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
@@ -42,41 +59,58 @@ class CodesDataset:
         return AudioVocab(codebook_size=codec["codebook_size"], num_codebooks=codec["num_codebooks"])
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self._texts)
 
     def codes(self, i: int) -> np.ndarray:
-        row = self.rows[i]
-        shard = self._shards.get(row["shard"])
+        number = int(self._shard_of[i])
+        shard = self._shards.get(number)
         if shard is None:
             # opened lazily so DataLoader workers each map the file themselves; each map holds a file
             # descriptor, so only the most recently used shards stay open
-            shard = np.load(self.path / "shards" / f"{row['shard']:05d}.npy", mmap_mode="r")
-            self._shards[row["shard"]] = shard
+            shard = np.load(self.path / "shards" / f"{number:05d}.npy", mmap_mode="r")
+            self._shards[number] = shard
             if len(self._shards) > OPEN_SHARDS:
                 self._shards.popitem(last=False)
         else:
-            self._shards.move_to_end(row["shard"])
-        return shard[row["offset"] : row["offset"] + row["frames"]]
+            self._shards.move_to_end(number)
+        offset = int(self._offsets[i])
+        return shard[offset : offset + int(self.frames[i])]
 
     def text(self, i: int) -> str:
-        return self.rows[i]["text"]
+        return self._texts[i]
 
     def final(self, i: int) -> bool:
         """Whether clip i is the last piece of its source, so that its end is the music's end."""
-        return self.rows[i]["final"]
+        return bool(self._final[i])
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Clip i's whole row of the index (id, source, tags, melody notes, ...), read from disk."""
+        with (self.path / INDEX_FILE).open("rb") as f:
+            f.seek(int(self._lines[i]))
+            return json.loads(f.readline())
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every clip's whole row, in order, read from disk one at a time."""
+        with (self.path / INDEX_FILE).open("rb") as f:
+            for start in self._lines:
+                f.seek(int(start))
+                yield json.loads(f.readline())
 
 
-def _read_index(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg}): run the same prepare again") from exc
-        if not isinstance(row, dict) or any(k not in row for k in ROW_KEYS):
-            raise DataError(f"{path}:{n}: expected a clip with {', '.join(ROW_KEYS)}: run the same prepare again")
-        rows.append(row)
-    return rows
+def _scan_index(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, row) of each line of an index, each checked to hold what reading a clip needs."""
+    start = 0
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+                raise DataError(f"{path}:{n}: not valid JSON ({reason}): run the same prepare again") from exc
+            if not isinstance(row, dict) or any(k not in row for k in ROW_KEYS):
+                raise DataError(f"{path}:{n}: expected a clip with {', '.join(ROW_KEYS)}: run the same prepare again")
+            yield start, row
+            start += len(line)
 
 
 @dataclass(frozen=True)

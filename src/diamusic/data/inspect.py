@@ -4,6 +4,7 @@ built-in corpus the mix of instruments, textures, keys and tempos)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
     data = CodesDataset(path, split=None)
     card, vocab = data.card, data.vocab
     frame_rate = card["codec"]["frame_rate"]
-    seconds = np.array([r["frames"] / frame_rate for r in data.rows])
+    seconds = data.frames / frame_rate
     counts = np.zeros((vocab.num_codebooks, vocab.codebook_size), dtype=np.int64)
-    for shard in sorted({r["shard"] for r in data.rows}):
+    for shard in range(card["shards"]):
         codes = np.load(data.path / "shards" / f"{shard:05d}.npy", mmap_mode="r")
         for c in range(vocab.num_codebooks):
             counts[c] += np.bincount(codes[:, c], minlength=vocab.codebook_size)
@@ -42,7 +43,7 @@ def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
         },
         "codebook_perplexity": [float(np.exp(h)) for h in entropy],
         "codebook_used": [int((counts[c] > 0).sum()) for c in range(vocab.num_codebooks)],
-        "mix": mix(data.rows),
+        "mix": mix(data.rows()),
     }
     if png:
         import matplotlib
@@ -67,7 +68,7 @@ def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
 TEMPO_BINS = (0, 70, 90, 110, 130, 160, 1000)  # bpm
 
 
-def mix(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+def mix(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Clips per texture, melody instrument, accompaniment instrument, key and tempo band (from the
     tags the built-in corpus records; empty for a folder of audio), most common first."""
     tagged = [r["tags"] for r in rows if "tags" in r]

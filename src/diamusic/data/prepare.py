@@ -36,6 +36,7 @@ from diamusic.data.sources import (
 from diamusic.tokens import MAX_TEXT_BYTES
 
 ITEMS_PER_SHARD = 32
+ENCODE_BUFFER_BYTES = 1 << 30  # clips waiting to be encoded: more is encoded in turns, not held
 
 
 @dataclass
@@ -237,62 +238,79 @@ def _encode_shard(
     shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float
 ) -> tuple[np.ndarray, list[dict[str, Any]], float, float]:
     """A shard's codes, its rows (kept clips and rejections), the audio seconds kept and the
-    seconds spent encoding them."""
+    seconds spent encoding them. Audio is encoded whenever ENCODE_BUFFER_BYTES of clips wait, so a
+    shard of hour-long sources never holds more than that (and the input being read) in memory."""
     rows: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    blocks: list[np.ndarray] = []
     pending: list[tuple[dict[str, Any], np.ndarray, int]] = []
-    for item in items:
+    audio_seconds = spent = 0.0
+    for last, item in enumerate(items, 1):
         try:
             loaded = item.load()
         except Rejected as reason:
             rows.append({"id": item.id, "rejected": str(reason)})
+            loaded = None
+        if loaded is not None:
+            pending += _clips(loaded, item, split, max_seconds, rows)
+        if pending and (last == len(items) or sum(clip.nbytes for _, clip, _ in pending) >= ENCODE_BUFFER_BYTES):
+            started = time.perf_counter()
+            encoded = _encode_pending(pending, codec)
+            spent += time.perf_counter() - started
+            for (row, clip, rate), codes in zip(pending, encoded, strict=True):
+                if codes.shape[0] == 0:
+                    rows.append({"id": row["id"], "rejected": "encodes to zero frames"})
+                    continue
+                row.update(frames=int(codes.shape[0]), offset=sum(len(b) for b in blocks), shard=shard, final=False)
+                blocks.append(codes.astype(np.uint16))
+                kept.append(row)
+                audio_seconds += len(clip) / rate
+            pending = []
+    # the last kept clip of each source is where its music ends: the only clip whose end is an EOS
+    last_of = {row["source"]: row for row in kept}
+    for row in last_of.values():
+        row["final"] = True
+    array = np.concatenate(blocks) if blocks else np.zeros((0, codec.num_codebooks), dtype=np.uint16)
+    return array, rows + kept, audio_seconds, spent
+
+
+def _clips(
+    loaded: Any, item: SourceItem, split: dict[str, str], max_seconds: float, rows: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], np.ndarray, int]]:
+    """An input's clips to encode, each with its row; clips too short to keep go to ``rows``."""
+    wave, rate, text = loaded.wave, loaded.sample_rate, loaded.caption
+    raw = text.encode("utf-8")
+    truncated = len(raw) > MAX_TEXT_BYTES
+    if truncated:
+        text = raw[:MAX_TEXT_BYTES].decode("utf-8", errors="ignore")
+    out = []
+    for k, clip in clips_of(wave, rate, max_seconds):
+        clip_id = f"{item.id}#{k}"
+        if isinstance(clip, str):
+            rows.append({"id": clip_id, "rejected": clip})
             continue
-        wave, rate, text = loaded.wave, loaded.sample_rate, loaded.caption
-        raw = text.encode("utf-8")
-        truncated = len(raw) > MAX_TEXT_BYTES
+        row = {"id": clip_id, "text": text, "source": item.id, "split": split[item.id]}
         if truncated:
-            text = raw[:MAX_TEXT_BYTES].decode("utf-8", errors="ignore")
-        for k, clip in clips_of(wave, rate, max_seconds):
-            clip_id = f"{item.id}#{k}"
-            if isinstance(clip, str):
-                rows.append({"id": clip_id, "rejected": clip})
-                continue
-            row = {"id": clip_id, "text": text, "source": item.id, "split": split[item.id]}
-            if truncated:
-                row["caption_truncated"] = True
-            if loaded.tags is not None:
-                row["tags"] = loaded.tags
-            if loaded.melody is not None:  # the reference melody of this clip, for melody metrics
-                start = k * clip_samples(max_seconds, rate) / rate
-                row["melody"] = notes_in(loaded.melody, start, start + len(clip) / rate)
-            pending.append((row, clip, rate))
+            row["caption_truncated"] = True
+        if loaded.tags is not None:
+            row["tags"] = loaded.tags
+        if loaded.melody is not None:  # the reference melody of this clip, for melody metrics
+            start = k * clip_samples(max_seconds, rate) / rate
+            row["melody"] = notes_in(loaded.melody, start, start + len(clip) / rate)
+        out.append((row, clip, rate))
+    return out
+
+
+def _encode_pending(pending: list[tuple[dict[str, Any], np.ndarray, int]], codec: Codec) -> list[np.ndarray]:
+    """The codes of waiting clips, in their order; each sample rate is one call of the codec's batching."""
     by_rate: dict[int, list[int]] = {}
     for n, (_, _, rate) in enumerate(pending):
         by_rate.setdefault(rate, []).append(n)
     encoded: dict[int, np.ndarray] = {}
-    started = time.perf_counter()
     for rate, members in by_rate.items():
         for n, codes in zip(members, codec.encode_batch([pending[n][1] for n in members], rate), strict=True):
             encoded[n] = np.asarray(codes)
-    spent = time.perf_counter() - started
-    audio_seconds, offset = 0.0, 0
-    blocks: list[np.ndarray] = []
-    kept: list[dict[str, Any]] = []
-    for n, (row, clip, rate) in enumerate(pending):
-        codes = encoded[n]
-        if codes.shape[0] == 0:
-            rows.append({"id": row["id"], "rejected": "encodes to zero frames"})
-            continue
-        row.update(frames=int(codes.shape[0]), offset=offset, shard=shard, final=False)
-        offset += codes.shape[0]
-        blocks.append(codes.astype(np.uint16))
-        kept.append(row)
-        audio_seconds += len(clip) / rate
-    # the last kept clip of each source is where its music ends: the only clip whose end is an EOS
-    last = {row["source"]: row for row in kept}
-    for row in last.values():
-        row["final"] = True
-    array = np.concatenate(blocks) if blocks else np.zeros((0, codec.num_codebooks), dtype=np.uint16)
-    return array, rows + kept, audio_seconds, spent
+    return [encoded[n] for n in range(len(pending))]
 
 
 def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, Any]:
