@@ -31,7 +31,7 @@ from diamusic.data.prepare import prepare
 from diamusic.errors import DiamusicError
 from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
 from diamusic.patterns import DelayPattern
-from diamusic.runs import RUN_FILE
+from diamusic.runs import EVAL_FILE, RUN_FILE
 from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
 from diamusic.teacher_forced import interior_edge
 from diamusic.train import train
@@ -188,7 +188,7 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
         # a run killed before its first checkpoint is started over by the resume itself
         print(f"\n== {'resuming' if done else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
         train(config, run_dir, resume=(run_dir / RUN_FILE).exists(), progress=progress)
-    eval_file = run_dir / "eval.json"
+    eval_file = run_dir / EVAL_FILE
     if eval_file.exists():
         result = json.loads(eval_file.read_text())
         if result.get("checkpoint") == step_name(config.steps) and result.get("edge_frames") == plan.edge:

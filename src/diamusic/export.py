@@ -34,16 +34,12 @@ from diamusic.codecs import DacCodec
 from diamusic.errors import DiamusicError, first_line
 from diamusic.generate import DEFAULT_SECONDS, SamplingConfig
 from diamusic.patterns import DelayPattern
-from diamusic.runs import load_run
+from diamusic.runs import EVAL_FILE, load_run
 from diamusic.tokens import AudioVocab, encode_text
 
 if TYPE_CHECKING:
     from transformers import DiaConfig, GenerationConfig
 
-# DiaProcessor's own defaults: the keyword arguments a run must pass to it are those that differ
-PROCESSOR_DEFAULTS = {"delay_pattern": [0, 8, 9, 10, 11, 12, 13, 14, 15], "eos_token_id": 1024,
-                      "pad_token_id": 1025, "bos_token_id": 1026}  # fmt: skip
-EVAL_FILE = "eval.json"
 
 
 class ExportError(DiamusicError):
@@ -53,13 +49,17 @@ class ExportError(DiamusicError):
 # --- the files beside a checkpoint's weights ----------------------------------------------------
 
 
+def _pattern(config: DiaConfig) -> DelayPattern:
+    return DelayPattern.parse(list(config.delay_pattern))
+
+
 def generation_config(config: DiaConfig, frame_rate: float) -> GenerationConfig:
     """transformers' generation settings equal to `SamplingConfig`'s defaults for this model."""
     from transformers import GenerationConfig
 
     sampling = SamplingConfig.for_seconds(DEFAULT_SECONDS, frame_rate)
     decoder = config.decoder_config
-    pattern = pattern_of_config(config)
+    pattern = _pattern(config)
     return GenerationConfig(
         bos_token_id=decoder.bos_token_id,
         eos_token_id=decoder.eos_token_id,
@@ -75,16 +75,14 @@ def generation_config(config: DiaConfig, frame_rate: float) -> GenerationConfig:
     )
 
 
-def pattern_of_config(config: DiaConfig) -> DelayPattern:
-    return DelayPattern.parse(list(config.delay_pattern))
-
-
 def processor_kwargs(config: DiaConfig) -> dict[str, Any]:
     """What `DiaProcessor` must be told for this model: where the model differs from its defaults."""
+    from transformers import DiaProcessor
+
     decoder = config.decoder_config
     ours = {"delay_pattern": list(config.delay_pattern), "eos_token_id": decoder.eos_token_id,
             "pad_token_id": decoder.pad_token_id, "bos_token_id": decoder.bos_token_id}  # fmt: skip
-    return {k: v for k, v in ours.items() if v != PROCESSOR_DEFAULTS[k]}
+    return {k: v for k, v in ours.items() if v != DiaProcessor.audio_kwargs[k]}
 
 
 def write_processor(folder: Path, dac: str, sample_rate: int) -> None:
@@ -168,7 +166,7 @@ def push(folder: Path, repo: str) -> str:
 def exported_inputs(model: Any, texts: list[str]) -> dict[str, torch.Tensor]:
     """`model.generate`'s inputs for texts, as DiaProcessor prepares them: the text bytes and the
     first decode steps of the model's delay pattern (BOS until each codebook's delay has passed)."""
-    pattern = pattern_of_config(model.config)
+    pattern = _pattern(model.config)
     decoder = model.config.decoder_config
     input_ids, attention_mask = encode_text(texts)
     first = torch.full((len(texts), 1, pattern.num_codebooks), decoder.bos_token_id, dtype=torch.long)
@@ -186,7 +184,7 @@ def decode_exported(folder: str | Path, tokens: torch.Tensor) -> list[tuple[Any,
     from diamusic.codecs import load_codec
 
     config = DiaConfig.from_pretrained(folder)
-    pattern = pattern_of_config(config)
+    pattern = _pattern(config)
     vocab = AudioVocab(config.decoder_config.vocab_size - 4, config.decoder_config.num_channels)
     codec = load_codec(Path(folder) / "codec")
     frames = pattern.revert(tokens[:, 1:].cpu())
@@ -208,7 +206,7 @@ def model_card(
     dataset source) is escaped or fenced, so it shows as text and never as markup."""
     train = info["config"]
     pretrained = train["model"]["pretrained"] if train["model"]["init"] == "pretrained" else None
-    pattern = pattern_of_config(config)
+    pattern = _pattern(config)
     codec = info["codec"]
     metadata: dict[str, Any] = {
         "library_name": "transformers",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from diamusic.data.dataset import CodesDataset
 
 RUN_FILE = "run.json"
+EVAL_FILE = "eval.json"  # `diamusic eval`'s metrics of the run, as an ablation keeps them
 SAMPLES = "samples"
 
 
