@@ -149,6 +149,25 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
         ablate.ablate(melody_dataset, tmp_path / "ab", "musicgen,dia,compressed", 2, **settings)
 
 
+def test_an_interrupted_run_stops_the_ablation_in_one_line_with_the_signals_status(melody_dataset, tmp_path, capsys,
+                                                                                   monkeypatch):  # fmt: skip
+    """SIGTERM (or Ctrl-C) inside a run: its checkpoint is saved and the ablation says so and stops (exit
+    128 + signal), rather than going on to evaluate a step the run never reached (an error, exit 2)."""
+    import signal
+
+    from diamusic.cli import main
+    from diamusic.train import TrainResult
+
+    def stopped(config, run_dir, resume=False, progress=True):
+        return TrainResult(Path(run_dir), 3, True, {}, {}, True, signal.SIGTERM)
+
+    monkeypatch.setattr(ablate, "train", stopped)
+    argv = ["ablate", "--data", str(melody_dataset), "--out", str(tmp_path / "ab"), "--patterns", "musicgen,dia"]
+    assert main([*argv, "--seeds", "1", "--steps", "4", "--quiet"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "stopped at step 3 of 4" in err[-1] and "run the same command again" in err[-1], err
+
+
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--seeds", "2", "--quiet"]
     args += ["--prompts", "1", "--seconds", "1"]

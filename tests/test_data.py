@@ -274,6 +274,28 @@ def test_prepare_all_bad_fails_with_one_line(tmp_path):
         prepare(str(tmp_path / "missing"), "spectral-rvq", tmp_path / "out2", progress=False)
 
 
+def test_one_nan_sample_is_rejected_with_its_file_and_cannot_poison_the_codec(tmp_path):
+    """A float WAV can hold NaN: it once went into the codec fit and made every codebook use one code."""
+    from diamusic.codecs import CodecError, SpectralRVQCodec
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(7):
+        wave = tone(2.0, 220 * 2 ** (i / 7))
+        if i == 3:
+            wave[1000] = np.nan
+        sf.write(folder / f"t{i}.wav", wave, 22050, subtype="FLOAT")
+        (folder / f"t{i}.txt").write_text(f"tone {i}")
+    prepare(str(folder), "spectral-rvq", tmp_path / "ds", codec_options=SMALL_CODEC, progress=False)
+    rejected = [json.loads(line) for line in (tmp_path / "ds" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected == [{"id": "t3.wav", "rejected": "non-finite samples (NaN or inf)"}]
+    assert min(inspect(tmp_path / "ds")["codebook_used"]) > 1
+    poisoned = tone(1.0, 300)
+    poisoned[5] = np.inf
+    with pytest.raises(CodecError, match="NaN or infinite samples"):
+        SpectralRVQCodec.fit([tone(1.0, 220), poisoned], 22050, codebook_size=4, levels=2)
+
+
 def test_prepare_melodies_and_inspect(tmp_path):
     out = tmp_path / "mel"
     result = prepare(

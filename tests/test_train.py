@@ -2,6 +2,7 @@ import contextlib
 import json
 import math
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -658,6 +659,19 @@ KILL_SCRIPT = textwrap.dedent(
                 die()
             return forward(model, batch, *rest)
         T.forward_stats = forward_then_die
+    elif where.startswith("signal-"):  # a real signal right after step `at`'s update, before the step is counted
+        from diamusic import trainer as TR
+        build, signum = TR.build_optimizer, int(where.removeprefix("signal-"))
+        def build_with_hook(config, model):
+            optimizer, scheduler = build(config, model)
+            updates = [0]
+            def hook(*args):
+                updates[0] += 1
+                if updates[0] == at:
+                    os.kill(os.getpid(), signum)
+            optimizer.register_step_post_hook(hook)
+            return optimizer, scheduler
+        TR.build_optimizer = build_with_hook
     elif where == "checkpoint":  # the files of step `at` written, its manifest not yet
         manifest = C.write_manifest
         C.write_manifest = lambda folder: die() if folder.name.startswith(f"step_{at:06d}") else manifest(folder)
@@ -708,6 +722,23 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(
     else:
         assert f"from step {resumed_from}" in resumed.stderr
     assert not list(ckpts.glob("*.tmp"))
+    for key in ("train/loss", "train/grad_norm", "eval/loss"):
+        assert_same_curve(tmp_path / "run", whole_cli_run, key)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_right_after_an_update_checkpoints_that_step_and_the_resume_is_exact(
+    melody_dataset, whole_cli_run, tmp_path, signum
+):
+    """Ctrl-C once saved step 11's number with step 12's update (resume then differed from step 12 on);
+    SIGTERM (SLURM, `timeout`) killed the run with nothing saved since the last checkpoint."""
+    stopped = _train_cli(tmp_path, melody_dataset, "run", f"signal-{int(signum)}", 12)
+    assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
+    assert f"{signal.Signals(signum).name}: saving a checkpoint at step 12" in stopped.stderr
+    assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_000010", "step_000012"]
+    resumed = _train_cli(tmp_path, melody_dataset, "run", resume=True)
+    assert resumed.returncode == 0 and "from step 12" in resumed.stderr, resumed.stderr[-2000:]
     for key in ("train/loss", "train/grad_norm", "eval/loss"):
         assert_same_curve(tmp_path / "run", whole_cli_run, key)
 

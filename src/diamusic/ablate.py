@@ -30,11 +30,12 @@ from diamusic.data.dataset import CodesDataset
 from diamusic.data.prepare import prepare
 from diamusic.errors import DiamusicError
 from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
+from diamusic.locks import DirectoryLock
 from diamusic.patterns import DelayPattern
 from diamusic.runs import EVAL_FILE, RUN_FILE
 from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
 from diamusic.teacher_forced import interior_edge
-from diamusic.train import train
+from diamusic.train import Stopped, train
 
 PLAN_FILE = "ablation.json"
 REFERENCE = "dia"  # differences are reported against Dia's own pattern unless told otherwise
@@ -187,7 +188,13 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
     if config.steps not in done:
         # a run killed before its first checkpoint is started over by the resume itself
         print(f"\n== {'resuming' if done else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
-        train(config, run_dir, resume=(run_dir / RUN_FILE).exists(), progress=progress)
+        result = train(config, run_dir, resume=(run_dir / RUN_FILE).exists(), progress=progress)
+        if result.interrupted:  # its checkpoint is saved: the next call resumes this run
+            raise Stopped(
+                f"interrupted: {run_dir} stopped at step {result.step} of {config.steps}; run the same "
+                "command again to resume the ablation",
+                result.signum,
+            )
     eval_file = run_dir / EVAL_FILE
     if eval_file.exists():
         result = json.loads(eval_file.read_text())
@@ -561,13 +568,14 @@ def ablate(
         seconds=seconds,
         reference=reference,
     )
-    fix_plan(out, plan, force)
-    results: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in names}
-    for seed in plan.seeds:  # seed-major: an interrupted ablation already has whole seeds to compare
-        for pattern in parsed:
-            results[run_name(pattern)][seed] = run_one(plan, out, pattern, seed, progress)
-    rows = summarise(results, reference)
-    return AblationResult(out, write_summary(out, rows, plan, results), rows, names, results)
+    with DirectoryLock(out):  # one ablation per directory, for as long as it trains and writes
+        fix_plan(out, plan, force)
+        results: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in names}
+        for seed in plan.seeds:  # seed-major: an interrupted ablation already has whole seeds to compare
+            for pattern in parsed:
+                results[run_name(pattern)][seed] = run_one(plan, out, pattern, seed, progress)
+        rows = summarise(results, reference)
+        return AblationResult(out, write_summary(out, rows, plan, results), rows, names, results)
 
 
 DEMO_DIR = Path("runs/demo")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -192,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{result.run_dir}: step {result.step}{' (interrupted, checkpoint saved)' if result.interrupted else ''}"
             f"{': ' + summary if summary else ''}"
         )
-    return 130 if result.interrupted else 0
+    return 128 + result.signum if result.interrupted else 0  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -513,9 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("diamusic: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or `Stopped` by a signal once the work was saved
+        print(f"diamusic: {first_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     except (DiamusicError, OSError) as exc:  # bad input, or a file system that refused: one line
         if args.debug:
             traceback.print_exc()

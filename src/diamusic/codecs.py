@@ -387,6 +387,8 @@ class SpectralRVQCodec:
         owner = np.searchsorted(np.cumsum(counts), picked, side="right")
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         feats = torch.cat([probe._frame_features(w, picked[owner == i] - offsets[i]) for i, w in enumerate(waves)])
+        if not torch.isfinite(feats).all():  # one NaN sample would pull every centroid to NaN: all codes alike
+            raise CodecError("the training audio holds NaN or infinite samples: the codec cannot be fitted on it")
         gen = torch.Generator().manual_seed(seed)
         residual = feats
         books = []

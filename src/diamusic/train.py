@@ -14,7 +14,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,14 @@ class TrainingDiverged(DiamusicError):
     """A non-finite loss, gradient norm or weight: training stops before it can reach a checkpoint."""
 
 
+class Stopped(KeyboardInterrupt):
+    """Work stopped by a signal once its state was saved; the exit status is 128 + ``signum``."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -47,6 +57,39 @@ class TrainResult:
     last_train: dict[str, float]
     last_eval: dict[str, float]
     main_process: bool = True
+    signum: int = signal.SIGINT  # the signal that interrupted it (SIGTERM: a scheduler or `timeout`)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM during training, held until the optimizer step in progress is finished and
+    counted, so a checkpoint never holds an update its step number does not: SLURM, `timeout`,
+    `docker stop` and pre-emption send SIGTERM, and Ctrl-C sends SIGINT. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._hold)
+        return self
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def agreed(self, accelerator: Any) -> int | None:
+        """The signal any process received, so that every process stops after the same step."""
+        if accelerator.num_processes == 1:
+            return self.received
+        mine = torch.tensor([self.received or 0], device=accelerator.device)
+        return int(accelerator.gather(mine).max()) or None
 
 
 # --- one optimizer step -------------------------------------------------------------------------
@@ -163,50 +206,66 @@ def train(
     bar = _progress_bar(t) if progress and t.main else None
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
-    interrupted = False
+    interrupted, signum, saved, mid_step = False, int(signal.SIGINT), -1, False
     t.model.train()
-    try:
-        for micro_batches in data_loader(t.batches, config.data, t.accelerator.device, t.main):
-            out = train_step(t, micro_batches)
-            t.step += 1
-            if out.finite:
-                t.noise.update(out.loss)
-                t.window.add(out)
+    with StopSignals() as stop:
+        try:
+            for micro_batches in data_loader(t.batches, config.data, t.accelerator.device, t.main):
+                mid_step = True
+                out = train_step(t, micro_batches)
+                t.step += 1
+                mid_step = False
+                if out.finite:
+                    t.noise.update(out.loss)
+                    t.window.add(out)
+                else:
+                    skipped(t, out)
+                end = t.step == config.steps
+                if (due(t.step, config.logging.every) or end) and t.window.stats is not None:
+                    last_train = {
+                        **t.window.summary(t.peak_tflops),
+                        "train/loss_noise": t.noise.value,
+                        "train/lr": t.scheduler.get_last_lr()[0],
+                        "train/grad_norm": out.grad_norm,
+                    }
+                    if torch.cuda.is_available():
+                        last_train["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    t.tracker.log(last_train, t.step)
+                    t.window = Window()
+                if bar:
+                    bar(last_train)
+                if due(t.step, config.eval.every) or end:
+                    last_eval = log_eval(t)
+                samples_now = t.samples is not None and t.samples.due(t.step)
+                if due(t.step, config.checkpoints.every) or end or (samples_now and t.sharded):
+                    save(t)
+                    saved = t.step
+                if samples_now:
+                    write_samples_at(t)
+                if stop_after is not None and t.step >= stop_after:
+                    break
+                received = stop.agreed(t.accelerator)
+                if received is not None:
+                    signum = received
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            interrupted = True
+            name = signal.Signals(signum).name
+            if mid_step:  # a second signal, inside a step: its half-made update must not be saved as a step
+                if t.main:
+                    print(f"\n{name}: stopped inside step {t.step + 1}; nothing saved after it", file=sys.stderr)
             else:
-                skipped(t, out)
-            end = t.step == config.steps
-            if (due(t.step, config.logging.every) or end) and t.window.stats is not None:
-                last_train = {
-                    **t.window.summary(t.peak_tflops),
-                    "train/loss_noise": t.noise.value,
-                    "train/lr": t.scheduler.get_last_lr()[0],
-                    "train/grad_norm": out.grad_norm,
-                }
-                if torch.cuda.is_available():
-                    last_train["perf/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                t.tracker.log(last_train, t.step)
-                t.window = Window()
+                if t.main:
+                    print(f"\n{name}: saving a checkpoint at step {t.step}", file=sys.stderr)
+                if saved != t.step:  # the step's own checkpoint holds this state already
+                    save(t)
+        finally:
             if bar:
-                bar(last_train)
-            if due(t.step, config.eval.every) or end:
-                last_eval = log_eval(t)
-            samples_now = t.samples is not None and t.samples.due(t.step)
-            if due(t.step, config.checkpoints.every) or end or (samples_now and t.sharded):
-                save(t)
-            if samples_now:
-                write_samples_at(t)
-            if stop_after is not None and t.step >= stop_after:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        if t.main:
-            print(f"\ninterrupted: saving a checkpoint at step {t.step}", file=sys.stderr)
-        save(t)
-    finally:
-        if bar:
-            bar(None)
-        t.tracker.close()
-    return TrainResult(t.run_dir, t.step, interrupted, last_train, last_eval, t.main)
+                bar(None)
+            t.tracker.close()
+            if t.lock is not None:
+                t.lock.release()
+    return TrainResult(t.run_dir, t.step, interrupted, last_train, last_eval, t.main, signum)
 
 
 def skipped(t: Trainer, out: StepOutput) -> None:
@@ -241,8 +300,21 @@ def data_loader(
     if workers < data.num_workers and main:
         print(f"note: data.num_workers {data.num_workers} capped at {workers}, the cores here", file=sys.stderr)
     return torch.utils.data.DataLoader(
-        batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0
+        batches,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        worker_init_fn=_ignore_stop_signals,
     )
+
+
+def _ignore_stop_signals(worker: int) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group: the workers must outlive them until the
+    # training process (which holds them to a step boundary, see StopSignals) shuts the loader down
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _progress_bar(t: Trainer) -> Callable[[dict[str, float] | None], None]:

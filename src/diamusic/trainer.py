@@ -23,6 +23,7 @@ from diamusic.data import DataError
 from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches
 from diamusic.errors import DiamusicError
 from diamusic.flops import peak_tflops
+from diamusic.locks import DirectoryLock
 from diamusic.metrics import LossNoise, TokenStats
 from diamusic.model import add_lora, build_model, count_parameters, load_pretrained, weights_fingerprint
 from diamusic.optim import build_optimizer
@@ -130,6 +131,7 @@ class Trainer:
     samples: Samples | None
     model_config: Any  # the DiaConfig: FLOPs, and the transformers files of a checkpoint
     peak_tflops: float | None  # bf16 peak of all processes' GPUs, when known: MFU is logged
+    lock: DirectoryLock | None  # the run directory's, held by the main process until the run ends
     step: int = 0
     skipped_steps: int = 0  # non-finite steps whose update was skipped
     noise: LossNoise = field(default_factory=LossNoise)
@@ -165,6 +167,19 @@ class RunData:
 def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trainer:
     """Every part of a run, in order: processes, data, model, optimizer, tracker, resumed state."""
     accelerator, bf16 = _setup_accelerator(config)
+    # one process tree per run directory: a second `train` on it stops here, before any check or write
+    lock = DirectoryLock(run_dir) if accelerator.is_main_process else None
+    try:
+        return _setup(config, run_dir, resume, force, accelerator, bf16, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _setup(
+    config: TrainConfig, run_dir: Path, resume: bool, force: bool, accelerator: Any, bf16: bool, lock: Any
+) -> Trainer:
     data = _setup_data(config, run_dir, resume, force, accelerator.is_main_process)
     model, notes, sizes = _setup_model(config, run_dir, data, accelerator.is_main_process)
     accelerator.wait_for_everyone()
@@ -195,6 +210,7 @@ def setup(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> Trai
         samples=Samples.for_run(config, run_dir, data.eval, accelerator.is_main_process),
         model_config=model_config,
         peak_tflops=_peak_tflops(accelerator, bf16),
+        lock=lock,
     )
     _resume_or_start(t, data)
     if t.main:

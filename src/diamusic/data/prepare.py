@@ -33,6 +33,7 @@ from diamusic.data.sources import (
     source_items,
     split_of,
 )
+from diamusic.locks import DirectoryLock
 from diamusic.tokens import MAX_TEXT_BYTES
 
 ITEMS_PER_SHARD = 32
@@ -87,45 +88,50 @@ def prepare(
         **({"corpus": corpus} if corpus else {}),
     }
     try:
+        # each share of the job (shard=(i, n)) is one process: a second with the same share stops here
+        lock = DirectoryLock(out, f".lock-shard-{index}-of-{count}")
         (out / "shards").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot write dataset to {out}: {exc.strerror or exc}") from exc
-    _check_same_job(out, job)
-    split = split_of([i.id for i in items], seed, eval_fraction)
-    codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed})
+    try:
+        _check_same_job(out, job)
+        split = split_of([i.id for i in items], seed, eval_fraction)
+        codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed})
 
-    n_shards = (len(items) + ITEMS_PER_SHARD - 1) // ITEMS_PER_SHARD
-    mine = [s for s in range(n_shards) if s % count == index]
-    todo = [s for s in mine if not (out / "shards" / f"{s:05d}.jsonl").exists()]
-    audio_seconds = encode_seconds = 0.0
-    bar = None
-    if progress:
-        from tqdm import tqdm
+        n_shards = (len(items) + ITEMS_PER_SHARD - 1) // ITEMS_PER_SHARD
+        mine = [s for s in range(n_shards) if s % count == index]
+        todo = [s for s in mine if not (out / "shards" / f"{s:05d}.jsonl").exists()]
+        audio_seconds = encode_seconds = 0.0
+        bar = None
+        if progress:
+            from tqdm import tqdm
 
-        size = [len(items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]) for s in range(n_shards)]
-        done = sum(size[s] for s in mine if s not in todo)
-        bar = tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
-    for s in todo:
-        members = items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]
-        seconds, spent = _write_shard(out, s, members, split, codec_obj, max_seconds)
-        audio_seconds += seconds
-        encode_seconds += spent
+            size = [len(items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]) for s in range(n_shards)]
+            done = sum(size[s] for s in mine if s not in todo)
+            bar = tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
+        for s in todo:
+            members = items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]
+            seconds, spent = _write_shard(out, s, members, split, codec_obj, max_seconds)
+            audio_seconds += seconds
+            encode_seconds += spent
+            if bar:
+                bar.update(len(members))
         if bar:
-            bar.update(len(members))
-    if bar:
-        bar.close()
+            bar.close()
 
-    complete = all((out / "shards" / f"{s:05d}.jsonl").exists() for s in range(n_shards))
-    clips = hours = rejected = truncated = 0
-    if complete:
-        card = _finalize(out, n_shards, codec_obj, source)
-        clips, hours, rejected = card["clips"], card["hours"], card["rejected"]
-        truncated = card["captions_truncated"]
-        if clips == 0:
-            raise DataError(f"no usable clips: all {rejected} inputs were rejected (see {out}/rejected.jsonl)")
-    return PrepareResult(
-        clips, hours, rejected, time.time() - start, audio_seconds, encode_seconds, complete, truncated
-    )
+        complete = all((out / "shards" / f"{s:05d}.jsonl").exists() for s in range(n_shards))
+        clips = hours = rejected = truncated = 0
+        if complete:
+            card = _finalize(out, n_shards, codec_obj, source)
+            clips, hours, rejected = card["clips"], card["hours"], card["rejected"]
+            truncated = card["captions_truncated"]
+            if clips == 0:
+                raise DataError(f"no usable clips: all {rejected} inputs were rejected (see {out}/rejected.jsonl)")
+        return PrepareResult(
+            clips, hours, rejected, time.time() - start, audio_seconds, encode_seconds, complete, truncated
+        )
+    finally:
+        lock.release()
 
 
 def _check_arguments(shard: tuple[int, int], eval_fraction: float, max_seconds: float) -> None:

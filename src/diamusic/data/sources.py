@@ -115,6 +115,8 @@ def folder_items(folder: Path) -> list[SourceItem]:
                 wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
             except Exception as exc:  # libsndfile raises several types for non-audio input
                 raise Rejected(f"unreadable audio ({type(exc).__name__})") from exc
+            if not np.isfinite(wave).all():  # float files can hold NaN/inf: they would poison a codec fit
+                raise Rejected("non-finite samples (NaN or inf)")
             return Loaded(wave.mean(axis=1), int(rate), str(text).strip())
 
         return load
