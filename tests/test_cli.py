@@ -226,6 +226,9 @@ BAD_INPUT = [
     (["generate", "--run", "{run}", "--text", "x", "--num", "0"], "expected a positive integer"),
     (["generate", "--run", "{data}", "--text", "x"], "is not a run directory"),
     (["generate", "--run", "{tmp}/missing", "--text", "x"], "is not a run directory"),
+    (["generate", "--run", "{run}", "--text", "x", "--device", "cdua"], "--device cdua: not a device name"),
+    (["generate", "--run", "{run}", "--text", "x", "--device", "cuda:99"], "--device cuda:99: "),
+    (["eval", "--run", "{run}", "--device", "tpu"], "--device tpu: "),
     # train: numbers, keys, types, patterns, config files, paths
     (["train", "--data", "{data}", "--steps", "0"], "steps must be > 0"),
     (["train", "--data", "{data}", "--batch-size", "0"], "batch_size must be > 0"),
@@ -243,6 +246,9 @@ BAD_INPUT = [
     (["train", "--data", "{tmp}/missing"], "not a prepared dataset"),
     (["train", "--data", "{run}"], "not a prepared dataset"),
     (["train", "--data", "{data}", "--steps", "x"], "argument --steps: invalid int value"),
+    (["train", "--data", "{data}", "--batch-size", "1000000000"], "GiB is available here: lower batch_size"),
+    (["train", "--data", "{data}", "--set", "grad_accum=10000000000"], "GiB is available here: lower grad_accum"),
+    (["train", "--data", "{data}", "--set", "codebook_weights=[0,0,0,0,0,0,0,0,0]"], "codebook_weights are all 0"),
     # prepare: every option checked before job.json
     (["prepare", "--source", "melodies", "--codec", "mp3"], "unknown codec 'mp3'"),
     (["prepare", "--source", "melodies", "--codebook-size", "0"], "codebook_size must be an integer >= 2"),
@@ -292,3 +298,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tiny_ru
     assert "Traceback" not in lines[0]
     assert not (tmp_path / "out").exists()
     assert {p: sorted(p.rglob("*")) for p in (tiny_run, melody_dataset)} == shared_before
+
+
+def test_control_characters_from_a_run_file_are_printed_escaped(tiny_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from diamusic.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    info = json.loads((run / "run.json").read_text())
+    info["dataset"] = "/gone/\x1b]0;owned\x07\x1b[2J\u009b31m"  # set the title, clear the screen, C1 CSI
+    (run / "run.json").write_text(json.dumps(info))
+    assert main(["eval", "--run", str(run), "--prompts", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "is gone" in err and not any(c in err for c in "\x1b\x07\u009b")
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x9b31m" in err

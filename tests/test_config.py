@@ -47,12 +47,29 @@ def test_round_trip_through_dict():
         (["data.eos_crop_share=2"], "data.eos_crop_share must be in"),
         (["delay_pattern=1,2,3"], "delay_pattern: .*codebook 0 must have delay 0"),
         (["codebook_weights=[1,2]"], "codebook_weights has 2 entries for 9 codebooks"),
+        (["codebook_weights=[0,0,0,0,0,0,0,0,0]"], "codebook_weights are all 0"),
+        (["tracking.run_name=[1,[2,3]]"], "tracking.run_name: expected a string, got [1, [2, 3]]"),
+        (["tracking.project={a: 1}"], "tracking.project: expected a string, got {'a': 1}"),
         (["noequals"], "expected key=value"),
     ],
 )
 def test_bad_config_names_the_key(sets, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config("tiny-cpu", sets=sets)
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_line(tmp_path):
+    # 9 levels of 9 aliases: ~400 bytes standing for 9^9 strings (str() of it grew past 1 GB, never finished)
+    levels = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = f"[{', '.join(levels)}]"
+    (tmp_path / "bomb.yaml").write_text(f"tracking:\n  run_name: {bomb}\n")
+    with pytest.raises(ConfigError, match="bomb.yaml: expands to more than 100000 values") as caught:
+        load_config(str(tmp_path / "bomb.yaml"))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="setting tracking.run_name: expands to more than"):
+        load_config("tiny-cpu", sets=[f"tracking.run_name={bomb}"])
+    assert load_config("tiny-cpu", sets=["tracking.tags=[a, b]"]).tracking.tags == ["a", "b"]
 
 
 def test_pattern_is_checked_against_the_dataset_when_the_config_loads(melody_dataset):

@@ -573,6 +573,61 @@ def test_a_damaged_dataset_file_is_one_line_exit_2(melody_dataset, tmp_path, cap
         CodesDataset(ds)
 
 
+def _truncate(shard):
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+
+def _code_out_of_range(shard):
+    codes = np.load(shard, mmap_mode="r+")
+    codes[3, 2] = 40  # the dataset's codebooks hold 32 codes
+    codes.flush()
+
+
+def _code_changed_in_range(shard):
+    codes = np.load(shard, mmap_mode="r+")
+    codes[3, 2] = (int(codes[3, 2]) + 1) % 32
+    codes.flush()
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment", "inspect_plain"),
+    [
+        (_truncate, "00000.npy: truncated", 2),
+        (lambda shard: shard.unlink(), "00000.npy: missing", 2),
+        (_code_out_of_range, "00000.npy: holds code 40, the codebook size is 32", 2),
+        (_code_changed_in_range, "shards or index changed since prepare", 0),
+    ],
+    ids=["truncated", "missing", "out-of-range", "changed-in-range"],
+)
+def test_a_damaged_shard_is_found_before_training_writes_anything(
+    melody_dataset, tmp_path, capsys, damage, fragment, inspect_plain
+):
+    from diamusic.cli import main
+
+    ds = tmp_path / "ds"
+    shutil.copytree(melody_dataset, ds)
+    damage(ds / "shards" / "00000.npy")
+    for argv, expected in [
+        (["data", "inspect", str(ds)], inspect_plain),  # without --verify an in-range change goes unseen
+        (["data", "inspect", str(ds), "--verify"], 2),
+        (["train", "--data", str(ds), "--out", str(tmp_path / "run")], 2),
+    ]:
+        code = main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == expected, (argv, lines)
+        if expected == 2:
+            assert len(lines) == 1 and fragment in lines[0] and "run the same prepare again" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_verify_recomputes_the_cards_fingerprint(melody_dataset, capsys):
+    from diamusic.cli import main
+
+    assert dataset_module.verify(melody_dataset) == CodesDataset(melody_dataset).fingerprint
+    assert main(["data", "inspect", str(melody_dataset), "--verify"]) == 0
+    assert "(verified: recomputed from the shards)" in capsys.readouterr().out
+
+
 def test_a_damaged_job_file_is_one_line(audio_folder, tmp_path):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "job.json").write_text("{not json")
@@ -593,3 +648,19 @@ def test_prepare_reports_its_encoding_speed_even_for_a_small_job(audio_folder, t
     assert found and float(found[1]) > 10 and float(found[2]) > 1, summary
     assert main([*argv, "--max-seconds", "2", "--quiet"]) == 0
     assert "nothing left to encode" in capsys.readouterr().out
+
+
+def test_repeated_and_orphan_metadata_rows_are_counted_in_one_warning(tmp_path, capsys):
+    from diamusic.data.sources import folder_items
+
+    for name in ("a.wav", "b.wav"):
+        sf.write(tmp_path / name, tone(1.0, 440), 22050)
+    rows = [("a.wav", "first"), ("b.wav", "b"), ("a.wav", "second"), ("gone.wav", "x"), ("gone2.wav", "y")]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps({"file": f, "text": t}) + "\n" for f, t in rows))
+    items = folder_items(tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 rows repeat a file named before (the last one counts), 2 name no audio file" in err[0]
+    assert [item.load().caption for item in items] == ["second", "b"]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps({"file": f, "text": t}) + "\n" for f, t in rows[:2]))
+    folder_items(tmp_path)
+    assert capsys.readouterr().err == ""

@@ -8,6 +8,7 @@ from diamusic.tokens import AudioVocab
 
 SR = 22050
 VOCAB = AudioVocab(codebook_size=32, num_codebooks=9)
+SMALL = {"codebook_size": 16}
 
 
 def notes(midis: list[float], seconds: float = 0.4) -> np.ndarray:
@@ -132,3 +133,34 @@ def test_eval_cli_prints_and_writes(tiny_run, tmp_path, capsys):
     assert wider["eval/loss"] == default["eval/loss"]  # the edge splits the targets, it does not change them
     assert main(["eval", "--run", str(tmp_path), "--prompts", "0"]) == 2  # not a run: one line
     assert capsys.readouterr().err.startswith("diamusic: error:")
+
+
+@pytest.mark.integration
+def test_a_run_whose_eval_split_is_empty_is_evaluated_on_its_train_subset(tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+
+    from diamusic.cli import main
+    from diamusic.config import load_config
+    from diamusic.data.prepare import prepare
+    from diamusic.train import train
+
+    # one source: prepare puts nothing in the eval split, which the config allows
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "a.wav", notes([60, 62, 64, 65, 67, 65, 64, 62, 60, 67], 0.5), SR)
+    (tmp_path / "audio" / "a.txt").write_text("a scale up and down")
+    prepare(str(tmp_path / "audio"), "spectral-rvq", tmp_path / "ds", max_seconds=2.0, codec_options=SMALL)
+    overrides = {"data.path": str(tmp_path / "ds"), "steps": 2, "batch_size": 2, "data.crop_frames": 24}
+    overrides |= {"eval.every": 2, "checkpoints.every": 2, "samples.every": 0, "tracking.backends": []}
+    train(load_config("tiny-cpu", overrides=overrides), tmp_path / "run", progress=False)
+    capsys.readouterr()
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(tmp_path / "run"), "--prompts", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: the eval split is empty" in printed and "train_subset/loss" in printed
+    result = json.loads(out.read_text())
+    assert "eval/loss" not in result and not any(k.startswith("gen/") for k in result)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    at_end = [row for row in logged if "train_subset/loss" in row][-1]
+    assert at_end["step"] == 2 and result["train_subset/loss"] == pytest.approx(at_end["train_subset/loss"], rel=1e-6)

@@ -630,6 +630,23 @@ def test_resume_passes_over_a_damaged_checkpoint_and_reproduces(melody_dataset, 
     assert_same_curve(tmp_path / "split", tmp_path / "whole")
 
 
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("random_states_0.pkl", "random_states_0.pkl cannot be read"), ("optimizer.bin", "cannot load checkpoint")],
+)
+def test_unreadable_state_in_a_checksummed_checkpoint_is_refused_in_one_line(melody_dataset, tmp_path, name, fragment):
+    from diamusic.checkpoints import CheckpointError, write_manifest
+
+    config = tiny_config(melody_dataset, {**QUIET, "checkpoints.every": 2}, steps=2)
+    train(config, tmp_path / "run", progress=False)
+    ckpt = checkpoints_of(tmp_path / "run")[-1]
+    (ckpt / name).write_bytes(b"not a pickle at all")
+    write_manifest(ckpt)  # the checksums agree: only reading the file shows it is damaged
+    with pytest.raises(CheckpointError, match=fragment) as caught:
+        train(tiny_config(melody_dataset, {**QUIET, "checkpoints.every": 2}, steps=4), tmp_path / "run", resume=True)
+    assert "\n" not in str(caught.value) and str(ckpt) in str(caught.value)
+
+
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(melody_dataset, tmp_path, capsys):
     config = tiny_config(melody_dataset, {**QUIET, "checkpoints.every": 10})
     train(config, tmp_path / "whole", progress=False)

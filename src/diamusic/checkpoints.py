@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -278,8 +279,27 @@ def restore(accelerator: Any, run_dir: Path, warn: Callable[[str], None]) -> dic
         raise CheckpointError(
             f"cannot resume: no checkpoint in {run_dir} is intact; remove its {CHECKPOINTS}/ to start the run over"
         )
+    _check_random_states(ckpt, accelerator.process_index)
     try:
         accelerator.load_state(str(ckpt))
-    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load checkpoint {ckpt}: {first_line(exc)}") from exc
     return json.loads((ckpt / TRAIN_STATE).read_text())
+
+
+RANDOM_STATE_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def _check_random_states(ckpt: Path, process: int) -> None:
+    """This process's random states load (accelerate passes over ones it cannot read, and the resume
+    would then not be exact). Read as accelerate reads them: weights only, so nothing in them runs."""
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils import load as load_state_file
+
+    path = ckpt / f"{RNG_STATE_NAME}_{process}.pkl"
+    try:
+        states = load_state_file(path)
+    except Exception as exc:  # any failure to read it means it is damaged
+        raise CheckpointError(f"checkpoint {ckpt}: {path.name} cannot be read ({first_line(exc)})") from exc
+    if not isinstance(states, dict) or any(k not in states for k in RANDOM_STATE_KEYS):
+        raise CheckpointError(f"checkpoint {ckpt}: {path.name} does not hold the random states")

@@ -148,11 +148,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from diamusic.data.inspect import inspect
 
-    report = inspect(args.dataset, png=args.png)
+    report = inspect(args.dataset, png=args.png, check=args.verify)
     print(
         f"{args.dataset}: {report['clips']} clips ({report['train_clips']} train, {report['eval_clips']} eval), "
         f"{report['hours']:.2f} h, {report['rejected']} rejected, codec {report['codec']}, "
-        f"fingerprint {report['fingerprint']}"
+        f"fingerprint {report['fingerprint']}" + (" (verified: recomputed from the shards)" if args.verify else "")
     )
     print("durations: " + ", ".join(f"{k}: {v}" for k, v in report["duration_histogram"].items()))
     print("code perplexity per codebook: " + " ".join(f"{p:.0f}" for p in report["codebook_perplexity"]))
@@ -230,7 +230,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, args.checkpoint, args.prompts, args.seconds, args.edge, args.device, args.out)
     keys = ("eval/loss", "eval/interior/loss", "eval/entropy", "eval/gap", "gen/in_key_ratio", "gen/frames_per_s")
+    keys = keys if "eval/loss" in result else ("train_subset/loss", "train_subset/interior/loss", "train/loss")
     print(f"{args.run} {result['checkpoint']}: " + ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result))
+    if "note" in result:
+        print(f"note: {result['note']}")
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -377,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp = dsub.add_parser("inspect", help="counts, durations and per-codebook code usage")
     insp.add_argument("dataset")
     insp.add_argument("--png", help="also plot to this PNG file")
+    insp.add_argument("--verify", action="store_true", help="read every shard and recompute the fingerprint")
     insp.set_defaults(func=cmd_data_inspect)
 
     tr = sub.add_parser("train", help="fine-tune Dia on a prepared dataset")
@@ -507,11 +511,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from diamusic.errors import DiamusicError, first_line
+# C0 and C1 control characters but tab, newline and carriage return (progress bars redraw with \r)
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(32), *range(127, 160)] if c not in (9, 10, 13)}
 
+
+class _Printable:
+    """A text stream that shows control characters escaped: what we print can hold text from users'
+    files (captions, run.json, folder names), and an escape sequence must not reach the terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.translate(_CONTROLS))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding: the stream's own
+        return getattr(self._stream, name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Printable(sys.stdout), _Printable(sys.stderr)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace) -> int:
+    from diamusic.errors import DiamusicError, first_line
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C, or `Stopped` by a signal once the work was saved

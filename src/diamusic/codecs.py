@@ -13,6 +13,7 @@ Both are registered by name in `CODECS`: `codec_class(name).from_options(...)` m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -36,6 +37,23 @@ DAC_FRAME_RATE = DAC_SAMPLE_RATE / DAC_HOP_LENGTH
 
 # (seconds of audio wanted at most) -> (mono waves, their sample rate); called only by codecs that fit
 TrainingAudio = Callable[[float], tuple[list[np.ndarray], int]]
+
+
+def _one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run on one CPU thread. MKL's matmuls sum in an order that depends on how many threads they get,
+    and under load they get fewer, so on two threads the offline codec's fit and decode gave other
+    bits in about one process in forty; on one they give the same bits every time (and no slower)."""
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return run
 
 
 class CodecError(DiamusicError):
@@ -247,38 +265,30 @@ class SpectralRVQCodec:
         self._mel_basis_t = torch.from_numpy(mel_basis.T.copy())  # (n_fft // 2 + 1, n_mels)
         # least-squares mel -> linear map; negative values from it are clipped before Griffin-Lim
         self._mel_pinv = torch.from_numpy(np.linalg.pinv(mel_basis).T.copy())  # (n_mels, n_fft // 2 + 1)
-        self._window = torch.hann_window(config.n_fft)
+        self._window = torch.hann_window(config.n_fft).numpy()
 
     # -- features ----------------------------------------------------------------------------------
 
     def features(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         """Log-mel power in dB, clamped at floor_db: (T, n_mels) float32, T = 1 + N // hop at the codec rate."""
-        y = torch.from_numpy(_as_mono(wave, sample_rate, self.sample_rate))
-        spec = torch.stft(
-            y,
-            self.config.n_fft,
-            self.config.hop_length,
-            window=self._window,
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
-        return self._log_mel(spec.abs().square().T).numpy()
+        y = _as_mono(wave, sample_rate, self.sample_rate)
+        spec = _stft(y, self.config.n_fft, self.config.hop_length, self._window)
+        return self._log_mel(np.abs(spec) ** 2).numpy()
 
     def _frame_features(self, wave: np.ndarray, frames: np.ndarray) -> torch.Tensor:
         """`features(wave)[frames]` without transforming the frames we don't need (the fit samples a few)."""
-        half = self.config.n_fft // 2
-        y = torch.nn.functional.pad(torch.from_numpy(wave), (half, half))  # == stft(center=True), zero pad
-        starts = torch.from_numpy(frames * self.config.hop_length)
-        windows = y[starts[:, None] + torch.arange(self.config.n_fft)[None, :]] * self._window
-        return self._log_mel(torch.fft.rfft(windows).abs().square())
+        windows = _frames(wave, self.config.n_fft, self.config.hop_length)[frames] * self._window
+        return self._log_mel(np.abs(np.fft.rfft(windows, axis=1)) ** 2)
 
-    def _log_mel(self, power: torch.Tensor) -> torch.Tensor:  # (T, n_fft // 2 + 1) -> (T, n_mels)
+    @_one_thread
+    def _log_mel(self, power: np.ndarray) -> torch.Tensor:  # (T, n_fft // 2 + 1) -> (T, n_mels)
+        power = torch.from_numpy(np.ascontiguousarray(power, dtype=np.float32))
         db = 10.0 * torch.log10((power @ self._mel_basis_t).clamp_min(1e-12))
         return db.clamp_min(self.config.floor_db).float().contiguous()
 
     # -- quantisation ------------------------------------------------------------------------------
 
+    @_one_thread
     def quantize(self, features: np.ndarray) -> np.ndarray:
         """Log-mel frames (T, n_mels) -> codes (T, levels) int64, each level coding the previous residual."""
         residual = torch.tensor(features, dtype=torch.float32)  # a copy: the caller's array stays intact
@@ -332,20 +342,22 @@ class SpectralRVQCodec:
         logmel = sum(self.codebooks[level][codes[:, level]] for level in range(codes.shape[1]))
         return self.invert(np.asarray(logmel))
 
+    @_one_thread
     def invert(self, logmel: np.ndarray) -> np.ndarray:
         """Log-mel dB frames (T, n_mels) -> wave. Pseudo-inverse of the mel filterbank, then Griffin-Lim."""
         power = 10.0 ** (torch.from_numpy(np.asarray(logmel, dtype=np.float32)) / 10.0) @ self._mel_pinv
-        magnitude = power.clamp_min(0.0).sqrt().T  # (F, T)
-        if magnitude.shape[1] < 2:  # Griffin-Lim needs at least two frames to overlap-add
+        magnitude = power.clamp_min(0.0).sqrt().numpy()  # (T, F)
+        if len(magnitude) < 2:  # Griffin-Lim needs at least two frames to overlap-add
             return np.zeros(0, dtype=np.float32)
         wave = _griffin_lim(
             magnitude, self.config.n_fft, self.config.hop_length, self._window, self.config.griffin_lim_iters
         )
-        return wave.clamp(-1.0, 1.0).numpy()
+        return np.clip(wave, -1.0, 1.0)
 
     # -- fitting and persistence -------------------------------------------------------------------
 
     @classmethod
+    @_one_thread
     def fit(
         cls,
         waves: list[np.ndarray],
@@ -489,32 +501,52 @@ def _kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.
     return centroids
 
 
+# The transforms are numpy's (pocketfft, one thread) rather than torch's: torch.istft through MKL gave
+# another wave for the same input in about one process in sixty (see `_one_thread`), and took 25x longer.
+
+
+def _frames(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """(T, n_fft) view of the frames of a centred STFT (zero padded by n_fft // 2), T = 1 + len // hop."""
+    padded = np.pad(np.asarray(wave, dtype=np.float32), (n_fft // 2, n_fft // 2))
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+
+
+def _stft(wave: np.ndarray, n_fft: int, hop: int, window: np.ndarray) -> np.ndarray:
+    """Centred STFT, (T, n_fft // 2 + 1) complex64, as torch.stft(center=True, pad_mode="constant")."""
+    return np.fft.rfft(_frames(wave, n_fft, hop) * window, axis=1).astype(np.complex64)
+
+
+def _istft(spec: np.ndarray, n_fft: int, hop: int, window: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of `_stft`: windowed overlap-add in a fixed order, divided by the summed squared window."""
+    frames = np.fft.irfft(spec, n_fft, axis=1).astype(np.float32) * window
+    count, blocks = len(frames), -(-n_fft // hop)  # each frame spans `blocks` hop-long blocks of output
+    tail = blocks * hop - n_fft
+    frames = np.pad(frames, ((0, 0), (0, tail))).reshape(count, blocks, hop)
+    weights = np.pad(window * window, (0, tail)).reshape(blocks, hop)
+    out = np.zeros((count + blocks - 1, hop), dtype=np.float32)
+    envelope = np.zeros_like(out)
+    for b in range(blocks):
+        out[b : b + count] += frames[:, b]
+        envelope[b : b + count] += weights[b]
+    start = n_fft // 2
+    out, envelope = out.reshape(-1)[start : start + length], envelope.reshape(-1)[start : start + length]
+    return out / np.where(envelope > 1e-11, envelope, 1.0)
+
+
 def _griffin_lim(
-    magnitude: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, n_iter: int, momentum: float = 0.99
-) -> torch.Tensor:
-    """Fast Griffin-Lim (Perraudin et al. 2013, as in librosa) with a fixed random initial phase."""
-    gen = torch.Generator().manual_seed(0)  # same phase every call: decoding is deterministic
-    angles = torch.polar(torch.ones_like(magnitude), 2 * math.pi * torch.rand(magnitude.shape, generator=gen))
-    length = (magnitude.shape[1] - 1) * hop
-
-    def istft(spec: torch.Tensor) -> torch.Tensor:
-        return torch.istft(spec, n_fft, hop, window=window, center=True, length=length)
-
-    previous = torch.zeros_like(angles)
+    magnitude: np.ndarray, n_fft: int, hop: int, window: np.ndarray, n_iter: int, momentum: float = 0.99
+) -> np.ndarray:
+    """Fast Griffin-Lim (Perraudin et al. 2013, as in librosa) on (T, F) magnitudes, fixed initial phase."""
+    rng = np.random.default_rng(0)  # same phase every call: decoding is deterministic
+    angles = np.exp(2j * np.pi * rng.random(magnitude.shape, dtype=np.float32)).astype(np.complex64)
+    length = (len(magnitude) - 1) * hop
+    previous = np.zeros_like(angles)
     for _ in range(n_iter):
-        rebuilt = torch.stft(
-            istft(magnitude * angles),
-            n_fft,
-            hop,
-            window=window,
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
-        angles = rebuilt - (momentum / (1 + momentum)) * previous
-        angles = angles / (angles.abs() + 1e-16)
+        rebuilt = _stft(_istft(magnitude * angles, n_fft, hop, window, length), n_fft, hop, window)
+        angles = rebuilt - np.float32(momentum / (1 + momentum)) * previous
+        angles = angles / (np.abs(angles) + np.float32(1e-16))
         previous = rebuilt
-    return istft(magnitude * angles)
+    return _istft(magnitude * angles, n_fft, hop, window, length)
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -132,7 +133,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     args = typing.get_args(annotation)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {_show(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -141,35 +142,60 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _coerce(value, others[0], key)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key + ".")
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             with contextlib.suppress(ValueError):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
         return float(value)
     if annotation is str:
-        if isinstance(value, bool) or value is None:
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{key}: expected a string, got {_show(value)}")
         return str(value)
     return value
 
 
+def _show(value: Any) -> str:
+    """A config value for an error message, cut short (a nested list could be any size)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 40, 40
+    return short.repr(value)
+
+MAX_CONFIG_VALUES = 100_000  # values in a config, aliases expanded: far above any real one
+
+
+def _check_size(tree: Any, source: str) -> None:
+    """Refuse a config that expands to more values than any real one holds: YAML aliases can make a
+    few hundred bytes stand for billions of values (an alias bomb), and walking them would never end."""
+    count, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases?)")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def _build(cls: type, values: Any, prefix: str = "") -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_show(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(key) for key in values if key not in names)  # YAML keys may be numbers too
@@ -213,6 +239,7 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got a YAML {type(tree).__name__}")
+        _check_size(tree, str(path))
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
@@ -224,6 +251,7 @@ def load_config(
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        _check_size(value, f"setting {key.strip()}")
         _set_dotted(tree, key.strip(), value)
     config = _build(TrainConfig, tree)
     validate(config)
@@ -268,6 +296,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"codebook_weights has {len(weights)} entries for {pattern.num_codebooks} codebooks")
     if weights is not None and not all(0.0 <= w < math.inf for w in weights):
         raise ConfigError("codebook_weights must be finite numbers >= 0")
+    if weights is not None and not any(weights):  # the loss would be 0/0: NaN from the first step
+        raise ConfigError("codebook_weights are all 0: at least one codebook must count in the loss")
 
 
 def pattern_of_config(config: TrainConfig) -> DelayPattern:

@@ -88,6 +88,25 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(name: str | None) -> str:
+    """A device asked for by name (None: the default), refused in one line unless it exists here."""
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise RunError(f"--device {name}: not a device name (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {name}: this machine has no CUDA GPU that torch can use")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RunError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPUs here (cuda:0 ...)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RunError(f"--device {name}: MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise RunError(f"--device {name}: diamusic runs on cpu, cuda or mps")
+    return name
+
+
 def check_run_dir(
     run_dir: Path, config: TrainConfig, fingerprint: str, codec: dict[str, Any], resume: bool, force: bool
 ) -> dict[str, Any] | None:
@@ -216,6 +235,7 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str 
     from transformers.utils import logging as hf_logging
 
     run_dir = Path(run_dir)
+    device = check_device(device)
     if not (run_dir / RUN_FILE).exists():
         raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
     info = json.loads((run_dir / RUN_FILE).read_text())
@@ -232,5 +252,5 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest", device: str 
         raise CheckpointError(f"cannot load checkpoint {ckpt}: {first_line(exc)}") from exc
     finally:
         hf_logging.enable_progress_bar()
-    model = model.to(device or default_device()).eval()
+    model = model.to(device).eval()
     return LoadedRun(model, pattern_of(model), vocab_of(model), load_codec(run_dir / "codec"), ckpt, info)

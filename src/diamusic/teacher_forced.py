@@ -43,11 +43,13 @@ def fixed_eval_batches(
     config: TrainConfig, train: CodesDataset, eval: CodesDataset, pattern: DelayPattern, world: int = 1
 ) -> dict[str, list[Batch]]:
     """``{"eval/": ..., "train_subset/": ...}``: at most ``eval.clips`` clips of the eval split and
-    as many of the train split (for the train/eval gap), cropped from their start, captions kept,
+    as many of the train split (for the train/eval gap; ``eval.clips`` of them where the eval split
+    is empty, so there is still a loss on fixed clips to follow), cropped from their start, captions kept,
     in batches of ``batch_size`` rows per process (``world`` processes split each batch)."""
     d, size = config.data, config.batch_size * world
     eval_picks = eval_clips(eval, config.eval.clips)
-    train_picks = eval_clips(train, len(eval_picks))
+    # as many train clips as eval ones, for the gap; all eval.clips of them when the eval split is empty
+    train_picks = eval_clips(train, len(eval_picks) if len(eval) else config.eval.clips)
 
     def batches(data: CodesDataset, clips: list[int]) -> list[Batch]:
         picks = [[(0, i, False) for i in clips[b : b + size]] for b in range(0, len(clips), size)]

@@ -20,7 +20,7 @@ import torch
 from diamusic.checkpoints import checkpoints_of, remove_unfinished, restore, save_adapters_only
 from diamusic.config import SamplesConfig, TrainConfig, pattern_of_config, to_dict
 from diamusic.data import DataError
-from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches
+from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches, verify
 from diamusic.errors import DiamusicError
 from diamusic.flops import peak_tflops
 from diamusic.locks import DirectoryLock
@@ -181,7 +181,7 @@ def _setup(
     config: TrainConfig, run_dir: Path, resume: bool, force: bool, accelerator: Any, bf16: bool, lock: Any
 ) -> Trainer:
     data = _setup_data(config, run_dir, resume, force, accelerator.is_main_process)
-    model, notes, sizes = _setup_model(config, run_dir, data, accelerator.is_main_process)
+    model, notes, sizes = _setup_model(config, run_dir, data, accelerator)
     accelerator.wait_for_everyone()
     model_config = model.config
     optimizer, scheduler = build_optimizer(config, model)
@@ -237,6 +237,7 @@ def _setup_data(config: TrainConfig, run_dir: Path, resume: bool, force: bool, m
     if not config.data.path:
         raise DataError("no dataset: the config's data.path is empty")
     check_trackers(config.tracking.backends)
+    verify(config.data.path)  # every byte now: a damaged shard is found before the run folder is written
     train_data = CodesDataset(config.data.path, "train")
     eval_data = CodesDataset(config.data.path, "eval")
     previous = check_run_dir(run_dir, config, train_data.fingerprint, train_data.card["codec"], resume, force)
@@ -251,14 +252,15 @@ def _setup_data(config: TrainConfig, run_dir: Path, resume: bool, force: bool, m
 
 
 def _setup_model(
-    config: TrainConfig, run_dir: Path, data: RunData, main: bool
+    config: TrainConfig, run_dir: Path, data: RunData, accelerator: Any
 ) -> tuple[torch.nn.Module, list[str], dict[str, int]]:
     """The model, with the run's files written (a new run) and unfinished checkpoint writes removed."""
     model, notes, base = build(config, data.pattern, data.train)
     check_crop_length(config, model, data.pattern)
     check_samples_length(config, model, data.pattern, data.train.card["codec"]["frame_rate"])
+    check_memory(config, model, data.pattern, accelerator.device, accelerator.num_processes)
     sizes = {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True)}
-    if main:
+    if accelerator.is_main_process:
         if not data.resume:
             write_run_files(run_dir, config, data.train, data.pattern, notes, sizes, base)
         remove_unfinished(run_dir)
@@ -335,6 +337,38 @@ def check_samples_length(config: TrainConfig, model: torch.nn.Module, pattern: D
     frames, most = d.seconds * frame_rate, longest_cap(model, pattern)
     if d.every > 0 and frames > most:
         raise DiamusicError(f"samples.seconds {d.seconds:g} is {frames:.0f} frames; the model generates at most {most}")
+
+
+def check_memory(
+    config: TrainConfig, model: torch.nn.Module, pattern: DelayPattern, device: Any, processes: int
+) -> None:
+    """Refuse a batch that cannot fit, from a lower bound of what one optimizer step holds, rather than
+    allocate until the process is killed: the logits of a micro-batch (B x decode steps x codebooks x
+    vocab, fp32 for the loss), the micro-batches of a step queued by the loader, and on a GPU the weights."""
+    d, gib = config.data, 1 << 30
+    steps, codebooks = d.crop_frames + pattern.max_delay + 2, pattern.num_codebooks
+    logits = config.batch_size * steps * codebooks * model.config.decoder_config.vocab_size * 4
+    queued = (1 + 2 * d.num_workers) * config.grad_accum * config.batch_size * steps * codebooks * 8 * 2
+    if device.type == "cuda":
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        free, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    else:  # the run's processes share this machine's memory
+        import psutil
+
+        weights, free = 0, psutil.virtual_memory().available // processes
+        where = "available here" + (f" per process ({processes})" if processes > 1 else "")
+    need = logits + queued + weights
+    if need > free:
+        advice = (
+            "lower grad_accum or data.num_workers (the loader queues each step's micro-batches)"
+            if queued > logits
+            else "lower batch_size or data.crop_frames (raising grad_accum keeps the batch)"
+        )
+        raise DiamusicError(
+            f"batch_size {config.batch_size} x grad_accum {config.grad_accum} x {steps} decode steps needs at "
+            f"least {need / gib:.1f} GiB (logits {logits / gib:.1f}, queued batches {queued / gib:.1f}), "
+            f"{free / gib:.1f} GiB is {where}: {advice}"
+        )
 
 
 def check_crop_length(config: TrainConfig, model: torch.nn.Module, pattern: DelayPattern) -> None:

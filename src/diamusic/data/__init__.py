@@ -19,7 +19,9 @@ may be learnt). Modules: ``sources`` (inputs and captions), ``prepare`` (sharded
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,18 @@ def read_card(dataset: str | Path) -> dict[str, Any]:
     if missing or not isinstance(codec, dict):
         raise DataError(f"{path}: no {', '.join(missing) or 'codec object'}: run the same prepare again")
     return card
+
+
+def fingerprint(codec_fingerprint: str, shards: Iterable[Path], rows: Iterable[dict[str, Any]]) -> str:
+    """A dataset's fingerprint: its codec, every byte of its shards in order, and what each clip is."""
+    digest = hashlib.sha256(codec_fingerprint.encode())
+    for shard in shards:
+        with shard.open("rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+    for row in rows:
+        digest.update(f"{row['id']}|{row['text']}|{row['frames']}|{row['split']}|{row['final']}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def card_codebooks(dataset: str | Path) -> int | None:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diamusic.data import DataError, read_card
+from diamusic.data import DataError, fingerprint, read_card
+from diamusic.errors import first_line
 from diamusic.patterns import DelayPattern
 from diamusic.tokens import AudioVocab, build_decoder_batch, encode_text
 
@@ -48,6 +49,17 @@ class CodesDataset:
         self._texts = texts
         self._lines = np.array(lines, dtype=np.int64)  # where each clip's row starts in index.jsonl
         self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Every shard a clip needs is there, whole, and long enough for its clips (headers only)."""
+        ends = self._offsets + self.frames
+        for number in np.unique(self._shard_of):
+            path = self.path / "shards" / f"{number:05d}.npy"
+            rows = shard_rows(path, self.vocab.num_codebooks)
+            longest = int(ends[self._shard_of == number].max())
+            if longest > rows:
+                raise DataError(f"{path}: holds {rows} frames, the index needs {longest}: {DAMAGED}")
 
     @property
     def fingerprint(self) -> str:
@@ -74,7 +86,9 @@ class CodesDataset:
         else:
             self._shards.move_to_end(number)
         offset = int(self._offsets[i])
-        return shard[offset : offset + int(self.frames[i])]
+        clip = shard[offset : offset + int(self.frames[i])]
+        check_code_range(self.path / "shards" / f"{number:05d}.npy", clip, self.vocab.codebook_size)
+        return clip
 
     def text(self, i: int) -> str:
         return self._texts[i]
@@ -95,6 +109,51 @@ class CodesDataset:
             for start in self._lines:
                 f.seek(int(start))
                 yield json.loads(f.readline())
+
+
+DAMAGED = "the dataset is damaged; run the same prepare again"
+
+
+def shard_rows(path: Path, codebooks: int) -> int:
+    """The frames a shard file holds, after checking from its header that it is whole and of codes."""
+    try:
+        with path.open("rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            start = f.tell()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing: {DAMAGED}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a shard of codes ({first_line(exc)}): {DAMAGED}") from exc
+    if len(shape) != 2 or shape[1] != codebooks or fortran or dtype.kind != "u":
+        raise DataError(f"{path}: holds {dtype} {shape}, expected (frames, {codebooks}) codes: {DAMAGED}")
+    if path.stat().st_size < start + shape[0] * shape[1] * dtype.itemsize:
+        raise DataError(f"{path}: truncated ({path.stat().st_size} bytes for {shape[0]} frames): {DAMAGED}")
+    return int(shape[0])
+
+
+def check_code_range(path: Path, codes: np.ndarray, codebook_size: int) -> None:
+    """Codes read from shard `path` are all below the codebook size (a damaged shard's may not be)."""
+    if codes.size and (top := int(codes.max())) >= codebook_size:
+        raise DataError(f"{path}: holds code {top}, the codebook size is {codebook_size}: {DAMAGED}")
+
+
+def verify(path: str | Path) -> str:
+    """Check every byte of a dataset: each shard whole and its codes in range, and the fingerprint
+    recomputed from the shards and index equal to the card's. Returns the fingerprint."""
+    data = CodesDataset(path, split=None)
+    shards = [data.path / "shards" / f"{s:05d}.npy" for s in range(int(data.card.get("shards", 0)))]
+    for shard in shards:
+        shard_rows(shard, data.vocab.num_codebooks)
+        check_code_range(shard, np.load(shard, mmap_mode="r"), data.vocab.codebook_size)
+    found = fingerprint(data.card["codec"]["fingerprint"], shards, data.rows())
+    if found != data.fingerprint:
+        raise DataError(
+            f"{data.path}: its shards or index changed since prepare (fingerprint {found}, the card says "
+            f"{data.fingerprint}): {DAMAGED}"
+        )
+    return found
 
 
 def _scan_index(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -10,11 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from diamusic.data.dataset import CodesDataset
+from diamusic.data.dataset import CodesDataset, check_code_range, verify
 
 
-def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
-    """Counts, duration histogram and per-codebook code usage (perplexity of the code histogram)."""
+def inspect(path: str | Path, png: str | None = None, check: bool = False) -> dict[str, Any]:
+    """Counts, duration histogram and per-codebook code usage (perplexity of the code histogram).
+
+    With ``check``, every byte is verified first (`verify`: the fingerprint recomputed from the shards).
+    """
+    if check:
+        verify(path)
     data = CodesDataset(path, split=None)
     card, vocab = data.card, data.vocab
     frame_rate = card["codec"]["frame_rate"]
@@ -22,6 +27,7 @@ def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
     counts = np.zeros((vocab.num_codebooks, vocab.codebook_size), dtype=np.int64)
     for shard in range(card["shards"]):
         codes = np.load(data.path / "shards" / f"{shard:05d}.npy", mmap_mode="r")
+        check_code_range(data.path / "shards" / f"{shard:05d}.npy", codes, vocab.codebook_size)
         for c in range(vocab.num_codebooks):
             counts[c] += np.bincount(codes[:, c], minlength=vocab.codebook_size)
     probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -37,6 +43,7 @@ def inspect(path: str | Path, png: str | None = None) -> dict[str, Any]:
         "rejected": card["rejected"],
         "codec": card["codec"]["name"],
         "fingerprint": card["fingerprint"],
+        "verified": check,
         "duration_histogram": {
             f"{lo:g}-{hi:g}s" if np.isfinite(hi) else f">{lo:g}s": int(n)
             for lo, hi, n in zip(edges[:-1], edges[1:], hist, strict=True)

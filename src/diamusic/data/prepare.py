@@ -7,7 +7,6 @@ may each take a share of the shards (``shard=(i, n)``); the last one to finish w
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from diamusic.codecs import Codec, codec_class, load_codec
-from diamusic.data import CARD_FILE, FORMAT, DataError, read_json
+from diamusic.data import CARD_FILE, FORMAT, DataError, fingerprint, read_json
 from diamusic.data.sources import (
     MIN_CLIP_SECONDS,
     Rejected,
@@ -320,12 +319,10 @@ def _encode_pending(pending: list[tuple[dict[str, Any], np.ndarray, int]], codec
 
 
 def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, Any]:
-    digest = hashlib.sha256(codec.fingerprint.encode())
     clips, rejected, truncated = [], [], 0
-    for s in range(n_shards):
-        base = out / "shards" / f"{s:05d}"
-        digest.update(base.with_suffix(".npy").read_bytes())
-        for line in base.with_suffix(".jsonl").read_text().splitlines():
+    shards = [out / "shards" / f"{s:05d}.npy" for s in range(n_shards)]
+    for shard in shards:
+        for line in shard.with_suffix(".jsonl").read_text().splitlines():
             row = json.loads(line)
             (rejected if "rejected" in row else clips).append(row)
             truncated += bool(row.get("caption_truncated"))
@@ -334,13 +331,11 @@ def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, 
     older = {row["source"]: row for row in clips if "final" not in row}
     for row in clips:
         row.setdefault("final", row is older.get(row["source"]))
-    for row in clips:
-        digest.update(f"{row['id']}|{row['text']}|{row['frames']}|{row['split']}|{row['final']}\n".encode())
     frames = np.array([r["frames"] for r in clips] or [0])
     seconds = frames / codec.frame_rate
     card = {
         "format": FORMAT,
-        "fingerprint": digest.hexdigest()[:16],
+        "fingerprint": fingerprint(codec.fingerprint, shards, clips),
         "source": source,
         "clips": len(clips),
         "train_clips": sum(r["split"] == "train" for r in clips),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +63,10 @@ def melody_items(limit: int | None, seed: int, renderer: str, texture: str) -> l
     return [SourceItem(m.id, loader(m)) for m in corpus.iter_melodies(limit=limit, seed=seed)]
 
 
-def _read_captions(folder: Path) -> dict[str, str]:
-    """file name (relative to folder) -> caption, from metadata.jsonl or metadata.csv."""
-    captions: dict[str, str] = {}
+def _read_captions(folder: Path) -> tuple[dict[str, str], int]:
+    """file name (relative to folder) -> caption, from metadata.jsonl or metadata.csv, and how many
+    rows repeat a file named before (the last one counts)."""
+    rows: list[tuple[str, str]] = []
     jsonl, table = folder / "metadata.jsonl", folder / "metadata.csv"
     if jsonl.exists():
         for n, line in enumerate(jsonl.read_bytes().splitlines(), 1):
@@ -72,7 +74,7 @@ def _read_captions(folder: Path) -> dict[str, str]:
                 continue
             try:
                 row = json.loads(line.decode("utf-8"))
-                captions[str(row["file"])] = str(row["text"])
+                rows.append((str(row["file"]), str(row["text"])))
             except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise DataError(f"{jsonl}:{n}: expected a JSON object with 'file' and 'text' ({exc})") from exc
     elif table.exists():
@@ -82,19 +84,27 @@ def _read_captions(folder: Path) -> dict[str, str]:
                     if "file" not in row or "text" not in row:
                         raise DataError(f"{table}: needs the columns 'file' and 'text'")
                     if row["text"] is not None:  # a short row: no caption here, maybe a sidecar
-                        captions[row["file"]] = row["text"]
+                        rows.append((row["file"], row["text"]))
         except UnicodeDecodeError as exc:
             raise DataError(f"{table}: not UTF-8") from exc
-    return captions
+    captions = dict(rows)
+    return captions, len(rows) - len(captions)
 
 
 def folder_items(folder: Path) -> list[SourceItem]:
     if not folder.is_dir():
         raise DataError(f"source {str(folder)!r} is neither 'melodies' nor a folder")
-    captions = _read_captions(folder)
+    captions, repeated = _read_captions(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+    orphans = len(captions.keys() - {str(p.relative_to(folder)) for p in files})
+    if repeated or orphans:  # likely a metadata file out of step with the folder: say so, keep going
+        print(
+            f"warning: {folder}'s metadata: {repeated} rows repeat a file named before (the last one counts), "
+            f"{orphans} name no audio file in the folder",
+            file=sys.stderr,
+        )
 
     def loader(path: Path, rel: str) -> Callable[[], Loaded]:
         def load() -> Loaded:
