@@ -1,9 +1,10 @@
 """Whether the offline codec gives the same bits in every process: N fresh interpreters each fit a
 small codec, encode its training audio and decode fixed codes, and the distinct results are counted.
-With --load, a busy loop keeps one core occupied meanwhile (the state a test suite or a second job
-puts this machine in, where the differences showed).
+Half the processes set torch to one thread first, as a loaded machine can leave MKL with fewer threads
+than asked for (MKL's matmuls sum in an order that depends on their threads). With --load, a busy loop
+keeps one core occupied meanwhile.
 
-    .venv/bin/python benchmarks/codec_repeatability.py --processes 40 --load
+    .venv/bin/python benchmarks/codec_repeatability.py --processes 40
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import sys
 from record import add_results_option, report
 
 CHILD = """
-import hashlib
+import hashlib, sys
 import numpy as np
+import torch
+torch.set_num_threads(int(sys.argv[1]))
 from diamusic.codecs import SpectralRVQCodec
 rng = np.random.default_rng(0)
 t = np.arange(22050 * 4) / 22050
@@ -27,7 +30,7 @@ codec = SpectralRVQCodec.fit(waves, 22050, codebook_size=64, iters=2)
 codes = np.concatenate(codec.encode_batch(waves, 22050))
 wave = codec.decode(rng.integers(0, 64, size=(43, 9)))
 digest = lambda a: hashlib.sha256(a.tobytes()).hexdigest()[:12]
-print(codec.fingerprint, digest(codes), digest(wave))
+print(sys.argv[1], codec.fingerprint, digest(codes), digest(wave))
 """
 
 
@@ -40,15 +43,19 @@ def main() -> None:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
     try:
         seen = collections.Counter(
-            subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True).stdout.strip()
-            for _ in range(args.processes)
+            subprocess.run([sys.executable, "-c", CHILD, str(1 + i % 2)], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            for i in range(args.processes)
         )
     finally:
         if busy is not None:
             busy.kill()
     lines = [f"{args.processes} fresh processes{', one core kept busy' if args.load else ''}", "",
-             "| fit fingerprint | encoded codes | decoded wave | processes |", "|---|---|---|---:|"]  # fmt: skip
-    lines += ["| " + " | ".join(f"`{part}`" for part in key.split()) + f" | {n} |" for key, n in seen.most_common()]
+             "| torch threads | fit fingerprint | encoded codes | decoded wave | processes |",
+             "|---:|---|---|---|---:|"]  # fmt: skip
+    for key, n in sorted(seen.items()):
+        threads, *digests = key.split()
+        lines.append(f"| {threads} | " + " | ".join(f"`{d}`" for d in digests) + f" | {n} |")
     report("offline codec: the same bits in every process (CPU)", "cpu", "\n".join(lines), args.results)
 
 

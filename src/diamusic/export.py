@@ -33,7 +33,7 @@ from diamusic import __version__
 from diamusic.codecs import DacCodec
 from diamusic.errors import DiamusicError, first_line
 from diamusic.generate import DEFAULT_SECONDS, SamplingConfig
-from diamusic.patterns import DelayPattern
+from diamusic.model import pattern_of
 from diamusic.runs import EVAL_FILE, load_run
 from diamusic.tokens import AudioVocab, encode_text
 
@@ -49,17 +49,13 @@ class ExportError(DiamusicError):
 # --- the files beside a checkpoint's weights ----------------------------------------------------
 
 
-def _pattern(config: DiaConfig) -> DelayPattern:
-    return DelayPattern.parse(list(config.delay_pattern))
-
-
 def generation_config(config: DiaConfig, frame_rate: float) -> GenerationConfig:
     """transformers' generation settings equal to `SamplingConfig`'s defaults for this model."""
     from transformers import GenerationConfig
 
     sampling = SamplingConfig.for_seconds(DEFAULT_SECONDS, frame_rate)
     decoder = config.decoder_config
-    pattern = _pattern(config)
+    pattern = pattern_of(config)
     return GenerationConfig(
         bos_token_id=decoder.bos_token_id,
         eos_token_id=decoder.eos_token_id,
@@ -166,7 +162,7 @@ def push(folder: Path, repo: str) -> str:
 def exported_inputs(model: Any, texts: list[str]) -> dict[str, torch.Tensor]:
     """`model.generate`'s inputs for texts, as DiaProcessor prepares them: the text bytes and the
     first decode steps of the model's delay pattern (BOS until each codebook's delay has passed)."""
-    pattern = _pattern(model.config)
+    pattern = pattern_of(model)
     decoder = model.config.decoder_config
     input_ids, attention_mask = encode_text(texts)
     first = torch.full((len(texts), 1, pattern.num_codebooks), decoder.bos_token_id, dtype=torch.long)
@@ -184,7 +180,7 @@ def decode_exported(folder: str | Path, tokens: torch.Tensor) -> list[tuple[Any,
     from diamusic.codecs import load_codec
 
     config = DiaConfig.from_pretrained(folder)
-    pattern = _pattern(config)
+    pattern = pattern_of(config)
     vocab = AudioVocab(config.decoder_config.vocab_size - 4, config.decoder_config.num_channels)
     codec = load_codec(Path(folder) / "codec")
     frames = pattern.revert(tokens[:, 1:].cpu())
@@ -206,7 +202,7 @@ def model_card(
     dataset source) is escaped or fenced, so it shows as text and never as markup."""
     train = info["config"]
     pretrained = train["model"]["pretrained"] if train["model"]["init"] == "pretrained" else None
-    pattern = _pattern(config)
+    pattern = pattern_of(config)
     codec = info["codec"]
     metadata: dict[str, Any] = {
         "library_name": "transformers",

@@ -227,9 +227,10 @@ def merge_adapters(
     return wrapped.merge_and_unload()
 
 
-def pattern_of(model: DiaForConditionalGeneration) -> DelayPattern:
-    """The delay pattern stored in a model's config."""
-    return DelayPattern.parse(list(model.config.delay_pattern))
+def pattern_of(model: DiaForConditionalGeneration | DiaConfig) -> DelayPattern:
+    """The delay pattern stored in a model's config (or in the config itself)."""
+    config = model.config if isinstance(model, torch.nn.Module) else model
+    return DelayPattern.parse(list(config.delay_pattern))
 
 
 def vocab_of(model: DiaForConditionalGeneration) -> AudioVocab:

@@ -250,15 +250,7 @@ def train(
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             interrupted = True
-            name = signal.Signals(signum).name
-            if mid_step:  # a second signal, inside a step: its half-made update must not be saved as a step
-                if t.main:
-                    print(f"\n{name}: stopped inside step {t.step + 1}; nothing saved after it", file=sys.stderr)
-            else:
-                if t.main:
-                    print(f"\n{name}: saving a checkpoint at step {t.step}", file=sys.stderr)
-                if saved != t.step:  # the step's own checkpoint holds this state already
-                    save(t)
+            stopped(t, signum, mid_step, saved)
         finally:
             if bar:
                 bar(None)
@@ -266,6 +258,20 @@ def train(
             if t.lock is not None:
                 t.lock.release()
     return TrainResult(t.run_dir, t.step, interrupted, last_train, last_eval, t.main, signum)
+
+
+def stopped(t: Trainer, signum: int, mid_step: bool, saved: int) -> None:
+    """A stop signal: checkpoint the finished step, unless the signal came inside a step (a second one),
+    whose half-made update must not be saved as a step."""
+    name = signal.Signals(signum).name
+    if mid_step:
+        if t.main:
+            print(f"\n{name}: stopped inside step {t.step + 1}; nothing saved after it", file=sys.stderr)
+        return
+    if t.main:
+        print(f"\n{name}: saving a checkpoint at step {t.step}", file=sys.stderr)
+    if saved != t.step:  # the step's own checkpoint holds this state already
+        save(t)
 
 
 def skipped(t: Trainer, out: StepOutput) -> None:

@@ -249,6 +249,7 @@ def _encode_shard(
     kept: list[dict[str, Any]] = []
     blocks: list[np.ndarray] = []
     pending: list[tuple[dict[str, Any], np.ndarray, int]] = []
+    waiting = offset = 0  # bytes of audio pending, frames of codes kept
     audio_seconds = spent = 0.0
     for last, item in enumerate(items, 1):
         try:
@@ -257,8 +258,10 @@ def _encode_shard(
             rows.append({"id": item.id, "rejected": str(reason)})
             loaded = None
         if loaded is not None:
-            pending += _clips(loaded, item, split, max_seconds, rows)
-        if pending and (last == len(items) or sum(clip.nbytes for _, clip, _ in pending) >= ENCODE_BUFFER_BYTES):
+            clips = _clips(loaded, item, split, max_seconds, rows)
+            pending += clips
+            waiting += sum(clip.nbytes for _, clip, _ in clips)
+        if pending and (last == len(items) or waiting >= ENCODE_BUFFER_BYTES):
             started = time.perf_counter()
             encoded = _encode_pending(pending, codec)
             spent += time.perf_counter() - started
@@ -266,11 +269,12 @@ def _encode_shard(
                 if codes.shape[0] == 0:
                     rows.append({"id": row["id"], "rejected": "encodes to zero frames"})
                     continue
-                row.update(frames=int(codes.shape[0]), offset=sum(len(b) for b in blocks), shard=shard, final=False)
+                row.update(frames=int(codes.shape[0]), offset=offset, shard=shard, final=False)
+                offset += codes.shape[0]
                 blocks.append(codes.astype(np.uint16))
                 kept.append(row)
                 audio_seconds += len(clip) / rate
-            pending = []
+            pending, waiting = [], 0
     # the last kept clip of each source is where its music ends: the only clip whose end is an EOS
     last_of = {row["source"]: row for row in kept}
     for row in last_of.values():
