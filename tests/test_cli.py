@@ -57,7 +57,7 @@ def test_patterns_list_has_presets():
 
 @pytest.mark.parametrize(
     ("pattern", "fragment"),
-    [("0,2,1", "has 3 delays but the codec has 9 codebooks"), ("1,2,3,4,5,6,7,8,9", "codebook 0 must have delay 0")],
+    [("0,2,1", "has 3 delays but the codec has 9 codebooks"), ("1,2,3,4,5,6,7,8,9", "needs a codebook with delay 0")],
 )
 def test_bad_pattern_is_one_line_and_nonzero(pattern, fragment):
     result = run("patterns", "show", pattern)
@@ -239,7 +239,7 @@ BAD_INPUT = [
     (["train", "--data", "{data}", "--set", "samples.every=1", "--set", "samples.seconds=1e6"],
      "samples.seconds 1e+06"),
     (["train", "--data", "{data}", "--delay-pattern", "0,1,2"], "has 3 delays but the codec has 9 codebooks"),
-    (["train", "--data", "{data}", "--delay-pattern", "1,2,3,4,5,6,7,8,9"], "codebook 0 must have delay 0"),
+    (["train", "--data", "{data}", "--delay-pattern", "1,2,3,4,5,6,7,8,9"], "needs a codebook with delay 0"),
     (["train", "--data", "{data}", "--config", "{tmp}/missing.yaml"], "no config file or preset"),
     (["train", "--data", "{data}", "--config", "{bad_yaml}"], "not valid YAML"),
     (["train", "--data", "{data}", "--config", "{list_yaml}"], "expected a mapping of config keys"),

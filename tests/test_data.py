@@ -338,6 +338,53 @@ def test_step_batches_match_plan_and_crop(tmp_path):
         assert (micro["input_ids"][i].sum() == 0) == drop
 
 
+TAGS = "piano, calm, 90 bpm, c major, solo, lofi"
+
+
+def test_tag_captions_vary_per_sample_and_every_process_agrees():
+    import dataclasses
+    import statistics
+
+    plan = BatchPlan(seed=3, batch_size=2, grad_accum=1, crop_frames=8, cfg_dropout=0.0)
+    assert plan.caption(5, TAGS) == TAGS  # no tag options: the caption as it is
+    mixed = dataclasses.replace(plan, tag_dropout=0.3, tag_shuffle=True, tag_limit=4)
+    captions = [mixed.caption(n, TAGS) for n in range(400)]
+    other_rank = dataclasses.replace(mixed, rank=1, world_size=2)  # a function of (seed, n): ranks, resumes agree
+    assert captions == [other_rank.caption(n, TAGS) for n in range(400)]
+    tags = TAGS.split(", ")
+    for caption in captions:
+        parts = caption.split(", ")
+        assert 1 <= len(parts) <= 4 and set(parts) <= set(tags) and len(set(parts)) == len(parts)
+    assert len(set(captions)) > 200 and len({c.split(", ")[0] for c in captions}) == 6  # orders vary
+    dropping = dataclasses.replace(plan, tag_dropout=0.3)
+    kept = [dropping.caption(n, TAGS).split(", ") for n in range(2000)]
+    assert statistics.mean(len(k) for k in kept) / 6 == pytest.approx(0.7, abs=0.03)
+    assert all(k == [t for t in tags if t in k] for k in kept)  # without shuffle the order stays
+    reseeded = dataclasses.replace(dropping, seed=4)
+    assert [reseeded.caption(n, TAGS).split(", ") for n in range(50)] != kept[:50]  # another seed, other draws
+    # sentences keep their commas: the built-in corpus's captions are prose
+    sentence = "A cheerful folk song (Db major, 3/4 time, 103 bpm), played on flute with accordion."
+    assert mixed.caption(7, sentence) == sentence and mixed.caption(7, "a slow air") == "a slow air"
+
+
+def test_tag_options_vary_training_batches_but_not_evaluation(tmp_path):
+    import soundfile as sf
+
+    from diamusic.data.dataset import fixed_batches
+
+    (tmp_path / "audio").mkdir()
+    for i in range(4):
+        sf.write(tmp_path / "audio" / f"t{i}.wav", tone(1.5, 220 * (i + 1)), 22050)
+        (tmp_path / "audio" / f"t{i}.txt").write_text(TAGS)
+    prepare(str(tmp_path / "audio"), "spectral-rvq", tmp_path / "ds", codec_options=SMALL_CODEC, progress=False)
+    ds, pattern = CodesDataset(tmp_path / "ds", None), DelayPattern.parse("musicgen")
+    plan = BatchPlan(seed=0, batch_size=4, grad_accum=1, crop_frames=20, cfg_dropout=0.0, tag_limit=1)
+    texts = [bytes(row[row > 0].tolist()).decode() for row in StepBatches(ds, plan, pattern, 0, 1)[0][0]["input_ids"]]
+    assert texts == ["piano"] * 4
+    fixed = fixed_batches(ds, 4, 1, pattern, 20)[0]["input_ids"]
+    assert [bytes(row[row > 0].tolist()).decode() for row in fixed] == [TAGS] * 4
+
+
 def test_dataset_keeps_only_recent_shards_open(audio_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_module, "ITEMS_PER_SHARD", 2)
     prepare(

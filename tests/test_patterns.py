@@ -12,8 +12,9 @@ BOS, PAD = 1026, 1025
 @st.composite
 def patterns(draw, max_codebooks: int = 9, max_delay: int = 16) -> DelayPattern:
     n = draw(st.integers(1, max_codebooks))
-    rest = draw(st.lists(st.integers(0, max_delay), min_size=n - 1, max_size=n - 1))
-    return DelayPattern((0, *rest))
+    delays = draw(st.lists(st.integers(0, max_delay), min_size=n, max_size=n))
+    delays[draw(st.integers(0, n - 1))] = 0  # any codebook may be the undelayed reference
+    return DelayPattern(tuple(delays))
 
 
 @st.composite
@@ -99,6 +100,14 @@ def test_presets_and_derived_facts():
     assert DelayPattern.parse("dia").extra_steps == 15
     assert DelayPattern.parse("musicgen").decode_steps(100) == 109
     assert DelayPattern.parse("parallel").decode_steps(100) == 101
+    # the research log's other patterns: the reference for length and EOS is the undelayed codebook
+    assert DelayPattern.parse("reverse").delays == (8, 7, 6, 5, 4, 3, 2, 1, 0)
+    assert DelayPattern.parse("reverse").reference == 8 and DelayPattern.parse("reverse").max_delay == 8
+    assert DelayPattern.parse("middle-out").delays == (4, 3, 2, 1, 0, 1, 2, 3, 4)
+    assert DelayPattern.parse("middle-out").reference == 4 and DelayPattern.parse("middle-out").decode_steps(10) == 15
+    assert DelayPattern.parse("flat") == DelayPattern((0,) * 9, "flat") and DelayPattern.parse("dia").reference == 0
+    assert DelayPattern.parse("parallel").delays == DelayPattern.parse("flat").delays  # the older name stays
+    assert DelayPattern.parse([0] * 9).name == "flat" and DelayPattern.parse("2,0,1,0").reference == 1
 
 
 @pytest.mark.parametrize(
@@ -118,7 +127,7 @@ def test_parse_lists_and_patterns():
     ("spec", "fragment"),
     [
         ("0,2,1", "has 3 delays but the codec has 9 codebooks"),
-        ("1,2,3,4,5,6,7,8,9", "codebook 0 must have delay 0"),
+        ("1,2,3,4,5,6,7,8,9", "needs a codebook with delay 0"),
         ("0,-1,2,3,4,5,6,7,8", "must be >= 0"),
         ("0,1.5,2", "comma-separated integers"),
         ("wobbly", "unknown delay pattern"),

@@ -660,9 +660,13 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(melo
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
+    import torch
     from diamusic import checkpoints as C, train as T
     from diamusic.cli import main
     where, at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    # one thread: MKL's sums depend on the threads a process gets, and two processes on two threads
+    # differed now and then by ~1e-6 (docs/reliability.md); these tests compare runs across processes
+    torch.set_num_threads(1)
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)  # no handler, no cleanup: a real kill -9

@@ -5,7 +5,8 @@ Words, each used for one thing only:
 - *frame*: one codec time step (86.13 per second for DAC); a clip of T frames is a (T, codebooks) grid.
 - *codebook*: one of the codec's token streams (DAC has 9); never "channel" or "level" in the API
   (transformers' Dia calls them channels, and the offline codec's codebooks are its RVQ levels).
-- *delay pattern*: the shift, in frames, of each codebook; codebook 0 is never delayed (for now).
+- *delay pattern*: the shift, in frames, of each codebook; at least one codebook (the reference for
+  a clip's length and EOS, the first with delay 0) is not delayed.
 - *decode step*: one decoder position; a clip of T frames takes T + max delay + 1 decode steps.
 - *optimizer step*: one parameter update (``steps`` in a config), made of ``grad_accum`` micro-batches.
 - *clip*: one prepared piece of a source (at most ``max_seconds``); the *final* clip ends its source.

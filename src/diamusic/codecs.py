@@ -279,7 +279,8 @@ class SpectralRVQCodec:
     def _frame_features(self, wave: np.ndarray, frames: np.ndarray) -> torch.Tensor:
         """`features(wave)[frames]` without transforming the frames we don't need (the fit samples a few)."""
         windows = _frames(wave, self.config.n_fft, self.config.hop_length)[frames] * self._window
-        return self._log_mel(np.abs(np.fft.rfft(windows, axis=1)) ** 2)
+        with np.errstate(invalid="ignore"):  # NaN audio gives NaN features, which `fit` refuses in one line
+            return self._log_mel(np.abs(np.fft.rfft(windows, axis=1)) ** 2)
 
     @_one_thread
     def _log_mel(self, power: np.ndarray) -> torch.Tensor:  # (T, n_fft // 2 + 1) -> (T, n_mels)

@@ -53,6 +53,12 @@ class DataConfig:
     num_workers: int = 0  # loader processes; 0 builds batches in the training process
     pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (GPU only)
     eos_in_loss: bool = True  # the model must learn to stop; turning this off is for ablations only
+    # tag-style captions ("piano, calm, 90 bpm"; sentences are left whole), varied per training sample
+    # so the model does not learn one order or length of caption: each tag dropped with this
+    # probability (one always stays), the order shuffled, at most tag_limit tags kept (0: all)
+    tag_dropout: float = 0.0
+    tag_shuffle: bool = False
+    tag_limit: int = 0
 
 
 @dataclass
@@ -269,6 +275,8 @@ def validate(config: TrainConfig) -> None:
         (d.crop_frames > 0, "data.crop_frames must be > 0"),
         (0.0 <= d.eos_crop_share <= 1.0, "data.eos_crop_share must be in [0, 1]"),
         (d.num_workers >= 0, "data.num_workers must be >= 0"),
+        (0.0 <= d.tag_dropout < 1.0, "data.tag_dropout must be in [0, 1)"),
+        (d.tag_limit >= 0, "data.tag_limit must be >= 0 (0 = no limit)"),
         (0 < o.lr < math.inf, "optim.lr must be a finite number > 0"),
         (0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
         (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),

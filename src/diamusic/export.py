@@ -66,7 +66,7 @@ def generation_config(config: DiaConfig, frame_rate: float) -> GenerationConfig:
         top_k=sampling.cfg_filter_top_k,  # transformers' Dia takes its CFG filter's k from top_k
         top_p=sampling.top_p,
         guidance_scale=sampling.cfg_scale,
-        # transformers counts the delay tail and codebook 0's EOS step in the new tokens
+        # transformers counts the delay tail and the reference codebook's EOS step in the new tokens
         max_new_tokens=pattern.decode_steps(sampling.max_frames),
     )
 
@@ -174,7 +174,7 @@ def exported_inputs(model: Any, texts: list[str]) -> dict[str, torch.Tensor]:
 
 def decode_exported(folder: str | Path, tokens: torch.Tensor) -> list[tuple[Any, int]]:
     """(audio, sample rate) per row of `generate`'s output for an export holding diamusic's codec:
-    the delay reverted, each row cut where codebook 0 ended, decoded with the codec in ``codec/``."""
+    the delay reverted, each row cut where the reference codebook ended, decoded with ``codec/``."""
     from transformers import DiaConfig
 
     from diamusic.codecs import load_codec
@@ -186,8 +186,8 @@ def decode_exported(folder: str | Path, tokens: torch.Tensor) -> list[tuple[Any,
     frames = pattern.revert(tokens[:, 1:].cpu())
     out = []
     for row, delayed in zip(frames, tokens, strict=True):
-        ended = (delayed[:, 0] == vocab.eos).nonzero()
-        length = int(ended[0]) - 1 if len(ended) else len(row)  # codebook 0's EOS at step e: e - 1 frames
+        ended = (delayed[:, pattern.reference] == vocab.eos).nonzero()
+        length = int(ended[0]) - 1 if len(ended) else len(row)  # the reference's EOS at step e: e - 1 frames
         out.append((codec.decode(row[:length].numpy()), codec.sample_rate))
     return out
 

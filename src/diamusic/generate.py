@@ -4,15 +4,17 @@ rules, and our own step-by-step decode loop on the model's KV cache.
 We do not use transformers' ``generate`` for Dia because it clamps temperature < 1 to 1, ignores a
 user ``logits_processor`` and treats the unconditional input differently from our training. The
 decode-step layout is exactly ``tokens.build_decoder_batch``'s: step 0 is all BOS; codebook c holds
-frame ``s - 1 - delays[c]`` at decode step s (BOS while ``s <= delays[c]``); codebook 0's EOS at step e
-means the clip has ``e - 1`` frames and codebook c's EOS follows at ``e + delays[c]``, PAD after it
-(``tokens.sampleable`` and ``tokens.force_delay_tokens`` hold those rules).
+frame ``s - 1 - delays[c]`` at decode step s (BOS while ``s <= delays[c]``); the reference codebook's
+(the pattern's first with delay 0: codebook 0 in Dia's patterns) EOS at step e means the clip has
+``e - 1`` frames and codebook c's EOS follows at ``e + delays[c]``, PAD after it (``tokens.sampleable``
+and ``tokens.force_delay_tokens`` hold those rules).
 
 Each step's token rules run in Dia's (and transformers') order, so greedy decoding agrees with theirs
-token for token: guidance and the CFG filter's top-k over the whole vocabulary; then the ids a
-codebook may not sample (every special id, EOS allowed on codebook 0 only) are masked; then codebook
-0 takes EOS outright if it is still the top candidate and drops it otherwise; then temperature and
-top-p, which keeps a token unless the mass ranked above it exceeds p.
+token for token where transformers supports the pattern (codebook 0 at delay 0): guidance and the CFG
+filter's top-k over the whole vocabulary; then the ids a codebook may not sample (every special id, EOS
+allowed on the reference codebook only) are masked; then the reference codebook takes EOS outright if
+it is still the top candidate and drops it otherwise; then temperature and top-p, which keeps a token
+unless the mass ranked above it exceeds p.
 """
 
 from __future__ import annotations
@@ -157,20 +159,20 @@ def cfg_candidates(guided: torch.Tensor, top_k: int, allowed: torch.Tensor) -> t
     return keep
 
 
-def eos_only_if_top(logits: torch.Tensor, eos: int) -> torch.Tensor:
-    """Codebook 0 ends only when EOS is its single most likely token (Dia's rule).
+def eos_only_if_top(logits: torch.Tensor, eos: int, reference: int = 0) -> torch.Tensor:
+    """The reference codebook ends only when EOS is its single most likely token (Dia's rule).
 
     Stopping is irreversible, so a low-probability EOS drawn at temperature 1 would cut the music
     short; when EOS *is* the top token it is taken outright, otherwise it is removed.
     """
-    first = logits[:, 0]
+    first = logits[:, reference]
     eos_top = first.argmax(dim=-1) == eos
     only_eos = torch.full_like(first, -math.inf)
     only_eos[:, eos] = 0.0
     no_eos = first.clone()
     no_eos[:, eos] = -math.inf
     logits = logits.clone()
-    logits[:, 0] = torch.where(eos_top[:, None], only_eos, no_eos)
+    logits[:, reference] = torch.where(eos_top[:, None], only_eos, no_eos)
     return logits
 
 
@@ -220,10 +222,10 @@ def generate_codes(
     device = model.device
     batch, codebooks = len(texts), pattern.num_codebooks
     delays = torch.tensor(pattern.delays, device=device)  # (C,)
-    allowed = sampleable(vocab, device)
+    allowed = sampleable(vocab, pattern.reference, device)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     max_steps = pattern.decode_steps(sampling.max_frames)
-    cap_step = sampling.max_frames + 1  # codebook 0's EOS step for a clip of exactly max_frames
+    cap_step = sampling.max_frames + 1  # the reference codebook's EOS step for a clip of max_frames
 
     # Encode the texts once. With CFG the unconditional rows are the *training* "no text" input
     # (encode_text(None)), appended after the conditional rows: one batched decoder pass serves both.
@@ -238,7 +240,7 @@ def generate_codes(
 
         tokens = torch.full((batch, max_steps + 1, codebooks), vocab.pad, dtype=torch.long, device=device)
         tokens[:, 0] = vocab.bos
-        eos_step = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: codebook 0 still going
+        eos_step = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: still going
         natural_eos = torch.zeros(batch, dtype=torch.bool, device=device)
         step = 0
         for step in range(1, max_steps + 1):
@@ -254,11 +256,11 @@ def generate_codes(
             logits = step_logits(model, previous, position, encoder_hidden, text_mask, cache)
             logits = logits.view(-1, codebooks, vocab.vocab_size).float()  # (B|2B, C, V)
 
-            # 2. guidance, then the sampling rules: no special ids except EOS on codebook 0
-            sampled = sample_step(logits, sampling, allowed, vocab, generator)  # (B, C)
+            # 2. guidance, then the sampling rules: no special ids except EOS on the reference codebook
+            sampled = sample_step(logits, sampling, allowed, vocab, generator, pattern.reference)  # (B, C)
 
-            # 3. codebook 0 decides the end: its EOS (or the length cap) fixes e for the sample
-            eos_step = mark_ends(sampled, step, eos_step, natural_eos, cap_step, vocab.eos)
+            # 3. the reference codebook decides the end: its EOS (or the length cap) fixes e for the sample
+            eos_step = mark_ends(sampled, step, eos_step, natural_eos, cap_step, vocab.eos, pattern.reference)
 
             # 4. forced tokens: BOS before a codebook starts, its EOS and then PAD after the end
             tokens[:, step] = force_delay_tokens(sampled, step, eos_step, delays, vocab)
@@ -289,12 +291,18 @@ def generate_codes(
 
 
 def mark_ends(
-    sampled: torch.Tensor, step: int, eos_step: torch.Tensor, natural_eos: torch.Tensor, cap_step: int, eos: int
+    sampled: torch.Tensor,
+    step: int,
+    eos_step: torch.Tensor,
+    natural_eos: torch.Tensor,
+    cap_step: int,
+    eos: int,
+    reference: int = 0,
 ) -> torch.Tensor:
-    """The EOS step of each sample (-1 while codebook 0 is still going), once it chose EOS or reached
-    the length cap; ``natural_eos`` is updated in place for the samples that chose it."""
+    """The EOS step of each sample (-1 while its reference codebook is still going), once it chose EOS
+    or reached the length cap; ``natural_eos`` is updated in place for the samples that chose it."""
     going = eos_step < 0
-    chose_eos = going & (sampled[:, 0] == eos)
+    chose_eos = going & (sampled[:, reference] == eos)
     natural_eos |= chose_eos
     return torch.where(chose_eos | (going & (step == cap_step)), step, eos_step)
 
@@ -305,15 +313,16 @@ def sample_step(
     allowed: torch.Tensor,
     vocab: AudioVocab,
     generator: torch.Generator,
+    reference: int = 0,
 ) -> torch.Tensor:
     """(B, C) tokens from one step's (B|2B, C, V) logits: guidance (the unconditional rows come
-    second), the sampling rules (no special ids except EOS on codebook 0), then sampling."""
+    second), the sampling rules (no special ids except EOS on the reference codebook), then sampling."""
     if sampling.uses_cfg:
         cond, uncond = logits.split(logits.shape[0] // 2)
         logits = guide(cond, uncond, sampling.cfg_scale, sampling.cfg_filter_top_k, allowed)
     else:
         logits = logits.masked_fill(~allowed, -math.inf)
-    logits = eos_only_if_top(logits, vocab.eos)
+    logits = eos_only_if_top(logits, vocab.eos, reference)
     return sample_logits(logits, sampling.temperature, sampling.top_p, generator)
 
 

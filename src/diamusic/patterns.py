@@ -22,7 +22,10 @@ PRESETS: dict[str, tuple[int, ...]] = {
     "dia": (0, 8, 9, 10, 11, 12, 13, 14, 15),
     "musicgen": (0, 1, 2, 3, 4, 5, 6, 7, 8),
     "compressed": (0, 0, 1, 1, 2, 2, 3, 3, 4),
-    "parallel": (0, 0, 0, 0, 0, 0, 0, 0, 0),
+    "flat": (0, 0, 0, 0, 0, 0, 0, 0, 0),
+    "parallel": (0, 0, 0, 0, 0, 0, 0, 0, 0),  # flat's older name
+    "reverse": (8, 7, 6, 5, 4, 3, 2, 1, 0),
+    "middle-out": (4, 3, 2, 1, 0, 1, 2, 3, 4),
 }
 
 
@@ -44,11 +47,12 @@ class DelayPattern:
                 raise PatternError(f"delay pattern {list(self.delays)}: delays must be integers, got {d!r}")
             if d < 0:
                 raise PatternError(f"delay pattern {list(self.delays)}: delays must be >= 0, got {d}")
-        if self.delays[0] != 0:
-            # Dia's generation uses codebook 0 as the reference for length and EOS
+        if min(self.delays) != 0:
+            # the undelayed codebook is the reference for a clip's length and EOS; a pattern without
+            # one only adds decode steps in which no codebook holds a frame
             raise PatternError(
-                f"delay pattern {list(self.delays)}: codebook 0 must have delay 0 "
-                f"(Dia uses it as the reference for length and EOS), got {self.delays[0]}"
+                f"delay pattern {list(self.delays)}: needs a codebook with delay 0 (the reference for "
+                f"length and EOS), the smallest delay is {min(self.delays)}"
             )
 
     # --- construction -------------------------------------------------------------------------
@@ -94,6 +98,11 @@ class DelayPattern:
     @property
     def num_codebooks(self) -> int:
         return len(self.delays)
+
+    @property
+    def reference(self) -> int:
+        """The codebook whose EOS ends a clip: the first with delay 0, so its frame t is at step t."""
+        return self.delays.index(0)
 
     @property
     def max_delay(self) -> int:

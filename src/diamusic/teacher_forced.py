@@ -63,8 +63,8 @@ def interior_edge(patterns: Sequence[DelayPattern]) -> int:
     codebook in its context: the largest max delay + 1.
 
     The target at decode step s is predicted from the inputs of steps up to s - 1, where codebook c
-    holds frame s - 1 - delays[c]: for the most delayed codebook to hold frame 0 there, codebook 0's
-    target frame s must be at least max delay + 1 (at max delay it still sees only BOS).
+    holds frame s - 1 - delays[c]: for the most delayed codebook to hold frame 0 there, the reference
+    codebook's (delay 0) target frame s must be at least max delay + 1 (at max delay it sees only BOS).
     """
     return max(p.max_delay for p in patterns) + 1
 
@@ -72,14 +72,14 @@ def interior_edge(patterns: Sequence[DelayPattern]) -> int:
 def interior(labels: torch.Tensor, pattern: DelayPattern, vocab: AudioVocab, edge: int) -> torch.Tensor:
     """(B, C, S) bool: targets of frames at least ``edge`` frames from both ends of their crop.
 
-    Label position s of codebook c is frame ``s - delays[c]``; a crop's length is the count of
-    codebook 0's real-code targets (its EOS target, if any, is frame T and so an edge target).
+    Label position s of codebook c is frame ``s - delays[c]``; a crop's length is the count of the
+    reference codebook's real-code targets (its EOS target, if any, is frame T and so an edge target).
     """
     steps = torch.arange(labels.shape[-1], device=labels.device)
     delays = torch.tensor(pattern.delays, device=labels.device)
     frame = steps[None, None, :] - delays[None, :, None]  # (1, C, S)
-    first = labels[:, 0]
-    length = ((first != IGNORE_INDEX) & (first != vocab.eos)).sum(-1)  # (B,)
+    reference = labels[:, pattern.reference]
+    length = ((reference != IGNORE_INDEX) & (reference != vocab.eos)).sum(-1)  # (B,)
     inside = (frame >= edge) & (frame < length[:, None, None] - edge)
     return inside & (labels != IGNORE_INDEX)
 

@@ -2,10 +2,10 @@
 training builds and generation follows.
 
 A decoder sample is ``[BOS, frame 1 .. frame T, EOS]`` then PAD, delayed by the pattern, so
-codebook c's EOS lands ``delays[c]`` decode steps after codebook 0's. Training predicts every real
-code and one EOS per codebook; BOS and PAD are never targets. Generation samples real codes (and
-EOS on codebook 0 only) and forces everything else: BOS before a codebook starts, its EOS
-``delays[c]`` steps after codebook 0's, PAD after that.
+codebook c's EOS lands ``delays[c]`` decode steps after the reference codebook's (the pattern's first
+with delay 0). Training predicts every real code and one EOS per codebook; BOS and PAD are never
+targets. Generation samples real codes (and EOS on the reference codebook only) and forces everything
+else: BOS before a codebook starts, its EOS ``delays[c]`` steps after the reference's, PAD after that.
 """
 
 from __future__ import annotations
@@ -111,15 +111,16 @@ def build_decoder_batch(
 # --- what the decode loop samples and what it forces --------------------------------------------
 
 
-def sampleable(vocab: AudioVocab, device: torch.device | str | None = None) -> torch.Tensor:
-    """(C, V) bool: the ids each codebook may *sample*: real codes, and EOS on codebook 0 only.
+def sampleable(vocab: AudioVocab, reference: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
+    """(C, V) bool: the ids each codebook may *sample*: real codes, and EOS on the reference codebook
+    (`DelayPattern.reference`) only.
 
     BOS, PAD, the spare id and the other codebooks' EOS are only ever forced by the delay rules
     (`force_delay_tokens`), so a codec never sees them.
     """
     allowed = torch.zeros(vocab.num_codebooks, vocab.vocab_size, dtype=torch.bool, device=device)
     allowed[:, : vocab.codebook_size] = True
-    allowed[0, vocab.eos] = True
+    allowed[reference, vocab.eos] = True
     return allowed
 
 
@@ -128,9 +129,9 @@ def force_delay_tokens(
 ) -> torch.Tensor:
     """Decode step ``step``'s column (B, C) from the sampled ids and the delay rules.
 
-    Codebook c is BOS while ``step <= delays[c]``; once codebook 0 has ended at decode step
-    ``eos_step`` (-1 while it goes on), codebook c places its EOS at ``eos_step + delays[c]`` and
-    PAD after it: the layout `build_decoder_batch` trains on.
+    Codebook c is BOS while ``step <= delays[c]``; once the reference codebook (delay 0) has ended at
+    decode step ``eos_step`` (-1 while it goes on), codebook c places its EOS at ``eos_step + delays[c]``
+    and PAD after it: the layout `build_decoder_batch` trains on.
     """
     ended = (eos_step >= 0)[:, None]
     tail = step - eos_step[:, None] - delays[None, :]  # (B, C): 0 at codebook c's EOS step

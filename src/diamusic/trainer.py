@@ -324,6 +324,9 @@ def batch_plan(config: TrainConfig, rank: int = 0, world_size: int = 1) -> Batch
         crop_frames=config.data.crop_frames,
         cfg_dropout=config.cfg_dropout,
         eos_crop_share=config.data.eos_crop_share,
+        tag_dropout=config.data.tag_dropout,
+        tag_shuffle=config.data.tag_shuffle,
+        tag_limit=config.data.tag_limit,
         rank=rank,
         world_size=world_size,
     )

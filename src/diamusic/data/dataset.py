@@ -190,6 +190,9 @@ class BatchPlan:
     # share of crops of a final clip placed to end at its end: a random crop of a long clip rarely
     # reaches the end, so without them the model would almost never see where music stops
     eos_crop_share: float = 0.0
+    tag_dropout: float = 0.0
+    tag_shuffle: bool = False
+    tag_limit: int = 0
     rank: int = 0
     world_size: int = 1
 
@@ -205,6 +208,20 @@ class BatchPlan:
             out.append((n, clip, drop))
         return out
 
+    def caption(self, n: int, text: str) -> str:
+        """Sample n's caption: a tag list (`tag_list`) varied as the plan says, drawn from (seed, n)
+        like the crop; a caption that is a sentence is kept as it is."""
+        tags = tag_list(text)
+        if tags is None or not (self.tag_dropout or self.tag_shuffle or self.tag_limit):
+            return text
+        rng = np.random.default_rng([self.seed, n, 4])
+        if self.tag_dropout:
+            kept = [t for t in tags if rng.random() >= self.tag_dropout]
+            tags = kept or [tags[int(rng.integers(len(tags)))]]
+        if self.tag_shuffle:
+            tags = [tags[i] for i in rng.permutation(len(tags))]
+        return ", ".join(tags[: self.tag_limit or None])
+
     def crop(self, n: int, frames: int, final: bool) -> int:
         """The first frame of sample n's crop of a clip of ``frames`` frames."""
         if frames <= self.crop_frames:
@@ -212,6 +229,19 @@ class BatchPlan:
         if final and np.random.default_rng([self.seed, n, 3]).random() < self.eos_crop_share:
             return frames - self.crop_frames
         return int(np.random.default_rng([self.seed, n, 2]).integers(0, frames - self.crop_frames + 1))
+
+
+TAG_WORDS = 5  # a comma-separated part longer than this is prose, not a tag
+
+
+def tag_list(text: str) -> list[str] | None:
+    """The tags of a tag-style caption ("piano, calm, 90 bpm"); None for a sentence, which tag options
+    must leave whole (its commas are not tag boundaries): one with a period, a parenthesis or a part of
+    more than TAG_WORDS words."""
+    tags = [t.strip() for t in text.split(",") if t.strip()]
+    if len(tags) < 2 or any(c in text for c in ".()") or any(len(t.split()) > TAG_WORDS for t in tags):
+        return None
+    return tags
 
 
 _PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
@@ -245,7 +275,8 @@ def make_batch(
         piece = full[start : start + crop_frames]
         codes.append(torch.from_numpy(piece.astype(np.int64)))
         ends.append(final and start + piece.shape[0] == full.shape[0])
-        texts.append(None if drop else dataset.text(clip))
+        text = dataset.text(clip)
+        texts.append(None if drop else plan.caption(n, text) if plan else text)
     decoder_input_ids, labels = build_decoder_batch(codes, pattern, dataset.vocab, eos_in_loss, ends)
     input_ids, attention_mask = encode_text(texts)
     return {
