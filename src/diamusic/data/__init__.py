@@ -67,6 +67,11 @@ def read_card(dataset: str | Path) -> dict[str, Any]:
     return card
 
 
+def shard_file(dataset: Path, number: int, suffix: str = ".npy") -> Path:
+    """Shard `number`'s codes (``.npy``) or rows (``.jsonl``) in a dataset directory."""
+    return dataset / "shards" / f"{number:05d}{suffix}"
+
+
 def fingerprint(codec_fingerprint: str, shards: Iterable[Path], rows: Iterable[dict[str, Any]]) -> str:
     """A dataset's fingerprint: its codec, every byte of its shards in order, and what each clip is."""
     digest = hashlib.sha256(codec_fingerprint.encode())

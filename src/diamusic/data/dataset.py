@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diamusic.data import DataError, fingerprint, read_card
+from diamusic.data import DataError, fingerprint, read_card, shard_file
 from diamusic.errors import first_line
 from diamusic.patterns import DelayPattern
 from diamusic.tokens import AudioVocab, build_decoder_batch, encode_text
@@ -55,7 +55,7 @@ class CodesDataset:
         """Every shard a clip needs is there, whole, and long enough for its clips (headers only)."""
         ends = self._offsets + self.frames
         for number in np.unique(self._shard_of):
-            path = self.path / "shards" / f"{number:05d}.npy"
+            path = shard_file(self.path, int(number))
             rows = shard_rows(path, self.vocab.num_codebooks)
             longest = int(ends[self._shard_of == number].max())
             if longest > rows:
@@ -79,7 +79,7 @@ class CodesDataset:
         if shard is None:
             # opened lazily so DataLoader workers each map the file themselves; each map holds a file
             # descriptor, so only the most recently used shards stay open
-            shard = np.load(self.path / "shards" / f"{number:05d}.npy", mmap_mode="r")
+            shard = np.load(shard_file(self.path, number), mmap_mode="r")
             self._shards[number] = shard
             if len(self._shards) > OPEN_SHARDS:
                 self._shards.popitem(last=False)
@@ -87,7 +87,7 @@ class CodesDataset:
             self._shards.move_to_end(number)
         offset = int(self._offsets[i])
         clip = shard[offset : offset + int(self.frames[i])]
-        check_code_range(self.path / "shards" / f"{number:05d}.npy", clip, self.vocab.codebook_size)
+        check_code_range(shard_file(self.path, number), clip, self.vocab.codebook_size)
         return clip
 
     def text(self, i: int) -> str:
@@ -143,7 +143,7 @@ def verify(path: str | Path) -> str:
     """Check every byte of a dataset: each shard whole and its codes in range, and the fingerprint
     recomputed from the shards and index equal to the card's. Returns the fingerprint."""
     data = CodesDataset(path, split=None)
-    shards = [data.path / "shards" / f"{s:05d}.npy" for s in range(int(data.card.get("shards", 0)))]
+    shards = [shard_file(data.path, s) for s in range(int(data.card.get("shards", 0)))]
     for shard in shards:
         shard_rows(shard, data.vocab.num_codebooks)
         check_code_range(shard, np.load(shard, mmap_mode="r"), data.vocab.codebook_size)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from diamusic.data import shard_file
 from diamusic.data.dataset import CodesDataset, check_code_range, verify
 
 
@@ -26,8 +27,8 @@ def inspect(path: str | Path, png: str | None = None, check: bool = False) -> di
     seconds = data.frames / frame_rate
     counts = np.zeros((vocab.num_codebooks, vocab.codebook_size), dtype=np.int64)
     for shard in range(card["shards"]):
-        codes = np.load(data.path / "shards" / f"{shard:05d}.npy", mmap_mode="r")
-        check_code_range(data.path / "shards" / f"{shard:05d}.npy", codes, vocab.codebook_size)
+        codes = np.load(shard_file(data.path, shard), mmap_mode="r")
+        check_code_range(shard_file(data.path, shard), codes, vocab.codebook_size)
         for c in range(vocab.num_codebooks):
             counts[c] += np.bincount(codes[:, c], minlength=vocab.codebook_size)
     probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)

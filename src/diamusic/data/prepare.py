@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from diamusic.codecs import Codec, codec_class, load_codec
-from diamusic.data import CARD_FILE, FORMAT, DataError, fingerprint, read_json
+from diamusic.data import CARD_FILE, FORMAT, DataError, fingerprint, read_json, shard_file
 from diamusic.data.sources import (
     MIN_CLIP_SECONDS,
     Rejected,
@@ -99,7 +99,7 @@ def prepare(
 
         n_shards = (len(items) + ITEMS_PER_SHARD - 1) // ITEMS_PER_SHARD
         mine = [s for s in range(n_shards) if s % count == index]
-        todo = [s for s in mine if not (out / "shards" / f"{s:05d}.jsonl").exists()]
+        todo = [s for s in mine if not shard_file(out, s, ".jsonl").exists()]
         audio_seconds = encode_seconds = 0.0
         bar = None
         if progress:
@@ -118,7 +118,7 @@ def prepare(
         if bar:
             bar.close()
 
-        complete = all((out / "shards" / f"{s:05d}.jsonl").exists() for s in range(n_shards))
+        complete = all(shard_file(out, s, ".jsonl").exists() for s in range(n_shards))
         clips = hours = rejected = truncated = 0
         if complete:
             card = _finalize(out, n_shards, codec_obj, source)
@@ -149,14 +149,13 @@ def _write_shard(
     """Encode one shard and write it (codes, then the rows that mark it done); returns the seconds
     of audio and of encoding."""
     array, rows, seconds, spent = _encode_shard(shard, members, split, codec, max_seconds)
-    base = out / "shards" / f"{shard:05d}"
     codes = io.BytesIO()
     np.save(codes, array)
     # the .jsonl goes last: its presence is what marks the shard done
     files = {".npy": codes.getvalue(), ".jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode()}
     _check_space(out, sum(len(data) for data in files.values()))
     for suffix, data in files.items():
-        _atomic_write(base.with_suffix(suffix), data)
+        _atomic_write(shard_file(out, shard, suffix), data)
     return seconds, spent
 
 
@@ -324,7 +323,7 @@ def _encode_pending(pending: list[tuple[dict[str, Any], np.ndarray, int]], codec
 
 def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, Any]:
     clips, rejected, truncated = [], [], 0
-    shards = [out / "shards" / f"{s:05d}.npy" for s in range(n_shards)]
+    shards = [shard_file(out, s) for s in range(n_shards)]
     for shard in shards:
         for line in shard.with_suffix(".jsonl").read_text().splitlines():
             row = json.loads(line)
