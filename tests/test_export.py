@@ -219,6 +219,15 @@ def test_the_model_card_shows_user_strings_as_text(tiny_run, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize(("pattern", "warned"), [("dia", False), ("reverse", True), ("middle-out", True)])
+def test_the_model_card_warns_when_plain_transformers_cannot_stop_the_pattern(tiny_run, pattern, warned):
+    info = json.loads((tiny_run / "run.json").read_text())
+    config = build_model("tiny", DelayPattern.parse(pattern), AudioVocab(32, 9)).config
+    card = model_card(tiny_run, "step_000010", config, info)
+    assert ("This pattern delays codebook 0" in card) == warned
+    assert not warned or f"codebook {DelayPattern.parse(pattern).reference}'s EOS" in card
+
+
 def test_both_unconditional_inputs_give_the_same_encoder_states_and_cross_attention():
     """Ours: zero ids, one position attended; transformers' and nari-labs': zero ids under the
     conditional text's mask. An all-zero text is the same at every position, and attention over

@@ -227,9 +227,16 @@ def model_card(
         f"`{pattern.name}` {pattern.to_list()}: codebook c of a decode step holds the frame `delays[c]` "
         "steps back. It is in `config.json` (`delay_pattern`); pass it to `DiaProcessor`, which does not read it.",
         "",
-        "## Generate with plain transformers",
-        "",
     ]
+    if pattern.reference != 0:  # transformers' Dia generation ends a clip on codebook 0's EOS
+        lines += [
+            f"This pattern delays codebook 0: the model ends a clip with codebook {pattern.reference}'s EOS, "
+            "while transformers' Dia generation waits for codebook 0's, so plain `generate` does not stop "
+            "where the model does. Generate with diamusic (`diamusic generate`), whose decode loop follows "
+            "the pattern.",
+            "",
+        ]
+    lines += ["## Generate with plain transformers", ""]
     lines += _snippet(config, codec)
     lines += ["", "## Training data", ""]
     lines += [f"- fingerprint `{info['dataset_fingerprint']}`, codec {_text(codec['name'])} "
