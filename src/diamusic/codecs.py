@@ -42,8 +42,8 @@ TrainingAudio = Callable[[float], tuple[list[np.ndarray], int]]
 def _one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run on one CPU thread. MKL's matmuls sum in an order that depends on how many threads they get,
     so the offline codec's fit and decode gave other bits on one thread than on two, and now and then
-    in a process on a loaded machine; on one thread they are the same every time, and no slower here
-    (benchmarks/RESULTS.md section 12)."""
+    in a process on a loaded machine; on one thread they are the same every time, for a fit about
+    1.5x slower (benchmarks/RESULTS.md section 12)."""
 
     @functools.wraps(method)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -504,7 +504,7 @@ def _kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.
 
 
 # The transforms are numpy's (pocketfft, one thread) rather than torch's: torch.istft through MKL gave
-# another wave for the same input now and then (see `_one_thread`), and was slower.
+# another wave for the same input now and then (see `_one_thread`); numpy's cost about the same.
 
 
 def _frames(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
