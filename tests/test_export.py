@@ -86,22 +86,38 @@ FRESH_PROCESS = textwrap.dedent(
     import numpy as np, torch
     from transformers import AutoProcessor, DiaForConditionalGeneration
 
-    folder, texts, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    model = DiaForConditionalGeneration.from_pretrained(folder)
-    processor = AutoProcessor.from_pretrained(folder)
-    kw = {"delay_pattern": model.config.delay_pattern, "eos_token_id": 64, "pad_token_id": 65, "bos_token_id": 66}
-    inputs = processor(text=texts, **kw)
-    found = {}
-    for name, settings in {"greedy": {"guidance_scale": 1.0}, "cfg": {"guidance_scale": 3.0, "top_k": 45}}.items():
-        tokens = model.generate(**inputs, do_sample=False, max_new_tokens=40, **settings)
-        found[name] = tokens.numpy()
-        for i, audio in enumerate(processor.batch_decode(tokens, **kw)):
-            found[f"{name}_audio_{i}"] = audio.numpy()
-    torch.manual_seed(0)
-    found["defaults"] = model.generate(**inputs).numpy()  # generation_config.json: sampling, CFG 3, top-k 45
-    np.savez(out, **found)
+    texts = json.loads(sys.argv[1])
+    for folder, out in json.loads(sys.argv[2]):
+        model = DiaForConditionalGeneration.from_pretrained(folder)
+        processor = AutoProcessor.from_pretrained(folder)
+        kw = {"delay_pattern": model.config.delay_pattern, "eos_token_id": 64, "pad_token_id": 65, "bos_token_id": 66}
+        inputs = processor(text=texts, **kw)
+        found = {}
+        for name, settings in {"greedy": {"guidance_scale": 1.0}, "cfg": {"guidance_scale": 3.0, "top_k": 45}}.items():
+            tokens = model.generate(**inputs, do_sample=False, max_new_tokens=40, **settings)
+            found[name] = tokens.numpy()
+            for i, audio in enumerate(processor.batch_decode(tokens, **kw)):
+                found[f"{name}_audio_{i}"] = audio.numpy()
+        torch.manual_seed(0)
+        found["defaults"] = model.generate(**inputs).numpy()  # generation_config.json: sampling, CFG 3, top-k 45
+        np.savez(out, **found)
     """
 )
+
+
+@pytest.fixture(scope="module")
+def plain(dac_runs, tmp_path_factory):
+    """Each run exported (LoRA merged), then generated and decoded by plain transformers in one fresh
+    Python process: kind -> (export folder, its results)."""
+    root = tmp_path_factory.mktemp("plain")
+    folders = {kind: export_run(run, root / kind) for kind, run in dac_runs.items()}
+    jobs = [(str(folder), str(root / f"{kind}.npz")) for kind, folder in folders.items()]
+    script = root / "plain.py"
+    script.write_text(FRESH_PROCESS)
+    done = subprocess.run([sys.executable, str(script), json.dumps(TEXTS), json.dumps(jobs)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {kind: (folder, np.load(root / f"{kind}.npz")) for kind, folder in folders.items()}
 
 
 def agree_up_to_a_tie(model, text: str, ours: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -123,20 +139,14 @@ def agree_up_to_a_tie(model, text: str, ours: torch.Tensor, theirs: torch.Tensor
 
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["full", "lora"])
-def test_an_export_in_plain_transformers_gives_our_tokens_and_audio(dac_runs, kind, tmp_path):
+def test_an_export_in_plain_transformers_gives_our_tokens_and_audio(dac_runs, plain, kind, tmp_path):
     """Export (LoRA merged), then in a fresh Python process transformers' generate (greedy, and greedy
     with CFG 3 and the top-k 45 filter) gives `diamusic generate`'s codes (up to float ties), and
     DiaProcessor's batch_decode gives the audio our codec decodes from the same codes."""
     run = dac_runs[kind]
-    folder = export_run(run, tmp_path / "export")
+    folder, theirs = plain[kind]
     loaded = load_run(run, device="cpu")
     pattern = loaded.pattern
-    script = tmp_path / "plain.py"
-    script.write_text(FRESH_PROCESS)
-    done = subprocess.run([sys.executable, str(script), str(folder), json.dumps(TEXTS), str(tmp_path / "plain.npz")],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = np.load(tmp_path / "plain.npz")
     codec = load_codec(run / "codec")
     frames = 40 - pattern.decode_steps(0)  # transformers' 40 new tokens hold BOS + max delay + the frames
     sampling = {
