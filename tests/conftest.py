@@ -81,6 +81,46 @@ def ragged_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def stereo_folder(tmp_path_factory):
+    """Stereo tones whose sides differ (a tone left, a fifth above it right), one mono file and one
+    with three audio channels, captioned in metadata.jsonl (shared, read-only)."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("stereo") / "audio"
+    folder.mkdir()
+    rate, meta = 22050, []
+    t = np.arange(int(1.5 * rate)) / rate
+
+    def tone(freq: float) -> np.ndarray:
+        return (0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))).astype("float32")
+
+    for i in range(6):
+        low = 220 * 2 ** (i / 12)
+        sf.write(folder / f"duo{i}.wav", np.stack([tone(low), tone(1.5 * low)], axis=1), rate)
+        meta.append({"file": f"duo{i}.wav", "text": f"two tones, number {i}"})
+    sf.write(folder / "mono.wav", tone(300), rate)
+    meta.append({"file": "mono.wav", "text": "one tone on both sides"})
+    sf.write(folder / "surround.wav", np.stack([tone(200), tone(300), tone(400)], axis=1), rate)
+    meta.append({"file": "surround.wav", "text": "three audio channels"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def stereo_dataset(stereo_folder, tmp_path_factory):
+    """`stereo_folder` prepared as a stereo dataset with a 32-entry offline codec (shared, read-only)."""
+    from diamusic.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("stereo_data") / "data"
+    prepare(str(stereo_folder), "spectral-rvq", out, codec_options={"codebook_size": 32}, channels="stereo",
+            progress=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
 def small_ablation(melody_dataset, tmp_path_factory):
     """Two patterns x two seeds, four steps each, with samples and one generation per run (shared, read-only)."""
     from diamusic.ablate import ablate

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
@@ -315,3 +316,41 @@ def test_control_characters_from_a_run_file_are_printed_escaped(tiny_run, tmp_pa
     err = capsys.readouterr().err
     assert "is gone" in err and not any(c in err for c in "\x1b\x07\u009b")
     assert "\\x1b]0;owned\\x07\\x1b[2J\\x9b31m" in err
+
+
+@pytest.mark.integration
+def test_a_stereo_folder_prepares_trains_generates_and_evaluates_in_stereo(stereo_folder, melody_dataset, tmp_path):
+    """Tones that differ left and right: `prepare --channels stereo`, a tiny `train`, `generate` writes
+    2-channel WAVs, `eval` scores the mid signal, each side and the width; a stereo run cannot resume on
+    a mono dataset, nor take a pattern of another length."""
+    import soundfile as sf
+
+    data, runs = tmp_path / "data", tmp_path / "run"
+    prepared = run("prepare", "--source", str(stereo_folder), "--out", str(data), "--channels", "stereo",
+                   "--codebook-size", "32", "--quiet")  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr
+    sets = ["--set", "data.crop_frames=32", "--set", "eval.every=6", "--set", "checkpoints.every=6"]
+    trained = run("train", "--data", str(data), "--out", str(runs), "--config", "tiny-cpu", "--steps", "6",
+                  "--batch-size", "2", "--delay-pattern", "middle-out", "--quiet", *sets)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    info = json.loads((runs / "run.json").read_text())
+    assert info["pattern"]["delays"] == [4, 3, 2, 1, 0, 1, 2, 3, 4] * 2 and info["codec"]["audio_channels"] == 2
+    made = run("generate", "--run", str(runs), "--text", "two tones", "--seconds", "0.3", "--out", str(tmp_path / "g"))
+    assert made.returncode == 0, made.stderr
+    audio, _ = sf.read(tmp_path / "g" / "gen_00.wav")
+    assert audio.ndim == 2 and audio.shape[1] == 2 and np.load(tmp_path / "g" / "gen_00.npy").shape[1] == 18
+    scored = run("eval", "--run", str(runs), "--prompts", "1", "--seconds", "0.3", "--out", str(tmp_path / "e.json"))
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    for key in ("gen/voiced_ratio", "gen/left/voiced_ratio", "gen/right/voiced_ratio", "gen/side_correlation"):
+        assert key in metrics, key
+    assert metrics["gen/reference_side_correlation"] < 0.5  # the references' sides are different tones
+    assert "eval/loss/cb17" in metrics  # one loss per stream: left's 9, then right's
+
+    resumed = run("train", "--data", str(melody_dataset), "--out", str(runs), "--config", "tiny-cpu", "--steps",
+                  "8", "--resume", "--force", "--quiet")  # fmt: skip
+    assert resumed.returncode == 2 and "mono" in resumed.stderr and "stereo" in resumed.stderr, resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
+    odd = run("train", "--data", str(data), "--out", str(tmp_path / "odd"), "--delay-pattern", "0,1,2,3,4,5,6,7,8,9")
+    assert odd.returncode == 2 and "(9 repeated per side, or 18)" in odd.stderr
+    assert not (tmp_path / "odd").exists()

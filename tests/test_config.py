@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diamusic.config import ConfigError, from_dict, load_config, to_dict
+from diamusic.config import ConfigError, from_dict, load_config, pattern_of_config, to_dict
 from diamusic.errors import DiamusicError
 
 
@@ -12,6 +12,23 @@ def test_presets_load_and_match_the_research_log():
     big = load_config("dia-1.6b-music")
     assert big.batch_size == 20 and big.precision == "bf16" and big.model.init == "pretrained"
     assert big.model.pretrained == "nari-labs/Dia-1.6B-0626"
+    log = load_config("research-log-2025-11-25")  # the log's ablation: stereo, a small model from scratch
+    assert (log.model.preset, log.model.init, log.data.channels, log.data.crop_frames) == ("research-log", "scratch",
+                                                                                          "stereo", 600)  # fmt: skip
+    assert (log.batch_size, log.grad_accum, log.optim.lr, log.optim.warmup_steps) == (4, 4, 1e-4, 0)
+    assert log.cfg_dropout == 0.5 and log.codebook_weights is None
+
+
+def test_a_stereo_config_on_mono_data_and_a_stereo_pattern_are_checked_at_load(melody_dataset, stereo_dataset):
+    with pytest.raises(ConfigError, match="data.channels: the config is for stereo data, .* is mono"):
+        load_config("research-log-2025-11-25", overrides={"data.path": str(melody_dataset)})
+    stereo = {"data.path": str(stereo_dataset)}
+    for name in ("dia", "musicgen", "compressed", "flat", "reverse", "middle-out"):
+        pattern = pattern_of_config(load_config("research-log-2025-11-25", {**stereo, "delay_pattern": name}))
+        assert pattern.num_streams == 18 and pattern.sides[0] == pattern.sides[1] and pattern.name == name
+    with pytest.raises(ConfigError, match=r"codebook_weights has 4 entries for 9 codebooks \(or 18, per side\)"):
+        load_config("tiny-cpu", {**stereo, "codebook_weights": [1.0] * 4})
+    assert load_config("tiny-cpu", {**stereo, "codebook_weights": [1.0] * 18})
 
 
 def test_overrides_and_sets_apply_in_order():
@@ -40,7 +57,7 @@ def test_round_trip_through_dict():
         (["checkpoints.every=0"], "checkpoints.every must be > 0"),
         (["cfg_dropout=1.5"], "cfg_dropout must be in"),
         (["model.init=magic"], "model.init: expected one of scratch, pretrained, got 'magic'"),
-        (["model.preset=huge"], "model.preset must be one of tiny, small, dia-1.6b"),
+        (["model.preset=huge"], "model.preset must be one of tiny, small, research-log, dia-1.6b"),
         (["precision=fp16"], "precision: expected one of auto, fp32, bf16"),
         (["tracking.backends=[mlflow]"], "tracking.backends[0]: expected one of wandb, tensorboard"),
         (["optim.lr=.nan"], "optim.lr must be a finite number"),

@@ -711,3 +711,36 @@ def test_repeated_and_orphan_metadata_rows_are_counted_in_one_warning(tmp_path, 
     (tmp_path / "metadata.jsonl").write_text("".join(json.dumps({"file": f, "text": t}) + "\n" for f, t in rows[:2]))
     folder_items(tmp_path)
     assert capsys.readouterr().err == ""
+
+
+# --- stereo ----------------------------------------------------------------------------------------
+
+
+def test_stereo_encodes_each_side_separately_and_copies_a_mono_source(stereo_folder, stereo_dataset, tmp_path):
+    from diamusic.codecs import load_codec
+
+    card = json.loads((stereo_dataset / "card.json").read_text())
+    assert card["codec"]["audio_channels"] == 2 and card["mono_sources_copied"] == 1
+    assert json.loads((stereo_dataset / "job.json").read_text())["channels"] == "stereo"
+    rejected = [json.loads(line) for line in (stereo_dataset / "rejected.jsonl").open()]
+    reason = "3 audio channels: a stereo dataset takes mono or stereo audio"
+    assert rejected == [{"id": "surround.wav", "rejected": reason}]
+    data = CodesDataset(stereo_dataset, split=None)
+    assert data.vocab == AudioVocab(32, 9, audio_channels=2) and data.vocab.num_streams == 18
+    codec = load_codec(stereo_dataset / "codec")
+    sources = [r["source"] for r in data.rows()]
+    for i, source in enumerate(sources):
+        codes = data.codes(i)
+        assert codes.shape[1] == 18
+        if source == "mono.wav":
+            assert np.array_equal(codes[:, :9], codes[:, 9:])
+            continue
+        audio, rate = sf.read(stereo_folder / source, dtype="float32")
+        assert not np.array_equal(codes[:, :9], codes[:, 9:])  # a tone left, another right
+        for side in range(2):  # left's codebooks, then right's: each side is the codec's codes of that side
+            assert np.array_equal(codes[:, 9 * side : 9 * (side + 1)], codec.encode(audio[:, side], rate))
+    # the same folder as mono: sides averaged (all three of the surround file's), 9 codebooks
+    prepare(str(stereo_folder), "spectral-rvq", tmp_path / "mono", codec_options={"codebook_size": 32}, progress=False)
+    mono = json.loads((tmp_path / "mono" / "card.json").read_text())
+    assert mono["codec"]["audio_channels"] == 1 and mono["clips"] == 8 and "mono_sources_copied" not in mono
+    assert CodesDataset(tmp_path / "mono", split=None).codes(0).shape[1] == 9

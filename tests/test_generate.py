@@ -198,6 +198,36 @@ def test_memorised_clips_come_back_exactly(name):
         assert torch.equal(hf_generate(model, CAPTIONS, pattern, max_frames=40), result.delayed)
 
 
+STEREO = AudioVocab(VOCAB.codebook_size, 9, audio_channels=2)
+
+
+@pytest.mark.parametrize("name", ["dia", "reverse", "middle-out"])
+def test_memorised_stereo_clips_come_back_exactly_and_stop_on_eos(name):
+    """18 streams, the pattern repeated per side, sides that differ: a tiny model that learned three
+    clips gives them back, both sides, and stops on the reference codebook's EOS (not at the cap)."""
+    pattern = DelayPattern.parse(name, num_codebooks=9, audio_channels=2)
+    g = torch.Generator().manual_seed(1)
+    clips = [torch.randint(0, STEREO.codebook_size, (n, 18), generator=g) for n in CLIP_FRAMES]
+    model = build_model("tiny", pattern, STEREO, seed=0)
+    decoder_input_ids, labels = build_decoder_batch(clips, pattern, STEREO)
+    input_ids, attention_mask = encode_text(CAPTIONS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(300):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+        loss_sum, stats = token_stats(out.logits, labels, STEREO.codebook_size)
+        loss = loss_sum / stats.count.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if stats.correct.sum() == stats.count.sum() and loss.item() < 0.02:
+            break  # every target on top, by a margin the step just taken cannot undo
+    result = generate_codes(model, CAPTIONS, pattern, STEREO, SamplingConfig(max_frames=40, **GREEDY))
+    assert result.stopped_on_eos == [True, True, True] and result.frames == list(CLIP_FRAMES)
+    for got, clip in zip(result.codes, clips, strict=True):
+        np.testing.assert_array_equal(got, clip.numpy())
+
+
 # --- (3) EOS staggering and the length cap --------------------------------------------------------
 
 

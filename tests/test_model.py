@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_presets_build_with_expected_sizes():
-    assert set(MODEL_PRESETS) == {"tiny", "small", "dia-1.6b"}
+    assert set(MODEL_PRESETS) == {"tiny", "small", "research-log", "dia-1.6b"}
     tiny = count_parameters(build_model("tiny", DIA, DAC))
     small = count_parameters(build_model("small", DIA, DAC))
     assert 1_000_000 <= tiny <= 5_000_000
@@ -34,6 +34,13 @@ def test_presets_build_with_expected_sizes():
     # transformers' DiaConfig() defaults are Dia-1.6B's published shape
     assert count_parameters(big) == 1_611_160_576
     assert count_parameters(build_model("tiny", DIA, SMALL)) < tiny  # vocab comes from the codec
+    with torch.device("meta"):  # the research log's ablation model, on stereo DAC codes
+        log = build_model("research-log", DelayPattern.parse("musicgen", 9, 2), AudioVocab(1024, 9, 2))
+    enc, dec = log.config.encoder_config, log.config.decoder_config
+    assert (enc.num_hidden_layers, enc.hidden_size, enc.num_attention_heads, enc.head_dim, enc.intermediate_size) == (
+        4, 512, 8, 64, 2048)  # fmt: skip
+    assert (dec.num_hidden_layers, dec.hidden_size, dec.num_attention_heads, dec.num_key_value_heads) == (6, 1024, 8, 2)
+    assert (dec.head_dim, dec.intermediate_size, dec.cross_num_attention_heads, dec.num_channels) == (64, 4096, 8, 18)
 
 
 def test_unknown_preset_and_pattern_mismatch_are_clear():
@@ -123,3 +130,48 @@ def test_input_embeddings_are_named_for_fsdp_and_adapters(tmp_path):
     model.save_pretrained(tmp_path / "m")
     loaded, _ = load_pretrained(str(tmp_path / "m"), MUSICGEN, SMALL)
     assert loaded.get_input_embeddings() is loaded.model.decoder.embeddings.embed
+
+
+STEREO = AudioVocab(codebook_size=32, num_codebooks=9, audio_channels=2)
+
+
+@pytest.mark.parametrize("name", ["dia", "middle-out"])
+def test_a_mono_checkpoint_warm_starts_stereo_and_same_sides_give_its_logits(tmp_path, name):
+    """A tiny random "pretrained" mono model saved to disk and loaded through the real loading code:
+    for a stereo input whose sides are the same, each side's teacher-forced logits are the mono
+    model's on the mono input (to float rounding: the decoder sums 18 halved embeddings, not 9)."""
+    mono_pattern = DelayPattern.parse(name)
+    stereo_pattern = DelayPattern.parse(name, num_codebooks=9, audio_channels=2)
+    build_model("tiny", mono_pattern, SMALL, seed=5).save_pretrained(tmp_path)
+    mono, _ = load_pretrained(str(tmp_path), mono_pattern, SMALL)
+    stereo, notes = load_pretrained(str(tmp_path), stereo_pattern, STEREO)
+    assert vocab_of(stereo) == STEREO and pattern_of(stereo) == stereo_pattern
+    assert any("warm start for stereo" in n for n in notes)
+    table = mono.model.decoder.embeddings.embed.weight
+    assert torch.equal(stereo.model.decoder.embeddings.embed.weight, torch.cat([table, table]) / 2)
+    head = mono.logits_dense.weight
+    assert torch.equal(stereo.logits_dense.weight, torch.cat([head, head]))
+
+    g = torch.Generator().manual_seed(0)
+    codes = [torch.randint(0, 32, (n, 9), generator=g) for n in (12, 16)]
+    mono_in, _ = build_decoder_batch(codes, mono_pattern, SMALL)
+    stereo_in, _ = build_decoder_batch([torch.cat([c, c], dim=1) for c in codes], stereo_pattern, STEREO)
+    input_ids, attention_mask = encode_text(["a reel", "an air"])
+    with torch.no_grad():
+        text = {"input_ids": input_ids, "attention_mask": attention_mask}
+        ours = split_logits(mono.eval()(**text, decoder_input_ids=mono_in).logits, 9)
+        both = split_logits(stereo.eval()(**text, decoder_input_ids=stereo_in).logits, 18)
+    for side in (both[:, :9], both[:, 9:]):
+        torch.testing.assert_close(side, ours, rtol=0, atol=1e-5)
+
+    # saved and loaded again, a stereo model stays stereo
+    stereo.save_pretrained(tmp_path / "stereo")
+    again, notes = load_pretrained(str(tmp_path / "stereo"), stereo_pattern, STEREO)
+    assert vocab_of(again) == STEREO and notes == []
+
+
+def test_a_warm_start_from_a_checkpoint_neither_mono_nor_stereo_is_refused(tmp_path):
+    eight = AudioVocab(codebook_size=32, num_codebooks=8)
+    build_model("tiny", DelayPattern.parse("0,1,2,3,4,5,6,7"), eight).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match=r"has 8 codebooks x vocab 36.*9 codebooks \(or its stereo doubling\)"):
+        load_pretrained(str(tmp_path), DelayPattern.parse("dia", audio_channels=2, num_codebooks=9), STEREO)

@@ -185,3 +185,39 @@ def test_any_spec_parses_to_a_valid_pattern_or_a_pattern_error(spec, codebooks):
     assert codebooks is None or pattern.num_codebooks == codebooks
     codes = torch.randint(0, 8, (1, 5, pattern.num_codebooks))
     assert torch.equal(pattern.revert(pattern.apply(codes, bos=BOS, pad=PAD)), codes)
+
+
+# --- stereo: the pattern repeated per side ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dia", "musicgen", "compressed", "flat", "reverse", "middle-out"])
+def test_a_preset_is_repeated_per_side_and_costs_no_extra_decode_steps(name):
+    mono, stereo = DelayPattern.parse(name), DelayPattern.parse(name, num_codebooks=9, audio_channels=2)
+    assert stereo.delays == mono.delays * 2 and stereo.name == name and stereo.sides == [mono.delays] * 2
+    assert (stereo.num_streams, stereo.num_codebooks, stereo.audio_channels) == (18, 9, 2)
+    assert stereo.decode_steps(100) == mono.decode_steps(100) and stereo.reference == mono.reference
+    assert str(stereo) == f"{name} [{','.join(map(str, mono.delays))}] per side"
+    # a frame's two sides are emitted at the same decode steps
+    codes = torch.randint(0, 1024, (2, 30, 18))
+    steps = stereo.apply(codes, BOS, PAD)
+    assert torch.equal(steps[..., :9], mono.apply(codes[..., :9], BOS, PAD))
+    assert torch.equal(steps[..., 9:], mono.apply(codes[..., 9:], BOS, PAD))
+    assert torch.equal(stereo.revert(steps), codes)
+    assert DelayPattern.parse(stereo.to_list(), num_codebooks=9, audio_channels=2) == stereo  # a full list too
+
+
+def test_a_stereo_list_may_give_each_side_its_own_delays_or_is_refused_in_one_line():
+    own = DelayPattern.parse(list(range(9)) + [0] * 9, num_codebooks=9, audio_channels=2)
+    assert own.sides == [tuple(range(9)), (0,) * 9] and own.name == "custom"
+    assert str(own) == "custom [0,1,2,3,4,5,6,7,8 | 0,0,0,0,0,0,0,0,0]"
+    with pytest.raises(PatternError, match=r"has 10 delays but the codec has 9 codebooks \(9 repeated per side, or 18"):
+        DelayPattern.parse(list(range(10)), num_codebooks=9, audio_channels=2)
+    with pytest.raises(PatternError, match="needs a codebook with delay 0"):
+        DelayPattern.parse([1] * 9, num_codebooks=9, audio_channels=2)
+
+
+def test_describe_draws_both_sides():
+    text = DelayPattern.parse("dia", num_codebooks=9, audio_channels=2).describe(steps=10)
+    rows = [line for line in text.splitlines() if " cb" in line]
+    assert [r.split()[0] + r.split()[1] for r in rows] == [f"{s}cb{c}" for s in "LR" for c in range(9)]
+    assert rows[0].split()[2:] == rows[9].split()[2:] == [str(s) for s in range(10)]  # L cb0 and R cb0 alike

@@ -102,3 +102,22 @@ def test_render_piece_caption_and_tags_match(excerpts):
     assert required | {"reverb", "renderer", "transpose", "collection"} <= set(r.tags)
     assert r.tags["renderer"] == "synth" and r.tags["melody_instrument"].startswith("synth ")
     assert r.tags["collection"] == excerpts[4].collection
+
+
+@pytest.mark.parametrize("renderer", render.RENDERERS)
+def test_stereo_places_the_parts_on_a_stage_and_leaves_mono_as_it_was(excerpts, renderer):
+    """Stereo: (samples, 2), the parts panned to seeded places and a room per side, so the sides differ;
+    the same seed gives the same bytes; mono renders exactly what it renders without a stereo option."""
+    m = excerpts[0]
+    mono = render.render_piece(m, 3, renderer, "accompanied")
+    stereo = render.render_piece(m, 3, renderer, "accompanied", audio_channels=2)
+    assert np.array_equal(render.render_piece(m, 3, renderer, "accompanied", audio_channels=1).wave, mono.wave)
+    assert stereo.wave.shape == (len(mono.wave), 2) and stereo.wave.dtype == np.float32
+    assert np.array_equal(render.render_piece(m, 3, renderer, "accompanied", audio_channels=2).wave, stereo.wave)
+    left, right = stereo.wave.T
+    assert 0.2 < np.corrcoef(left, right)[0, 1] < 0.98  # one piece, heard from two places
+    assert abs(np.abs(stereo.wave).max() - playback.OUTPUT_PEAK) < 1e-6 and not pinned_run(stereo.wave.ravel())
+    stage = stereo.tags["stage"]
+    assert set(stage) == {p.role for p in arrangement.arrange(m, 3, "accompanied", renderer).parts}
+    assert abs(stage["melody"]) <= 0.2 and all(-1 <= pan <= 1 for pan in stage.values())
+    assert "stage" not in mono.tags and stereo.caption == mono.caption and stereo.melody == mono.melody

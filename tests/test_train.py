@@ -835,7 +835,7 @@ def test_forced_resume_onto_another_codec_switches_the_run_codec_or_refuses(melo
 
     train(tiny_config(melody_dataset, QUIET, steps=4), tmp_path / "run", progress=False)
     smaller = tiny_config(melodies("size16", 16), QUIET, steps=6)
-    with pytest.raises(RunError, match="the run's codec has 9 codebooks x 32 codes, the dataset's 9 x 16"):
+    with pytest.raises(RunError, match="run's codes are 9 codebooks x 32 codes, mono, the dataset's 9 codebooks x 16"):
         train(smaller, tmp_path / "run", resume=True, force=True, progress=False)
 
     other = melodies("other", 32)  # the same shape, but a codec fitted on other audio

@@ -31,7 +31,7 @@ from diamusic.data.prepare import prepare
 from diamusic.errors import DiamusicError
 from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
 from diamusic.locks import DirectoryLock
-from diamusic.patterns import DelayPattern
+from diamusic.patterns import AUDIO_CHANNELS, DelayPattern
 from diamusic.runs import EVAL_FILE, RUN_FILE
 from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
 from diamusic.teacher_forced import interior_edge
@@ -87,18 +87,21 @@ ALPHA = 0.05  # the family-wise error rate of the primary comparisons (and the i
 
 
 def run_name(pattern: DelayPattern) -> str:
-    return pattern.name if pattern.name != "custom" else "custom-" + "-".join(map(str, pattern.delays))
+    sides = pattern.sides
+    delays = sides[0] if all(side == sides[0] for side in sides) else pattern.delays
+    return pattern.name if pattern.name != "custom" else "custom-" + "-".join(map(str, delays))
 
 
-def parse_patterns(patterns: str | Sequence[str], num_codebooks: int) -> list[DelayPattern]:
+def parse_patterns(patterns: str | Sequence[str], num_codebooks: int, audio_channels: int = 1) -> list[DelayPattern]:
     """Validate every pattern before any training starts, so a typo does not cost a finished run.
 
     A string is a comma-separated list of preset names and delays, the delays of a custom pattern
-    taken ``num_codebooks`` at a time: ``dia,musicgen,0,2,4,6,8,10,12,14,16``.
+    taken ``num_codebooks`` at a time: ``dia,musicgen,0,2,4,6,8,10,12,14,16`` (for stereo, each
+    repeated per side).
     """
     if isinstance(patterns, str):
         patterns = _group(patterns, num_codebooks)
-    parsed = [DelayPattern.parse(p, num_codebooks=num_codebooks) for p in patterns]
+    parsed = [DelayPattern.parse(p, num_codebooks=num_codebooks, audio_channels=audio_channels) for p in patterns]
     names = [run_name(p) for p in parsed]
     if len(set(names)) != len(names):
         raise AblationError(f"patterns {', '.join(patterns)} name the same pattern twice")
@@ -450,7 +453,7 @@ def sections(summary: dict[str, Any]) -> list[Section]:
             if c is None:
                 cells.append("-")
                 continue
-            stats = ([f"d {c.effect:+.1f}"] if primary and not math.isnan(c.effect) else [])
+            stats = [f"d {c.effect:+.1f}"] if primary and not math.isnan(c.effect) else []
             stats += [_p(c.p_adjusted)] if not math.isnan(c.p_adjusted) else []
             star = " *" if primary and c.significant() else ""
             cells.append(c.difference.format() + (f" ({', '.join(stats)})" if stats else "") + star)
@@ -554,7 +557,7 @@ def ablate(
         raise AblationError(f"seeds must be >= 1, got {seeds}")
     base: TrainConfig = load_config(config, {**(overrides or {}), "data.path": str(data)}, sets)
     vocab = CodesDataset(data).vocab
-    parsed = parse_patterns(patterns, vocab.num_codebooks)
+    parsed = parse_patterns(patterns, vocab.num_codebooks, vocab.audio_channels)
     names = [run_name(p) for p in parsed]
     if reference not in names:
         raise AblationError(f"the reference pattern {reference!r} is not among the patterns ({', '.join(names)})")
@@ -605,12 +608,16 @@ def demo_plan(
     sets: list[str] | None = None,
     prompts: int = DEMO_PROMPTS,
     seconds: float = DEMO_SECONDS,
+    channels: str = "mono",
 ) -> DemoPlan:
     """What `demo` does with these settings; a bad pattern is refused here, before anything is prepared."""
-    parse_patterns(patterns, SpectralConfig.levels)
+    if channels not in AUDIO_CHANNELS:
+        raise AblationError(f"channels must be {' or '.join(AUDIO_CHANNELS)}, got {channels!r}")
+    parse_patterns(patterns, SpectralConfig.levels, AUDIO_CHANNELS[channels])
     data, ablation = out / "data", out / "ablation"
     return DemoPlan(
-        prepare={"source": "melodies", "codec": SpectralRVQCodec.name, "out": data, "limit": melodies, **DEMO_PREPARE},
+        prepare={"source": "melodies", "codec": SpectralRVQCodec.name, "out": data, "limit": melodies,
+                 **DEMO_PREPARE, **({"channels": channels} if channels != "mono" else {})},  # fmt: skip
         ablate={
             "data": data,
             "out": ablation,

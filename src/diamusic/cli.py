@@ -22,7 +22,7 @@ from diamusic.data.sources import CORPUS_DEFAULTS
 from diamusic.eval import evaluate_run
 from diamusic.export import export_run
 from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, SamplingConfig
-from diamusic.patterns import PRESETS, DelayPattern
+from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern
 from diamusic.runs import load_run
 from diamusic.tokens import MAX_TEXT_BYTES
 
@@ -36,7 +36,8 @@ def cmd_patterns_list(args: argparse.Namespace) -> int:
 
 
 def cmd_patterns_show(args: argparse.Namespace) -> int:
-    pattern = DelayPattern.parse(args.pattern, num_codebooks=args.codebooks)
+    channels = AUDIO_CHANNELS[args.channels]
+    pattern = DelayPattern.parse(args.pattern, num_codebooks=args.codebooks, audio_channels=channels)
     print(pattern.describe(steps=args.decode_steps, frame_rate=DAC_FRAME_RATE))
     if args.png:
         pattern.plot(args.png, steps=args.decode_steps)
@@ -120,6 +121,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         eval_fraction=args.eval_fraction,
         codec_options=options,
         corpus={k: v for k, v in (("renderer", args.renderer), ("texture", args.texture)) if v} or None,
+        channels=args.channels,
         progress=not args.quiet,
     )
     if result.audio_seconds_encoded > 0:
@@ -281,7 +283,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from diamusic.report import write_report
 
     plan = demo_plan(
-        Path(args.out), args.patterns, args.melodies, args.steps, args.seeds, args.set, args.prompts, args.seconds
+        Path(args.out),
+        args.patterns,
+        args.melodies,
+        args.steps,
+        args.seeds,
+        args.set,
+        args.prompts,
+        args.seconds,
+        args.channels,
     )
     print("the demo runs, as commands:\n  " + "\n  ".join(demo_commands(plan)), file=sys.stderr)
     result = demo(plan, progress=not args.quiet)
@@ -336,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("pattern", help="a preset name or comma-separated delays, e.g. 0,1,2,3,4,5,6,7,8")
     show.add_argument("--codebooks", type=int, default=DAC_CODEBOOKS, help="codebook count to validate against (DAC)")
     show.add_argument(
+        "--channels", choices=list(AUDIO_CHANNELS), default="mono", help="stereo: the pattern repeated per side"
+    )
+    show.add_argument(
         "--decode-steps", type=_positive, default=_defaults(DelayPattern.describe)["steps"], help="decode steps to show"
     )
     show.add_argument("--png", help="also draw the grid to this PNG file")
@@ -346,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--codec", default=DEFAULT_CODEC, help="dac | spectral-rvq (offline, not DAC quality)")
     prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
     prep.add_argument("--limit", type=_positive, help="use at most N inputs")
+    prep.add_argument(
+        "--channels",
+        choices=list(AUDIO_CHANNELS),
+        default=preparing["channels"],
+        help="stereo: left and right encoded separately (a mono input is copied to both)",
+    )
     prep.add_argument(
         "--max-seconds", type=_seconds, default=preparing["max_seconds"], help="split longer audio into clips"
     )
@@ -387,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="dataset directory from `diamusic prepare`")
     tr.add_argument("--out", required=True, help="run directory")
     tr.add_argument("--config", default=DEFAULT_PRESET, help="a preset in configs/ or a YAML file")
-    tr.add_argument("--model", help="model preset: tiny | small | dia-1.6b")
+    tr.add_argument("--model", help="model preset: tiny | small | research-log | dia-1.6b")
     tr.add_argument("--init", choices=["scratch", "pretrained"], help="train from scratch or fine-tune a checkpoint")
     tr.add_argument(
         "--pretrained", help=f"hub id or local directory for --init pretrained (default: {ModelConfig.pretrained})"
@@ -501,10 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dem.add_argument("--steps", type=_positive, default=demoing["steps"], help="optimizer steps per run")
     dem.add_argument("--seeds", type=_positive, default=demoing["seeds"], help="seeds per pattern")
-    dem.add_argument(
-        "--prompts", type=_count, default=demoing["prompts"], help="eval captions each run generates from"
-    )
+    dem.add_argument("--prompts", type=_count, default=demoing["prompts"], help="eval captions each run generates from")
     dem.add_argument("--seconds", type=_seconds, default=demoing["seconds"], help="length cap of each generation")
+    dem.add_argument(
+        "--channels", choices=list(AUDIO_CHANNELS), default=demoing["channels"], help="render the melodies in stereo"
+    )
     dem.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     dem.add_argument("--quiet", action="store_true", help="no progress bars")
     dem.set_defaults(func=cmd_demo)

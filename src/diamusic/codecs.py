@@ -551,6 +551,29 @@ def _griffin_lim(
     return _istft(magnitude * angles, n_fft, hop, window, length)
 
 
+# ------------------------------------------------------------------------------------ audio channels
+
+
+def encode_channels(codec: Codec, clips: list[np.ndarray], sample_rate: int) -> list[np.ndarray]:
+    """Clips shaped (samples, audio channels) -> codes (frames, audio channels x codebooks): each
+    audio channel encoded on its own with the same codec, left's codebooks first (the research log's
+    layout); one batch of the codec for all of them."""
+    sides = [clip.shape[1] for clip in clips]
+    waves = [np.ascontiguousarray(clip[:, side]) for clip in clips for side in range(clip.shape[1])]
+    codes = iter(codec.encode_batch(waves, sample_rate))
+    return [np.concatenate([next(codes) for _ in range(n)], axis=1) for n in sides]
+
+
+def decode_channels(codec: Codec, codes: np.ndarray, audio_channels: int) -> np.ndarray:
+    """Codes (frames, audio channels x codebooks) -> a wave (samples,) for mono, (samples, 2) for stereo."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] % audio_channels:
+        raise CodecError(f"expected codes of shape (T, {audio_channels} x codebooks), got {codes.shape}")
+    if audio_channels == 1:
+        return codec.decode(codes)
+    return np.stack([codec.decode(side) for side in np.split(codes, audio_channels, axis=1)], axis=1)
+
+
 # ------------------------------------------------------------------------------------------- loading
 
 

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import yaml
 
-from diamusic.data import card_codebooks
+from diamusic.data import card_layout
 from diamusic.errors import DiamusicError
 from diamusic.model import MODEL_PRESETS
-from diamusic.patterns import DelayPattern, PatternError
+from diamusic.patterns import AUDIO_CHANNELS, DelayPattern, PatternError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "tiny-cpu"  # the preset a command uses when none is named: small enough for a CPU
@@ -59,6 +59,9 @@ class DataConfig:
     tag_dropout: float = 0.0
     tag_shuffle: bool = False
     tag_limit: int = 0
+    # the audio channels a preset was made for ("mono" or "stereo"), checked against the dataset's;
+    # empty: whatever the dataset holds
+    channels: str = ""
 
 
 @dataclass
@@ -180,6 +183,7 @@ def _show(value: Any) -> str:
     short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 40, 40
     return short.repr(value)
 
+
 MAX_CONFIG_VALUES = 100_000  # values in a config, aliases expanded: far above any real one
 
 
@@ -277,6 +281,7 @@ def validate(config: TrainConfig) -> None:
         (d.num_workers >= 0, "data.num_workers must be >= 0"),
         (0.0 <= d.tag_dropout < 1.0, "data.tag_dropout must be in [0, 1)"),
         (d.tag_limit >= 0, "data.tag_limit must be >= 0 (0 = no limit)"),
+        (d.channels in ("", *AUDIO_CHANNELS), f"data.channels must be {' or '.join(AUDIO_CHANNELS)} (or empty)"),
         (0 < o.lr < math.inf, "optim.lr must be a finite number > 0"),
         (0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
         (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
@@ -300,8 +305,9 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(message)
     pattern = pattern_of_config(config)
     weights = config.codebook_weights
-    if weights is not None and len(weights) != pattern.num_codebooks:
-        raise ConfigError(f"codebook_weights has {len(weights)} entries for {pattern.num_codebooks} codebooks")
+    if weights is not None and len(weights) not in (pattern.num_codebooks, pattern.num_streams):
+        sides = f" (or {pattern.num_streams}, per side)" if pattern.audio_channels > 1 else ""
+        raise ConfigError(f"codebook_weights has {len(weights)} entries for {pattern.num_codebooks} codebooks{sides}")
     if weights is not None and not all(0.0 <= w < math.inf for w in weights):
         raise ConfigError("codebook_weights must be finite numbers >= 0")
     if weights is not None and not any(weights):  # the loss would be 0/0: NaN from the first step
@@ -309,10 +315,15 @@ def validate(config: TrainConfig) -> None:
 
 
 def pattern_of_config(config: TrainConfig) -> DelayPattern:
-    """The config's delay pattern, checked against the dataset's codebook count when the dataset exists."""
-    codebooks = card_codebooks(config.data.path) if config.data.path else None
+    """The config's delay pattern, checked against the dataset's codebook count and audio channels
+    when the dataset exists."""
+    codebooks, channels = (card_layout(config.data.path) if config.data.path else None) or (None, 1)
+    wanted = config.data.channels
+    if wanted and codebooks is not None and AUDIO_CHANNELS.get(wanted) != channels:
+        found = next(name for name, n in AUDIO_CHANNELS.items() if n == channels)
+        raise ConfigError(f"data.channels: the config is for {wanted} data, {config.data.path} is {found}")
     try:
-        return DelayPattern.parse(config.delay_pattern, num_codebooks=codebooks)
+        return DelayPattern.parse(config.delay_pattern, num_codebooks=codebooks, audio_channels=channels)
     except PatternError as exc:
         raise ConfigError(f"delay_pattern: {exc}") from exc
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from diamusic import pitch
+from diamusic.codecs import decode_channels
 from diamusic.config import from_dict
 from diamusic.data.dataset import CodesDataset
 from diamusic.errors import DiamusicError
@@ -171,19 +172,20 @@ def generated_metrics(
         decode_steps += result.decode_steps
         codes = result.codes[0]
         generated_codes.append(codes)
-        wave = codec.decode(codes) if len(codes) > 1 else np.zeros(codec.sample_rate // 10, dtype=np.float32)
-        reference = codec.decode(prompt.reference)
+        channels = run.vocab.audio_channels
+        wave = decode_channels(codec, codes, channels) if len(codes) > 1 else _silence(codec.sample_rate, channels)
+        reference = decode_channels(codec, prompt.reference, channels)
         if audio_dir is not None:
             _write_wavs(audio_dir, i, wave, reference, codec.sample_rate)
-        track = pitch.pitch_track(wave, codec.sample_rate)
-        row = melody_metrics(wave, codec.sample_rate, prompt.key, track)
-        row["chroma_cosine"] = pitch.chroma_cosine(reference, wave, codec.sample_rate)
-        if prompt.melody:
-            row["melody_agreement"] = melody_agreement(wave, codec.sample_rate, prompt.melody, track)
-            # the metric's ceiling through this codec: a generation scoring 0 then says the model, not the metric
-            row["reference_melody_agreement"] = melody_agreement(
-                reference, codec.sample_rate, prompt.melody, reference_track(reference, codec.sample_rate)
-            )
+        # the mid signal (L+R)/2 is scored under the mono names, so tables compare across layouts
+        row = _audio_scores(_mid(wave), _mid(reference), prompt, codec.sample_rate)
+        if channels == 2:
+            for n, side in enumerate(("left", "right")):
+                scores = _audio_scores(wave[:, n], reference[:, n], prompt, codec.sample_rate)
+                row.update({f"{side}/{k}": v for k, v in scores.items()})
+            row["side_correlation"] = side_correlation(wave)
+            row["reference_side_correlation"] = side_correlation(reference)
+        wave, reference = _mid(wave), _mid(reference)
         row["stopped_on_eos"] = float(result.stopped_on_eos[0])
         rows.append(row)
         generated_feats.append(audio_features(wave, codec.sample_rate))
@@ -211,6 +213,39 @@ def generated_metrics(
     out.update({f"gen/usage_js/cb{c}": v for c, v in enumerate(usage)})
     out["gen/usage_js"] = float(np.mean(usage))
     return out
+
+
+def _audio_scores(wave: np.ndarray, reference: np.ndarray, prompt: Prompt, rate: int) -> dict[str, float]:
+    """Melody metrics of one mono generation, against its prompt's key, melody and reference audio."""
+    track = pitch.pitch_track(wave, rate)
+    row = melody_metrics(wave, rate, prompt.key, track)
+    row["chroma_cosine"] = pitch.chroma_cosine(reference, wave, rate)
+    if prompt.melody:
+        row["melody_agreement"] = melody_agreement(wave, rate, prompt.melody, track)
+        # the metric's ceiling through this codec: a generation scoring 0 then says the model, not the metric
+        row["reference_melody_agreement"] = melody_agreement(
+            reference, rate, prompt.melody, reference_track(reference, rate)
+        )
+    return row
+
+
+def side_correlation(wave: np.ndarray) -> float:
+    """Pearson correlation of the left and right sides of a (samples, 2) wave: 1 for mono copied to
+    both sides, near 0 for unrelated sides (a wide image); nan where a side is silent."""
+    left, right = wave[:, 0].astype(np.float64), wave[:, 1].astype(np.float64)
+    if len(left) < 2 or left.std() == 0 or right.std() == 0:
+        return math.nan
+    return float(np.corrcoef(left, right)[0, 1])
+
+
+def _mid(wave: np.ndarray) -> np.ndarray:
+    return wave if wave.ndim == 1 else wave.mean(axis=1)
+
+
+def _silence(rate: int, channels: int) -> np.ndarray:
+    """What an empty generation is scored as: a tenth of a second of silence."""
+    shape = (rate // 10,) if channels == 1 else (rate // 10, channels)
+    return np.zeros(shape, dtype=np.float32)
 
 
 def _write_wavs(folder: Path, i: int, wave: np.ndarray, reference: np.ndarray, rate: int) -> None:

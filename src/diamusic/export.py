@@ -33,13 +33,12 @@ from diamusic import __version__
 from diamusic.codecs import DacCodec
 from diamusic.errors import DiamusicError, first_line
 from diamusic.generate import DEFAULT_SECONDS, SamplingConfig
-from diamusic.model import pattern_of
+from diamusic.model import pattern_of, vocab_of
 from diamusic.runs import EVAL_FILE, load_run
-from diamusic.tokens import AudioVocab, encode_text
+from diamusic.tokens import encode_text
 
 if TYPE_CHECKING:
     from transformers import DiaConfig, GenerationConfig
-
 
 
 class ExportError(DiamusicError):
@@ -165,7 +164,7 @@ def exported_inputs(model: Any, texts: list[str]) -> dict[str, torch.Tensor]:
     pattern = pattern_of(model)
     decoder = model.config.decoder_config
     input_ids, attention_mask = encode_text(texts)
-    first = torch.full((len(texts), 1, pattern.num_codebooks), decoder.bos_token_id, dtype=torch.long)
+    first = torch.full((len(texts), 1, pattern.num_streams), decoder.bos_token_id, dtype=torch.long)
     start = pattern.apply(first, bos=decoder.bos_token_id, pad=decoder.pad_token_id)
     steps = torch.ones(len(texts), start.shape[1], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": start,
@@ -177,18 +176,18 @@ def decode_exported(folder: str | Path, tokens: torch.Tensor) -> list[tuple[Any,
     the delay reverted, each row cut where the reference codebook ended, decoded with ``codec/``."""
     from transformers import DiaConfig
 
-    from diamusic.codecs import load_codec
+    from diamusic.codecs import decode_channels, load_codec
 
     config = DiaConfig.from_pretrained(folder)
     pattern = pattern_of(config)
-    vocab = AudioVocab(config.decoder_config.vocab_size - 4, config.decoder_config.num_channels)
+    vocab = vocab_of(config)
     codec = load_codec(Path(folder) / "codec")
     frames = pattern.revert(tokens[:, 1:].cpu())
     out = []
     for row, delayed in zip(frames, tokens, strict=True):
         ended = (delayed[:, pattern.reference] == vocab.eos).nonzero()
         length = int(ended[0]) - 1 if len(ended) else len(row)  # the reference's EOS at step e: e - 1 frames
-        out.append((codec.decode(row[:length].numpy()), codec.sample_rate))
+        out.append((decode_channels(codec, row[:length].numpy(), vocab.audio_channels), codec.sample_rate))
     return out
 
 

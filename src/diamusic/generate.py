@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from diamusic.codecs import decode_channels
 from diamusic.errors import DiamusicError
 from diamusic.model import pattern_of, vocab_of
 from diamusic.patterns import DelayPattern
@@ -220,7 +221,7 @@ def generate_codes(
     _check_model(model, texts, pattern, vocab, sampling)
     start = time.perf_counter()
     device = model.device
-    batch, codebooks = len(texts), pattern.num_codebooks
+    batch, codebooks = len(texts), pattern.num_streams
     delays = torch.tensor(pattern.delays, device=device)  # (C,)
     allowed = sampleable(vocab, pattern.reference, device)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
@@ -402,10 +403,10 @@ def _check_model(
             f"uses {pattern}: pass diamusic.model.pattern_of(model)"
         )
     dec = config.decoder_config
-    if (dec.num_channels, dec.vocab_size) != (vocab.num_codebooks, vocab.vocab_size):
+    if (dec.num_channels, dec.vocab_size) != (vocab.num_streams, vocab.vocab_size):
         raise GenerationError(
-            f"the model has {dec.num_channels} codebooks x vocab {dec.vocab_size}, the vocabulary "
-            f"{vocab.num_codebooks} x {vocab.vocab_size}"
+            f"the model has {dec.num_channels} streams x vocab {dec.vocab_size}, the vocabulary "
+            f"{vocab.num_streams} x {vocab.vocab_size}"
         )
     most = longest_cap(model, pattern)
     if sampling.max_frames > most:  # past the model's positions, and the cache's memory grows without bound
@@ -456,7 +457,7 @@ def generate_files(
     paths = []
     for i, (text, codes) in enumerate(zip(texts, result.codes, strict=True)):
         base = out / f"{stem}_{i:02d}"
-        wave = codec.decode(codes) if len(codes) else np.zeros(0, dtype=np.float32)
+        wave = decode_channels(codec, codes, vocab.audio_channels)  # (samples, 2) for stereo: a 2-channel WAV
         sf.write(base.with_suffix(".wav"), wave, codec.sample_rate)
         np.save(base.with_suffix(".npy"), codes)
         sidecar = {

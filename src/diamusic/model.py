@@ -55,6 +55,13 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
         decoder_layers=8, decoder_hidden=512, decoder_heads=8, decoder_kv_heads=2, decoder_head_dim=64,
         decoder_ffn=1536, cross_heads=8, cross_head_dim=64,
     ),
+    # the research log's ablation (2025-11-25), trained from scratch: ~0.1B weights besides the
+    # embeddings and head (see benchmarks/RESULTS.md)
+    "research-log": ModelPreset(
+        encoder_layers=4, encoder_hidden=512, encoder_heads=8, encoder_head_dim=64, encoder_ffn=2048,
+        decoder_layers=6, decoder_hidden=1024, decoder_heads=8, decoder_kv_heads=2, decoder_head_dim=64,
+        decoder_ffn=4096, cross_heads=8, cross_head_dim=64,
+    ),
     # Dia-1.6B's own shape (1.61B parameters with 9 x 1028): scratch runs at full size
     "dia-1.6b": ModelPreset(
         encoder_layers=12, encoder_hidden=1024, encoder_heads=16, encoder_head_dim=128, encoder_ffn=4096,
@@ -93,12 +100,18 @@ def model_config(preset: str | ModelPreset, pattern: DelayPattern, vocab: AudioV
         cross_hidden_size=p.encoder_hidden,
         max_position_embeddings=p.audio_positions,
         vocab_size=vocab.vocab_size,
-        num_channels=vocab.num_codebooks,  # transformers' name for the codebook count
+        num_channels=vocab.num_streams,  # transformers' name for the decoder's token columns
         eos_token_id=vocab.eos,
         pad_token_id=vocab.pad,
         bos_token_id=vocab.bos,
     )
-    return DiaConfig(encoder_config=encoder, decoder_config=decoder, delay_pattern=pattern.to_list())
+    # audio_channels is ours: config.json keeps it, so an 18-stream model says it is 9 x stereo
+    return DiaConfig(
+        encoder_config=encoder,
+        decoder_config=decoder,
+        delay_pattern=pattern.to_list(),
+        audio_channels=vocab.audio_channels,
+    )
 
 
 def build_model(preset: str, pattern: DelayPattern, vocab: AudioVocab, seed: int = 0) -> DiaForConditionalGeneration:
@@ -124,20 +137,27 @@ def load_pretrained(
     weights where `precision: bf16` promises fp32 master weights under bf16 autocast.
 
     The checkpoint's codebooks (transformers' ``num_channels``) and vocabulary must match the
-    dataset's codec (its embeddings and head are laid out per code). The delay pattern is only a
-    data layout, so the run's pattern replaces the checkpoint's, with a note: the model then
-    fine-tunes into the new layout.
+    dataset's codec (its embeddings and head are laid out per code). A mono checkpoint warm-starts a
+    stereo run (`stereo_from_mono`). The delay pattern is only a data layout, so the run's pattern
+    replaces the checkpoint's, with a note: the model then fine-tunes into the new layout.
     """
     from transformers import DiaForConditionalGeneration
 
     model = DiaForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
     dec = model.config.decoder_config
-    theirs = (dec.num_channels, dec.vocab_size)
-    if theirs != (vocab.num_codebooks, vocab.vocab_size):
+    notes = []
+    if dec.num_channels == vocab.num_codebooks and vocab.audio_channels == 2:
+        model = stereo_from_mono(model)
+        notes.append(
+            f"warm start for stereo: {name_or_path}'s {vocab.num_codebooks} codebook embeddings (halved) and "
+            "output head slices copied to both sides"
+        )
+    if (dec.num_channels, dec.vocab_size) != (vocab.num_streams, vocab.vocab_size):
+        sides = " (or its stereo doubling)" if vocab.audio_channels == 2 else ""
         raise ModelError(
             f"checkpoint {name_or_path} has {dec.num_channels} codebooks x vocab {dec.vocab_size} "
             f"(codebook size {dec.vocab_size - 4}), but the dataset's codec has {vocab.num_codebooks} "
-            f"codebooks x {vocab.codebook_size} codes: prepare the data with the codec the checkpoint "
+            f"codebooks{sides} x {vocab.codebook_size} codes: prepare the data with the codec the checkpoint "
             "was trained on (DAC 44.1 kHz for Dia), or train from scratch with a model preset"
         )
     specials = (dec.eos_token_id, dec.pad_token_id, dec.bos_token_id)
@@ -146,7 +166,6 @@ def load_pretrained(
             f"checkpoint {name_or_path} uses EOS/PAD/BOS ids {specials}, expected "
             f"{(vocab.eos, vocab.pad, vocab.bos)} (codebook_size + 0/1/2)"
         )
-    notes = []
     old = pattern_of(model)
     if old.delays != pattern.delays:
         model.config.delay_pattern = pattern.to_list()
@@ -155,6 +174,31 @@ def load_pretrained(
             "so expect a higher loss at first while it adapts"
         )
     return name_input_embeddings(model), notes
+
+
+def stereo_from_mono(model: DiaForConditionalGeneration) -> DiaForConditionalGeneration:
+    """A mono model made stereo in place: the right side's codebook embeddings and output head slices
+    copied from the left's (the research log's warm start).
+
+    The embeddings are halved on both sides: the decoder sums the embeddings of all its streams, so
+    with halves a stereo input whose sides are the same gives the decoder the mono model's input, and
+    each side's logits are the mono model's (to float rounding of the sum); a plain copy would double
+    the decoder's input on the first step of fine-tuning.
+    """
+    dec = model.config.decoder_config
+    streams, vocab_size = 2 * dec.num_channels, dec.vocab_size
+    embedding = model.model.decoder.embeddings
+    old = embedding.embed.weight.data
+    embedding.embed = torch.nn.Embedding.from_pretrained(torch.cat([old, old]) / 2, freeze=False)
+    embedding.num_channels = streams
+    embedding.offsets = torch.arange(streams, dtype=torch.long, device=old.device) * vocab_size
+    head = model.logits_dense.weight.data  # (C * V, hidden): stream c's logits are rows c*V..(c+1)*V
+    model.logits_dense = torch.nn.Linear(head.shape[1], streams * vocab_size, bias=False, dtype=head.dtype)
+    model.logits_dense.weight.data = torch.cat([head, head])
+    model.num_channels = model.model.decoder.num_channels = dec.num_channels = streams
+    model.config.delay_pattern = list(model.config.delay_pattern) * 2
+    model.config.audio_channels = 2
+    return model
 
 
 def name_input_embeddings(model: DiaForConditionalGeneration) -> DiaForConditionalGeneration:
@@ -230,13 +274,18 @@ def merge_adapters(
 def pattern_of(model: DiaForConditionalGeneration | DiaConfig) -> DelayPattern:
     """The delay pattern stored in a model's config (or in the config itself)."""
     config = model.config if isinstance(model, torch.nn.Module) else model
-    return DelayPattern.parse(list(config.delay_pattern))
+    return DelayPattern.parse(list(config.delay_pattern), audio_channels=_audio_channels(config))
 
 
-def vocab_of(model: DiaForConditionalGeneration) -> AudioVocab:
-    """The audio vocabulary a model's decoder was built for."""
-    dec = model.config.decoder_config
-    return AudioVocab(codebook_size=dec.vocab_size - 4, num_codebooks=dec.num_channels)
+def vocab_of(model: DiaForConditionalGeneration | DiaConfig) -> AudioVocab:
+    """The audio vocabulary a model's decoder (or a config) was built for."""
+    config = model.config if isinstance(model, torch.nn.Module) else model
+    dec, channels = config.decoder_config, _audio_channels(config)
+    return AudioVocab(dec.vocab_size - 4, dec.num_channels // channels, channels)
+
+
+def _audio_channels(config: DiaConfig) -> int:
+    return int(getattr(config, "audio_channels", 1) or 1)  # Dia-1.6B and older runs: mono
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -250,8 +299,8 @@ def _preset(name: str) -> ModelPreset:
 
 
 def _check_pattern_vocab(pattern: DelayPattern, vocab: AudioVocab) -> None:
-    if pattern.num_codebooks != vocab.num_codebooks:
+    if (pattern.num_codebooks, pattern.audio_channels) != (vocab.num_codebooks, vocab.audio_channels):
         raise ModelError(
-            f"delay pattern {pattern} has {pattern.num_codebooks} delays but the codec has "
-            f"{vocab.num_codebooks} codebooks"
+            f"delay pattern {pattern} has {pattern.num_streams} delays but the codec has "
+            f"{vocab.num_codebooks} codebooks x {vocab.audio_channels} audio channels"
         )

@@ -6,6 +6,11 @@ column of all codebooks per step sees coarse codebooks before the finer ones of 
 Layout (identical to transformers' ``DiaProcessor`` for the same pattern): for codes of T frames,
 ``apply`` returns ``T + max_delay`` steps where step s of codebook c holds frame ``s - delays[c]``,
 BOS before that codebook starts and PAD after it ends. ``revert`` is its exact inverse.
+
+Stereo: the decoder has one stream per codebook per audio channel, left's K then right's K, and a
+K-codebook pattern is repeated per side (``[0,8..15]`` becomes ``[0,8..15, 0,8..15]``): both sides
+of a frame are emitted at the same decode steps, so stereo costs no extra decode steps, only wider
+ones. A full 2K list may give each side its own delays.
 """
 
 from __future__ import annotations
@@ -33,14 +38,22 @@ class PatternError(DiamusicError):
     """A delay pattern that cannot be used; the message is a one-line explanation for the user."""
 
 
+AUDIO_CHANNELS = {"mono": 1, "stereo": 2}
+
+
 @dataclass(frozen=True)
 class DelayPattern:
+    """One delay per decoder stream: per codebook, for each audio channel in turn (left, then right)."""
+
     delays: tuple[int, ...]
     name: str = "custom"
+    audio_channels: int = 1
 
     def __post_init__(self) -> None:
         if len(self.delays) == 0:
             raise PatternError("delay pattern is empty: give one delay per codebook")
+        if self.audio_channels not in AUDIO_CHANNELS.values() or len(self.delays) % self.audio_channels:
+            raise PatternError(f"delay pattern {list(self.delays)}: cannot split into {self.audio_channels} sides")
         for d in self.delays:
             # bool is an int subclass; True as a delay is almost certainly a bug upstream
             if isinstance(d, bool) or not isinstance(d, int):
@@ -58,14 +71,22 @@ class DelayPattern:
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def parse(cls, spec: str | Sequence[int] | DelayPattern, num_codebooks: int | None = None) -> DelayPattern:
-        """A preset name, a string like ``0,1,2`` or ``[0, 1, 2]``, a sequence of ints, or a pattern."""
+    def parse(
+        cls, spec: str | Sequence[int] | DelayPattern, num_codebooks: int | None = None, audio_channels: int = 1
+    ) -> DelayPattern:
+        """A preset name, a string like ``0,1,2`` or ``[0, 1, 2]``, a sequence of ints, or a pattern.
+
+        With ``audio_channels=2`` a pattern of ``num_codebooks`` delays is repeated per side, and one
+        of twice as many is taken as it is (left's delays, then right's).
+        """
         if isinstance(spec, DelayPattern):
-            pattern = spec
+            if spec.audio_channels == audio_channels and num_codebooks in (None, spec.num_codebooks):
+                return spec
+            delays, name = spec.delays, spec.name
         elif isinstance(spec, str):
             text = spec.strip()
             if text.lower() in PRESETS:
-                pattern = cls(PRESETS[text.lower()], name=text.lower())
+                delays, name = PRESETS[text.lower()], text.lower()
             else:
                 body = text.strip("[]() ")
                 parts = [p for p in re.split(r"[,\s]+", body) if p]
@@ -74,30 +95,51 @@ class DelayPattern:
                         f"unknown delay pattern {spec!r}: use a preset ({', '.join(PRESETS)}) "
                         "or comma-separated integers like 0,1,2,3,4,5,6,7,8"
                     )
-                pattern = cls._named(tuple(int(p) for p in parts))
+                delays, name = tuple(int(p) for p in parts), None
         else:
             values = list(spec)
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise PatternError(f"delay pattern {values}: delays must be integers")
-            pattern = cls._named(tuple(values))
-        if num_codebooks is not None and pattern.num_codebooks != num_codebooks:
+            delays, name = tuple(values), None
+        if num_codebooks is None:
+            num_codebooks = len(delays) // audio_channels
+        streams = num_codebooks * audio_channels
+        if len(delays) == num_codebooks and audio_channels > 1:
+            delays = delays * audio_channels
+        if len(delays) != streams:
+            per_side = f" ({num_codebooks} repeated per side, or {streams})" if audio_channels > 1 else ""
             raise PatternError(
-                f"delay pattern {list(pattern.delays)} has {pattern.num_codebooks} delays "
-                f"but the codec has {num_codebooks} codebooks"
+                f"delay pattern {list(delays)} has {len(delays)} delays but the codec has "
+                f"{num_codebooks} codebooks{per_side}"
             )
-        return pattern
+        return cls(delays, name or cls._name_of(delays, audio_channels), audio_channels)
 
-    @classmethod
-    def _named(cls, delays: tuple[int, ...]) -> DelayPattern:
-        # a custom list equal to a preset gets the preset's name, so runs group by pattern in tables
-        name = next((n for n, d in PRESETS.items() if d == delays), "custom")
-        return cls(delays, name=name)
+    @staticmethod
+    def _name_of(delays: tuple[int, ...], audio_channels: int) -> str:
+        # a custom list equal to a preset (on every side) gets the preset's name, so runs group by
+        # pattern in tables
+        k = len(delays) // audio_channels
+        if delays != delays[:k] * audio_channels:
+            return "custom"
+        return next((n for n, d in PRESETS.items() if d == delays[:k]), "custom")
 
     # --- derived facts ------------------------------------------------------------------------
 
     @property
-    def num_codebooks(self) -> int:
+    def num_streams(self) -> int:
+        """Decoder token columns: codebooks x audio channels."""
         return len(self.delays)
+
+    @property
+    def num_codebooks(self) -> int:
+        """Codebooks per audio channel."""
+        return len(self.delays) // self.audio_channels
+
+    @property
+    def sides(self) -> list[tuple[int, ...]]:
+        """Each audio channel's delays (one entry for mono)."""
+        k = self.num_codebooks
+        return [self.delays[i * k : (i + 1) * k] for i in range(self.audio_channels)]
 
     @property
     def reference(self) -> int:
@@ -118,7 +160,12 @@ class DelayPattern:
         return num_frames + self.max_delay + 1
 
     def __str__(self) -> str:
-        return f"{self.name} [{','.join(map(str, self.delays))}]"
+        sides = self.sides
+        if len(sides) == 1:
+            return f"{self.name} [{','.join(map(str, self.delays))}]"
+        if all(side == sides[0] for side in sides):
+            return f"{self.name} [{','.join(map(str, sides[0]))}] per side"
+        return f"{self.name} [{' | '.join(','.join(map(str, side)) for side in sides)}]"
 
     def to_list(self) -> list[int]:
         return list(self.delays)
@@ -126,8 +173,8 @@ class DelayPattern:
     # --- apply / revert -----------------------------------------------------------------------
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 3 or x.shape[-1] != self.num_codebooks:
-            raise PatternError(f"expected codes shaped (batch, time, {self.num_codebooks}), got {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[-1] != self.num_streams:
+            raise PatternError(f"expected codes shaped (batch, time, {self.num_streams}), got {tuple(x.shape)}")
 
     def apply(self, codes: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
         """(B, T, C) frames -> (B, T + max_delay, C) steps, BOS before and PAD after each codebook."""
@@ -177,11 +224,17 @@ class DelayPattern:
             )
         lines.append("")
         lines.append(f"frame held by each codebook at decode step (first {steps} steps, '.' = not started):")
-        lines.append("step " + " ".join(f"{s:>{width}}" for s in range(steps)))
-        for c, row in enumerate(self.grid(steps)):
+        side = "" if self.audio_channels == 1 else "  "
+        lines.append(f"{side}step " + " ".join(f"{s:>{width}}" for s in range(steps)))
+        for n, row in enumerate(self.grid(steps)):
             cells = " ".join(f"{'.' if f is None else f:>{width}}" for f in row)
-            lines.append(f"cb{c:<2} {cells}")
+            lines.append(f"{self._row_label(n)} {cells}")
         return "\n".join(lines)
+
+    def _row_label(self, stream: int) -> str:
+        """``cb3`` for mono; ``L cb3`` / ``R cb3`` for stereo."""
+        side, codebook = divmod(stream, self.num_codebooks)
+        return f"cb{codebook:<2}" if self.audio_channels == 1 else f"{'LR'[side]} cb{codebook:<2}"
 
     def plot(self, path: str, steps: int = 24) -> None:
         import matplotlib
@@ -192,16 +245,16 @@ class DelayPattern:
 
         grid = np.array([[-1 if f is None else f for f in row] for row in self.grid(steps)], dtype=float)
         masked = np.ma.masked_less(grid, 0)
-        fig, ax = plt.subplots(figsize=(max(6, steps * 0.35), 0.4 * self.num_codebooks + 1.5))
+        fig, ax = plt.subplots(figsize=(max(6, steps * 0.35), 0.4 * self.num_streams + 1.5))
         ax.imshow(masked, aspect="auto", cmap="viridis", interpolation="nearest")
-        for c in range(self.num_codebooks):
+        for c in range(self.num_streams):
             for s in range(steps):
                 if grid[c, s] >= 0:
                     ax.text(s, c, int(grid[c, s]), ha="center", va="center", fontsize=7, color="white")
         ax.set_xticks(range(0, steps, max(1, steps // 12)))
         ax.set_xlabel("decode step")
         ax.set_ylabel("codebook")
-        ax.set_yticks(range(self.num_codebooks))
+        ax.set_yticks(range(self.num_streams), [self._row_label(n).strip() for n in range(self.num_streams)])
         ax.set_title(f"delay pattern {self} — max delay {self.max_delay}")
         fig.tight_layout()
         fig.savefig(path, dpi=120)

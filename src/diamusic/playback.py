@@ -155,12 +155,49 @@ def reverb(wave: np.ndarray, sample_rate: int, rt60: float, wet: float, seed: in
     return wave + wet * fftconvolve(wave, ir)[: len(wave)]
 
 
-def render_arrangement(
-    arrangement: Arrangement, renderer: str, melody: Melody, seed: int, sample_rate: int = SAMPLE_RATE
-) -> np.ndarray:
-    """Render each part, mix at the drawn levels, add reverb, normalise to -1 dBFS peak (float32, mono).
+# where each role stands on the stereo stage: (centre of its drawn pan, how far the draw may move it);
+# -1 is hard left, +1 hard right. The melody stays near the middle, as a mix engineer would put a soloist.
+STAGE = {
+    "melody": (0.0, 0.2),
+    "chords": (-0.45, 0.25),
+    "alto": (-0.35, 0.25),
+    "tenor": (0.35, 0.25),
+    "bass": (0.0, 0.15),
+    "drums": (0.2, 0.2),
+}
 
-    `renderer` is "soundfont" or "synth"; `melody` and `seed` seed the synth and the room.
+
+def stage_pans(arrangement: Arrangement, melody: Melody, seed: int) -> dict[str, float]:
+    """Each part's seeded pan position, from its own generator (a mono rendering draws none of them)."""
+    rng = piece_rng(melody.id, seed, "stage")
+    side = 1.0 if rng.random() < 0.5 else -1.0  # the accompaniment's layout mirrored for half the pieces
+    pans = {}
+    for part in arrangement.parts:
+        centre, spread = STAGE[part.role]
+        pans[part.role] = round(float(np.clip(side * centre + rng.uniform(-spread, spread), -1, 1)), 3)
+    return pans
+
+
+def _pan(stem: np.ndarray, pan: float) -> np.ndarray:
+    """A mono stem placed on the stage with constant-power panning: (n, 2)."""
+    angle = (pan + 1.0) * np.pi / 4  # -1 -> 0 (all left), +1 -> pi/2 (all right)
+    return np.stack([stem * np.cos(angle), stem * np.sin(angle)], axis=1) * np.sqrt(2.0)
+
+
+def render_arrangement(
+    arrangement: Arrangement,
+    renderer: str,
+    melody: Melody,
+    seed: int,
+    sample_rate: int = SAMPLE_RATE,
+    audio_channels: int = 1,
+) -> np.ndarray:
+    """Render each part, mix at the drawn levels, add reverb, normalise to -1 dBFS peak (float32).
+
+    `renderer` is "soundfont" or "synth"; `melody` and `seed` seed the synth and the room. Mono gives
+    (samples,). Stereo gives (samples, 2): each part panned to its seeded place (`stage_pans`) and a
+    room with a different seeded impulse response per side, so the sides differ as in a recording;
+    the levels are those of the mono mix, which stereo leaves byte-identical.
     """
     end = max((s + d for part in arrangement.parts for _, s, d, _ in part.notes), default=0.0)
     tail = 1.2 + min(arrangement.reverb_rt60, 1.5)
@@ -174,18 +211,30 @@ def render_arrangement(
             stem = synth_stem(part, n, arrangement.tuning_cents, sample_rate, rng)
         level = loudness(stem, sample_rate)
         stems.append(stem * (10 ** (part.level_db / 20) / level) if level > 0 else stem)
-    mix = stems[0]
+    gain = 0.0  # of the accompaniment, set against the melody by loudness
     if len(stems) > 1:
         accompaniment = np.sum(stems[1:], axis=0)
-        melody_level, accompaniment_level = loudness(mix, sample_rate), loudness(accompaniment, sample_rate)
+        melody_level, accompaniment_level = loudness(stems[0], sample_rate), loudness(accompaniment, sample_rate)
         if accompaniment_level > 0:
             gain = 10 ** (arrangement.accompaniment_db / 20) * melody_level / accompaniment_level
-            mix = mix + gain * accompaniment
+    if audio_channels == 1:
+        mix = stems[0] + gain * accompaniment if gain else stems[0]
+        rooms = [stable_int("ir", melody.id, seed)]
+    else:
+        pans = stage_pans(arrangement, melody, seed)
+        mix = _pan(stems[0], pans[arrangement.parts[0].role])
+        for part, stem in zip(arrangement.parts[1:], stems[1:], strict=True):
+            mix = mix + gain * _pan(stem, pans[part.role])
+        rooms = [stable_int("ir", melody.id, seed, side) for side in ("left", "right")]
     if arrangement.reverb_wet > 0:
-        room_seed = stable_int("ir", melody.id, seed)
-        mix = reverb(mix, sample_rate, arrangement.reverb_rt60, arrangement.reverb_wet, room_seed)
+        rt60, wet = arrangement.reverb_rt60, arrangement.reverb_wet
+        if mix.ndim == 1:
+            mix = reverb(mix, sample_rate, rt60, wet, rooms[0])
+        else:
+            mix = np.stack([reverb(mix[:, c], sample_rate, rt60, wet, room) for c, room in enumerate(rooms)], axis=1)
     fade = min(n, int(0.05 * sample_rate))
-    mix[n - fade :] *= np.linspace(1.0, 0.0, fade)
+    ramp = np.linspace(1.0, 0.0, fade)
+    mix[n - fade :] *= ramp if mix.ndim == 1 else ramp[:, None]
     peak = np.abs(mix).max()
     if peak > 0:
         mix *= OUTPUT_PEAK / peak

@@ -28,7 +28,7 @@ from diamusic.arrangement import arrange
 from diamusic.captions import describe
 from diamusic.corpus import Melody
 from diamusic.errors import DiamusicError
-from diamusic.playback import SAMPLE_RATE, render_arrangement
+from diamusic.playback import SAMPLE_RATE, render_arrangement, stage_pans
 from diamusic.seeding import piece_rng
 
 RENDERERS = ("soundfont", "synth")
@@ -43,7 +43,7 @@ class RenderOptionError(DiamusicError):
 class Rendering:
     """One arranged, rendered and captioned piece."""
 
-    wave: np.ndarray  # mono float32 at sample_rate, peak <= 1
+    wave: np.ndarray  # float32 at sample_rate, peak <= 1: (samples,) mono or (samples, 2) stereo
     sample_rate: int
     caption: str
     # the melody as it sounds: (MIDI pitch including the tuning offset, start s, duration s) after
@@ -62,16 +62,22 @@ def check_options(renderer: str, texture: str) -> None:
         raise RenderOptionError(f"unknown texture {texture!r}; choose one of {', '.join(TEXTURES)}")
 
 
-def render_piece(melody: Melody, seed: int, renderer: str = "soundfont", texture: str = "mixed") -> Rendering:
+def render_piece(
+    melody: Melody, seed: int, renderer: str = "soundfont", texture: str = "mixed", audio_channels: int = 1
+) -> Rendering:
     """Arrange `melody` (solo, or over an accompaniment), render it at SAMPLE_RATE and caption it.
 
     Deterministic: the same (melody, seed, renderer, texture) gives byte-identical audio. texture="mixed"
     draws solo or accompanied per (melody, seed) and then renders exactly what that texture would.
+    Stereo places the parts on a seeded stage (their pans are in the tags); mono is today's downmix.
     """
     check_options(renderer, texture)
     arrangement = arrange(melody, seed, texture, renderer)
-    wave = render_arrangement(arrangement, renderer, melody, seed, SAMPLE_RATE)
+    wave = render_arrangement(arrangement, renderer, melody, seed, SAMPLE_RATE, audio_channels)
+    tags = arrangement.tags
+    if audio_channels > 1:
+        tags = {**tags, "stage": stage_pans(arrangement, melody, seed)}
     caption = describe(arrangement.tags, piece_rng(melody.id, seed, "caption"))
     tune = arrangement.tuning_cents / 100.0
     played = tuple((round(k + tune, 4), round(s, 6), round(d, 6)) for k, s, d, _ in arrangement.parts[0].notes)
-    return Rendering(wave=wave, sample_rate=SAMPLE_RATE, caption=caption, melody=played, tags=arrangement.tags)
+    return Rendering(wave=wave, sample_rate=SAMPLE_RATE, caption=caption, melody=played, tags=tags)

@@ -28,7 +28,7 @@ from diamusic.config import TrainConfig, to_dict
 from diamusic.errors import DiamusicError, first_line
 from diamusic.model import build_model, load_pretrained, merge_adapters, pattern_of, vocab_of, weights_fingerprint
 from diamusic.patterns import DelayPattern
-from diamusic.tokens import AudioVocab
+from diamusic.tokens import AudioVocab, describe_layout
 
 if TYPE_CHECKING:
     from transformers import DiaForConditionalGeneration
@@ -130,11 +130,10 @@ def check_run_dir(
     for what, was, now in checks:
         if str(was) != str(now) and not force:
             raise RunError(f"cannot resume: the run used {what} {was}, not {now} (force it to override)")
-    shape = {k: (c["num_codebooks"], c["codebook_size"]) for k, c in (("run", previous["codec"]), ("data", codec))}
-    if shape["run"] != shape["data"]:
-        (a, b), (c, d) = shape["run"], shape["data"]
+    run, data = AudioVocab.of_codec(previous["codec"]), AudioVocab.of_codec(codec)
+    if run != data:
         raise RunError(
-            f"cannot resume: the run's codec has {a} codebooks x {b} codes, the dataset's {c} x {d}; "
+            f"cannot resume: the run's codes are {describe_layout(run)}, the dataset's {describe_layout(data)}; "
             "the model's vocabulary cannot change (start a new run, with model.init=pretrained from this one)"
         )
     return previous
@@ -215,8 +214,8 @@ def lora_model(ckpt: Path, info: dict[str, Any]) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     config, model = info["config"], info["config"]["model"]
-    pattern = DelayPattern.parse(info["pattern"]["delays"])
-    vocab = AudioVocab(codebook_size=info["codec"]["codebook_size"], num_codebooks=info["codec"]["num_codebooks"])
+    pattern = DelayPattern.parse(info["pattern"]["delays"], audio_channels=info["codec"].get("audio_channels", 1))
+    vocab = AudioVocab.of_codec(info["codec"])
     if model["init"] == "pretrained":
         base, _ = load_pretrained(model["pretrained"], pattern, vocab)
     else:

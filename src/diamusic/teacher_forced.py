@@ -106,7 +106,7 @@ def teacher_forced(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    parts = {name: TokenStats.zeros(pattern.num_codebooks, device) for name in _part_names(edge)}
+    parts = {name: TokenStats.zeros(pattern.num_streams, device) for name in _part_names(edge)}
     for full in batches:
         batch = {k: v.tensor_split(world)[rank] for k, v in full.items()}
         idle = batch["labels"].shape[0] == 0

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from diamusic.patterns import DelayPattern
+from diamusic.patterns import AUDIO_CHANNELS, DelayPattern
 
 MAX_TEXT_BYTES = 1024  # Dia's encoder has 1024 positions
 TEXT_VOCAB = 256  # the encoder reads UTF-8 bytes
@@ -24,10 +25,22 @@ IGNORE_INDEX = -100  # a label that is not a target
 
 @dataclass(frozen=True)
 class AudioVocab:
-    """Decoder vocabulary: real codes 0..codebook_size-1, then EOS, PAD, BOS (Dia: 1024/1025/1026)."""
+    """Decoder vocabulary: real codes 0..codebook_size-1, then EOS, PAD, BOS (Dia: 1024/1025/1026),
+    for ``num_codebooks`` codebooks per audio channel: one stream each, left's then right's in stereo."""
 
     codebook_size: int
     num_codebooks: int
+    audio_channels: int = 1
+
+    @classmethod
+    def of_codec(cls, codec: dict[str, Any]) -> AudioVocab:
+        """The vocabulary of codes a dataset card's (or run.json's) ``codec`` block describes."""
+        return cls(codec["codebook_size"], codec["num_codebooks"], codec.get("audio_channels", 1))
+
+    @property
+    def num_streams(self) -> int:
+        """Decoder token columns: transformers' ``num_channels``."""
+        return self.num_codebooks * self.audio_channels
 
     @property
     def eos(self) -> int:
@@ -45,6 +58,12 @@ class AudioVocab:
     def vocab_size(self) -> int:
         # Dia keeps one spare id (1028 = 1024 + 4)
         return self.codebook_size + 4
+
+
+def describe_layout(vocab: AudioVocab) -> str:
+    """'9 codebooks x 1024 codes, stereo': how a run's or a dataset's codes are laid out, for messages."""
+    layout = next(name for name, n in AUDIO_CHANNELS.items() if n == vocab.audio_channels)
+    return f"{vocab.num_codebooks} codebooks x {vocab.codebook_size} codes, {layout}"
 
 
 # --- text ---------------------------------------------------------------------------------------
@@ -93,7 +112,7 @@ def build_decoder_batch(
     goes on after the crop. S = max(T_i) + 1 + max_delay.
     """
     longest = max(c.shape[0] for c in codes)
-    frames = torch.full((len(codes), longest + 2, pattern.num_codebooks), vocab.pad, dtype=torch.long)
+    frames = torch.full((len(codes), longest + 2, pattern.num_streams), vocab.pad, dtype=torch.long)
     frames[:, 0] = vocab.bos
     for i, c in enumerate(codes):
         frames[i, 1 : 1 + c.shape[0]] = torch.as_tensor(c, dtype=torch.long)
@@ -118,7 +137,7 @@ def sampleable(vocab: AudioVocab, reference: int = 0, device: torch.device | str
     BOS, PAD, the spare id and the other codebooks' EOS are only ever forced by the delay rules
     (`force_delay_tokens`), so a codec never sees them.
     """
-    allowed = torch.zeros(vocab.num_codebooks, vocab.vocab_size, dtype=torch.bool, device=device)
+    allowed = torch.zeros(vocab.num_streams, vocab.vocab_size, dtype=torch.bool, device=device)
     allowed[:, : vocab.codebook_size] = True
     allowed[reference, vocab.eos] = True
     return allowed

@@ -124,7 +124,8 @@ class Tracker:
 
             self._wandb.log({key: wandb.Audio(wave, sample_rate=sample_rate, caption=caption)}, step=step)
         if self._tb is not None:
-            self._tb.add_audio(key, wave[None, :], step, sample_rate=sample_rate)
+            mono = wave if wave.ndim == 1 else wave.mean(axis=1)  # TensorBoard plays one audio channel
+            self._tb.add_audio(key, mono[None, :], step, sample_rate=sample_rate)
 
     def close(self) -> None:
         if self._wandb is not None:

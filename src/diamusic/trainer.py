@@ -349,7 +349,7 @@ def check_memory(
     allocate until the process is killed: the logits of a micro-batch (B x decode steps x codebooks x
     vocab, fp32 for the loss), the micro-batches of a step queued by the loader, and on a GPU the weights."""
     d, gib = config.data, 1 << 30
-    steps, codebooks = d.crop_frames + pattern.max_delay + 2, pattern.num_codebooks
+    steps, codebooks = d.crop_frames + pattern.max_delay + 2, pattern.num_streams
     logits = config.batch_size * steps * codebooks * model.config.decoder_config.vocab_size * 4
     queued = (1 + 2 * d.num_workers) * config.grad_accum * config.batch_size * steps * codebooks * 8 * 2
     if device.type == "cuda":

@@ -84,8 +84,8 @@ def fingerprint(codec_fingerprint: str, shards: Iterable[Path], rows: Iterable[d
     return digest.hexdigest()[:16]
 
 
-def card_codebooks(dataset: str | Path) -> int | None:
-    """The codebook count a dataset's card records; None where there is no card (yet)."""
+def card_layout(dataset: str | Path) -> tuple[int, int] | None:
+    """(codebooks, audio channels) as a dataset's card records them; None where there is no card (yet)."""
     if not (Path(dataset) / CARD_FILE).exists():
         return None
     card = read_json(Path(dataset) / CARD_FILE)
@@ -93,4 +93,7 @@ def card_codebooks(dataset: str | Path) -> int | None:
     codebooks = codec.get("num_codebooks") if isinstance(codec, dict) else None
     if isinstance(codebooks, bool) or not isinstance(codebooks, int):
         raise DataError(f"{Path(dataset) / CARD_FILE}: no codebook count (codec.num_codebooks)")
-    return codebooks
+    channels = codec.get("audio_channels", 1)
+    if channels not in (1, 2) or isinstance(channels, bool):
+        raise DataError(f"{Path(dataset) / CARD_FILE}: codec.audio_channels is {channels!r}, expected 1 or 2")
+    return codebooks, channels

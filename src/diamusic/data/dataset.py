@@ -56,7 +56,7 @@ class CodesDataset:
         ends = self._offsets + self.frames
         for number in np.unique(self._shard_of):
             path = shard_file(self.path, int(number))
-            rows = shard_rows(path, self.vocab.num_codebooks)
+            rows = shard_rows(path, self.vocab.num_streams)
             longest = int(ends[self._shard_of == number].max())
             if longest > rows:
                 raise DataError(f"{path}: holds {rows} frames, the index needs {longest}: {DAMAGED}")
@@ -67,8 +67,7 @@ class CodesDataset:
 
     @property
     def vocab(self) -> AudioVocab:
-        codec = self.card["codec"]
-        return AudioVocab(codebook_size=codec["codebook_size"], num_codebooks=codec["num_codebooks"])
+        return AudioVocab.of_codec(self.card["codec"])
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -145,7 +144,7 @@ def verify(path: str | Path) -> str:
     data = CodesDataset(path, split=None)
     shards = [shard_file(data.path, s) for s in range(int(data.card.get("shards", 0)))]
     for shard in shards:
-        shard_rows(shard, data.vocab.num_codebooks)
+        shard_rows(shard, data.vocab.num_streams)
         check_code_range(shard, np.load(shard, mmap_mode="r"), data.vocab.codebook_size)
     found = fingerprint(data.card["codec"]["fingerprint"], shards, data.rows())
     if found != data.fingerprint:

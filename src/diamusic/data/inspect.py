@@ -25,11 +25,11 @@ def inspect(path: str | Path, png: str | None = None, check: bool = False) -> di
     card, vocab = data.card, data.vocab
     frame_rate = card["codec"]["frame_rate"]
     seconds = data.frames / frame_rate
-    counts = np.zeros((vocab.num_codebooks, vocab.codebook_size), dtype=np.int64)
+    counts = np.zeros((vocab.num_streams, vocab.codebook_size), dtype=np.int64)
     for shard in range(card["shards"]):
         codes = np.load(shard_file(data.path, shard), mmap_mode="r")
         check_code_range(shard_file(data.path, shard), codes, vocab.codebook_size)
-        for c in range(vocab.num_codebooks):
+        for c in range(vocab.num_streams):
             counts[c] += np.bincount(codes[:, c], minlength=vocab.codebook_size)
     probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -50,7 +50,8 @@ def inspect(path: str | Path, png: str | None = None, check: bool = False) -> di
             for lo, hi, n in zip(edges[:-1], edges[1:], hist, strict=True)
         },
         "codebook_perplexity": [float(np.exp(h)) for h in entropy],
-        "codebook_used": [int((counts[c] > 0).sum()) for c in range(vocab.num_codebooks)],
+        "codebook_used": [int((counts[c] > 0).sum()) for c in range(vocab.num_streams)],
+        "audio_channels": vocab.audio_channels,
         "mix": mix(data.rows()),
     }
     if png:
@@ -63,7 +64,7 @@ def inspect(path: str | Path, png: str | None = None, check: bool = False) -> di
         a.hist(seconds, bins=30, color="#4477aa")
         a.set_xlabel("clip seconds")
         a.set_ylabel("clips")
-        b.bar(range(vocab.num_codebooks), report["codebook_perplexity"], color="#aa7744")
+        b.bar(range(vocab.num_streams), report["codebook_perplexity"], color="#aa7744")
         b.set_xlabel("codebook")
         b.set_ylabel(f"code perplexity (max {vocab.codebook_size})")
         fig.suptitle(f"{data.path.name}: {card['clips']} clips, {card['hours']:.2f} h, codec {card['codec']['name']}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from diamusic.codecs import Codec, codec_class, load_codec
+from diamusic.codecs import Codec, codec_class, encode_channels, load_codec
 from diamusic.data import CARD_FILE, FORMAT, DataError, fingerprint, read_json, shard_file
 from diamusic.data.sources import (
     MIN_CLIP_SECONDS,
@@ -31,8 +31,10 @@ from diamusic.data.sources import (
     notes_in,
     source_items,
     split_of,
+    to_audio_channels,
 )
 from diamusic.locks import DirectoryLock
+from diamusic.patterns import AUDIO_CHANNELS
 from diamusic.tokens import MAX_TEXT_BYTES
 
 ITEMS_PER_SHARD = 32
@@ -62,20 +64,22 @@ def prepare(
     eval_fraction: float = 0.05,
     codec_options: dict[str, Any] | None = None,
     corpus: dict[str, str] | None = None,
+    channels: str = "mono",
     progress: bool = True,
 ) -> PrepareResult:
     """Encode a source once into a dataset directory; resumable and splittable with ``shard``.
 
-    ``corpus`` (``renderer``, ``texture``) says how the built-in melodies are rendered.
+    ``corpus`` (``renderer``, ``texture``) says how the built-in melodies are rendered. ``channels``
+    "stereo" encodes the left and the right side separately (a mono input is copied to both).
     """
     start = time.time()
     out = Path(out)
     index, count = shard
-    _check_arguments(shard, eval_fraction, max_seconds)
+    audio_channels = _check_arguments(shard, eval_fraction, max_seconds, channels)
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
     corpus = corpus_options(source, corpus)
-    items = source_items(source, limit, seed, corpus)
+    items = source_items(source, limit, seed, corpus, audio_channels)
     job = {
         "source": source,
         "codec": codec,
@@ -85,6 +89,7 @@ def prepare(
         "eval_fraction": eval_fraction,
         "codec_options": codec_options or {},
         **({"corpus": corpus} if corpus else {}),
+        **({"channels": channels} if audio_channels > 1 else {}),  # mono datasets' job.json as before
     }
     try:
         # each share of the job (shard=(i, n)) is one process: a second with the same share stops here
@@ -95,22 +100,16 @@ def prepare(
     try:
         _check_same_job(out, job)
         split = split_of([i.id for i in items], seed, eval_fraction)
-        codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed})
+        codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed}, audio_channels)
 
         n_shards = (len(items) + ITEMS_PER_SHARD - 1) // ITEMS_PER_SHARD
         mine = [s for s in range(n_shards) if s % count == index]
         todo = [s for s in mine if not shard_file(out, s, ".jsonl").exists()]
         audio_seconds = encode_seconds = 0.0
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            size = [len(items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]) for s in range(n_shards)]
-            done = sum(size[s] for s in mine if s not in todo)
-            bar = tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
+        bar = _progress_bar(len(items), mine, todo) if progress else None
         for s in todo:
             members = items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]
-            seconds, spent = _write_shard(out, s, members, split, codec_obj, max_seconds)
+            seconds, spent = _write_shard(out, s, members, split, codec_obj, max_seconds, audio_channels)
             audio_seconds += seconds
             encode_seconds += spent
             if bar:
@@ -121,7 +120,7 @@ def prepare(
         complete = all(shard_file(out, s, ".jsonl").exists() for s in range(n_shards))
         clips = hours = rejected = truncated = 0
         if complete:
-            card = _finalize(out, n_shards, codec_obj, source)
+            card = _finalize(out, n_shards, codec_obj, source, audio_channels)
             clips, hours, rejected = card["clips"], card["hours"], card["rejected"]
             truncated = card["captions_truncated"]
             if clips == 0:
@@ -133,7 +132,17 @@ def prepare(
         lock.release()
 
 
-def _check_arguments(shard: tuple[int, int], eval_fraction: float, max_seconds: float) -> None:
+def _progress_bar(items: int, mine: list[int], todo: list[int]) -> Any:
+    """A bar over the inputs of this process's shards, the finished ones already counted."""
+    from tqdm import tqdm
+
+    size = [min(ITEMS_PER_SHARD, items - s * ITEMS_PER_SHARD) for s in range(max(mine, default=-1) + 1)]
+    done = sum(size[s] for s in mine if s not in todo)
+    return tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
+
+
+def _check_arguments(shard: tuple[int, int], eval_fraction: float, max_seconds: float, channels: str) -> int:
+    """Refuse settings that cannot work, before anything is read or written; returns the audio channels."""
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise DataError(f"shard {index}/{count}: expected i/n with 0 <= i < n")
@@ -141,14 +150,23 @@ def _check_arguments(shard: tuple[int, int], eval_fraction: float, max_seconds: 
         raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     if not max_seconds > MIN_CLIP_SECONDS:
         raise DataError(f"max_seconds must be > {MIN_CLIP_SECONDS}, got {max_seconds}")
+    if channels not in AUDIO_CHANNELS:
+        raise DataError(f"channels must be {' or '.join(AUDIO_CHANNELS)}, got {channels!r}")
+    return AUDIO_CHANNELS[channels]
 
 
 def _write_shard(
-    out: Path, shard: int, members: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float
+    out: Path,
+    shard: int,
+    members: list[SourceItem],
+    split: dict[str, str],
+    codec: Codec,
+    max_seconds: float,
+    audio_channels: int,
 ) -> tuple[float, float]:
     """Encode one shard and write it (codes, then the rows that mark it done); returns the seconds
     of audio and of encoding."""
-    array, rows, seconds, spent = _encode_shard(shard, members, split, codec, max_seconds)
+    array, rows, seconds, spent = _encode_shard(shard, members, split, codec, max_seconds, audio_channels)
     codes = io.BytesIO()
     np.save(codes, array)
     # the .jsonl goes last: its presence is what marks the shard done
@@ -194,7 +212,12 @@ def _check_same_job(out: Path, job: dict[str, Any]) -> None:
 
 
 def _codec_for(
-    codec_type: type, out: Path, items: list[SourceItem], split: dict[str, str], options: dict[str, Any]
+    codec_type: type,
+    out: Path,
+    items: list[SourceItem],
+    split: dict[str, str],
+    options: dict[str, Any],
+    audio_channels: int,
 ) -> Codec:
     codec_dir = out / "codec"
     if (codec_dir / "codec.json").exists():
@@ -208,16 +231,19 @@ def _codec_for(
                 continue
             try:
                 loaded = item.load()
+                wave, _ = to_audio_channels(loaded.wave, audio_channels)
             except Rejected:
                 continue
-            wave, sr = loaded.wave, loaded.sample_rate
-            if rate and sr != rate:
-                import librosa
+            sr = loaded.sample_rate
+            # the codec encodes each side on its own, so it is fitted on the sides
+            for side in [wave] if wave.ndim == 1 else wave.T:
+                if rate and sr != rate:
+                    import librosa
 
-                wave = librosa.resample(wave, orig_sr=sr, target_sr=rate)
-            rate = rate or sr
-            waves.append(wave)
-            total += len(wave) / rate
+                    side = librosa.resample(np.ascontiguousarray(side), orig_sr=sr, target_sr=rate)
+                rate = rate or sr
+                waves.append(side)
+                total += len(side) / rate
         if waves:
             print(f"fitting the codec on {total / 60:.1f} min of training audio...", file=sys.stderr)
         return waves, rate
@@ -239,7 +265,7 @@ def _codec_for(
 
 
 def _encode_shard(
-    shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float
+    shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float, audio_channels: int
 ) -> tuple[np.ndarray, list[dict[str, Any]], float, float]:
     """A shard's codes, its rows (kept clips and rejections), the audio seconds kept and the
     seconds spent encoding them. Audio is encoded whenever ENCODE_BUFFER_BYTES of clips wait, so a
@@ -253,16 +279,17 @@ def _encode_shard(
     for last, item in enumerate(items, 1):
         try:
             loaded = item.load()
+            wave, copied = to_audio_channels(loaded.wave, audio_channels)
         except Rejected as reason:
             rows.append({"id": item.id, "rejected": str(reason)})
             loaded = None
         if loaded is not None:
-            clips = _clips(loaded, item, split, max_seconds, rows)
+            clips = _clips(loaded, wave, copied, item, split, max_seconds, rows)
             pending += clips
             waiting += sum(clip.nbytes for _, clip, _ in clips)
         if pending and (last == len(items) or waiting >= ENCODE_BUFFER_BYTES):
             started = time.perf_counter()
-            encoded = _encode_pending(pending, codec)
+            encoded = _encode_pending(pending, codec, audio_channels)
             spent += time.perf_counter() - started
             for (row, clip, rate), codes in zip(pending, encoded, strict=True):
                 if codes.shape[0] == 0:
@@ -278,15 +305,22 @@ def _encode_shard(
     last_of = {row["source"]: row for row in kept}
     for row in last_of.values():
         row["final"] = True
-    array = np.concatenate(blocks) if blocks else np.zeros((0, codec.num_codebooks), dtype=np.uint16)
+    array = np.concatenate(blocks) if blocks else np.zeros((0, codec.num_codebooks * audio_channels), np.uint16)
     return array, rows + kept, audio_seconds, spent
 
 
 def _clips(
-    loaded: Any, item: SourceItem, split: dict[str, str], max_seconds: float, rows: list[dict[str, Any]]
+    loaded: Any,
+    wave: np.ndarray,
+    copied: bool,
+    item: SourceItem,
+    split: dict[str, str],
+    max_seconds: float,
+    rows: list[dict[str, Any]],
 ) -> list[tuple[dict[str, Any], np.ndarray, int]]:
-    """An input's clips to encode, each with its row; clips too short to keep go to ``rows``."""
-    wave, rate, text = loaded.wave, loaded.sample_rate, loaded.caption
+    """An input's clips (of ``wave``, its audio in the dataset's layout) to encode, each with its
+    row; clips too short to keep go to ``rows``."""
+    rate, text = loaded.sample_rate, loaded.caption
     raw = text.encode("utf-8")
     truncated = len(raw) > MAX_TEXT_BYTES
     if truncated:
@@ -300,6 +334,8 @@ def _clips(
         row = {"id": clip_id, "text": text, "source": item.id, "split": split[item.id]}
         if truncated:
             row["caption_truncated"] = True
+        if copied:
+            row["mono_source"] = True  # both sides are the same audio
         if loaded.tags is not None:
             row["tags"] = loaded.tags
         if loaded.melody is not None:  # the reference melody of this clip, for melody metrics
@@ -309,19 +345,23 @@ def _clips(
     return out
 
 
-def _encode_pending(pending: list[tuple[dict[str, Any], np.ndarray, int]], codec: Codec) -> list[np.ndarray]:
+def _encode_pending(
+    pending: list[tuple[dict[str, Any], np.ndarray, int]], codec: Codec, audio_channels: int
+) -> list[np.ndarray]:
     """The codes of waiting clips, in their order; each sample rate is one call of the codec's batching."""
     by_rate: dict[int, list[int]] = {}
     for n, (_, _, rate) in enumerate(pending):
         by_rate.setdefault(rate, []).append(n)
     encoded: dict[int, np.ndarray] = {}
     for rate, members in by_rate.items():
-        for n, codes in zip(members, codec.encode_batch([pending[n][1] for n in members], rate), strict=True):
+        clips = [pending[n][1] for n in members]
+        codes_of = codec.encode_batch(clips, rate) if audio_channels == 1 else encode_channels(codec, clips, rate)
+        for n, codes in zip(members, codes_of, strict=True):
             encoded[n] = np.asarray(codes)
     return [encoded[n] for n in range(len(pending))]
 
 
-def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, Any]:
+def _finalize(out: Path, n_shards: int, codec: Codec, source: str, audio_channels: int) -> dict[str, Any]:
     clips, rejected, truncated = [], [], 0
     shards = [shard_file(out, s) for s in range(n_shards)]
     for shard in shards:
@@ -354,7 +394,13 @@ def _finalize(out: Path, n_shards: int, codec: Codec, source: str) -> dict[str, 
             "frame_rate": codec.frame_rate,
             "num_codebooks": codec.num_codebooks,
             "codebook_size": codec.codebook_size,
+            "audio_channels": audio_channels,  # a frame: num_codebooks codes per side, left's then right's
         },
+        **(
+            {"mono_sources_copied": len({r["source"] for r in clips if r.get("mono_source")})}
+            if audio_channels > 1
+            else {}
+        ),  # fmt: skip
         "shards": n_shards,
     }
     _atomic_write(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in clips).encode())

@@ -30,8 +30,9 @@ Note = tuple[float, float, float]  # (midi pitch, start s, duration s)
 
 @dataclass(frozen=True)
 class Loaded:
-    """One input as audio: a mono wave and its caption; the built-in corpus also knows the melody
-    it played (the reference for melody metrics) and what it rendered (tags for inspection)."""
+    """One input as audio: a wave, (samples,) or (samples, audio channels), and its caption; the
+    built-in corpus also knows the melody it played (the reference for melody metrics) and what it
+    rendered (tags for inspection)."""
 
     wave: np.ndarray
     sample_rate: int
@@ -48,14 +49,16 @@ class SourceItem:
     load: Callable[[], Loaded]
 
 
-def melody_items(limit: int | None, seed: int, renderer: str, texture: str) -> list[SourceItem]:
+def melody_items(
+    limit: int | None, seed: int, renderer: str, texture: str, audio_channels: int = 1
+) -> list[SourceItem]:
     from diamusic import corpus, render
 
     render.check_options(renderer, texture)  # before any melody is parsed or anything written
 
     def loader(melody: corpus.Melody) -> Callable[[], Loaded]:
         def load() -> Loaded:
-            r = render.render_piece(melody, seed, renderer, texture)
+            r = render.render_piece(melody, seed, renderer, texture, audio_channels)
             return Loaded(r.wave, r.sample_rate, r.caption, r.melody, r.tags)
 
         return load
@@ -127,7 +130,7 @@ def folder_items(folder: Path) -> list[SourceItem]:
                 raise Rejected(f"unreadable audio ({type(exc).__name__})") from exc
             if not np.isfinite(wave).all():  # float files can hold NaN/inf: they would poison a codec fit
                 raise Rejected("non-finite samples (NaN or inf)")
-            return Loaded(wave.mean(axis=1), int(rate), str(text).strip())
+            return Loaded(wave if wave.shape[1] > 1 else wave[:, 0], int(rate), str(text).strip())
 
         return load
 
@@ -146,13 +149,32 @@ def corpus_options(source: str, corpus: dict[str, str] | None) -> dict[str, str]
     return None
 
 
-def source_items(source: str, limit: int | None, seed: int, corpus: dict[str, str] | None) -> list[SourceItem]:
-    """'melodies' (the built-in corpus, rendered as ``corpus`` says) or a folder of audio files with captions."""
-    items = melody_items(limit, seed, **corpus) if corpus is not None else folder_items(Path(source))
+def source_items(
+    source: str, limit: int | None, seed: int, corpus: dict[str, str] | None, audio_channels: int = 1
+) -> list[SourceItem]:
+    """'melodies' (the built-in corpus, rendered as ``corpus`` says, in the dataset's audio channels) or
+    a folder of audio files with captions."""
+    if corpus is not None:
+        items = melody_items(limit, seed, **corpus, audio_channels=audio_channels)
+    else:
+        items = folder_items(Path(source))
     items = items[:limit] if limit is not None else items
     if not items:
         raise DataError(f"source {source!r} has no inputs")
     return items
+
+
+def to_audio_channels(wave: np.ndarray, audio_channels: int) -> tuple[np.ndarray, bool]:
+    """A wave laid out for a dataset: (samples,) for mono (several audio channels averaged), (samples,
+    2) for stereo (a mono wave copied to both sides, as the research log does); and whether it was
+    copied."""
+    if audio_channels == 1:
+        return (wave.mean(axis=1) if wave.ndim == 2 else wave), False
+    if wave.ndim == 1:
+        return np.stack([wave, wave], axis=1), True
+    if wave.shape[1] != 2:
+        raise Rejected(f"{wave.shape[1]} audio channels: a stereo dataset takes mono or stereo audio")
+    return wave, False
 
 
 def split_of(ids: Sequence[str], seed: int, eval_fraction: float) -> dict[str, str]:
