@@ -121,3 +121,18 @@ def test_stereo_places_the_parts_on_a_stage_and_leaves_mono_as_it_was(excerpts, 
     assert set(stage) == {p.role for p in arrangement.arrange(m, 3, "accompanied", renderer).parts}
     assert abs(stage["melody"]) <= 0.2 and all(-1 <= pan <= 1 for pan in stage.values())
     assert "stage" not in mono.tags and stereo.caption == mono.caption and stereo.melody == mono.melody
+
+
+def test_a_part_is_panned_with_constant_power_to_its_drawn_place(excerpts):
+    """Without the room, a solo's two sides are its mono stem scaled by cos and sin of its pan angle."""
+    import dataclasses
+
+    m = excerpts[0]
+    dry = dataclasses.replace(arrangement.arrange(m, 3, "solo", "synth"), reverb_wet=0.0)
+    wave = playback.render_arrangement(dry, "synth", m, 3, audio_channels=2)
+    pan = playback.stage_pans(dry, m, 3)["melody"]
+    assert pan != 0.0  # a drawn place, off the centre line
+    angle = (pan + 1.0) * np.pi / 4
+    np.testing.assert_allclose(wave[:, 0] * np.sin(angle), wave[:, 1] * np.cos(angle), atol=1e-6)
+    mono = playback.render_arrangement(dry, "synth", m, 3)
+    assert np.corrcoef(mono, wave[:, 0])[0, 1] > 0.9999  # the same performance
