@@ -744,3 +744,22 @@ def test_stereo_encodes_each_side_separately_and_copies_a_mono_source(stereo_fol
     mono = json.loads((tmp_path / "mono" / "card.json").read_text())
     assert mono["codec"]["audio_channels"] == 1 and mono["clips"] == 8 and "mono_sources_copied" not in mono
     assert CodesDataset(tmp_path / "mono", split=None).codes(0).shape[1] == 9
+
+
+def test_inputs_with_a_skipped_tag_are_left_out_and_recorded(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    captions = {"a.wav": "piano, calm", "b.wav": "pop, Vocals , upbeat", "c.wav": "speech"}
+    captions["d.wav"] = "a song with vocals"
+    for i, (name, text) in enumerate(captions.items()):
+        sf.write(folder / name, tone(1.0, 220 + 40 * i), 22050)
+        (folder / name).with_suffix(".txt").write_text(text)
+    out = tmp_path / "data"
+    skip = ["vocals", " SPEECH"]
+    prepare(str(folder), "spectral-rvq", out, codec_options=SMALL_CODEC, skip_tags=skip, progress=False)
+    rejected = {json.loads(line)["id"]: json.loads(line)["rejected"] for line in (out / "rejected.jsonl").open()}
+    assert rejected == {"b.wav": "skipped: tagged 'vocals'", "c.wav": "skipped: tagged 'speech'"}
+    assert {r["source"] for r in CodesDataset(out, split=None).rows()} == {"a.wav", "d.wav"}  # tags, not words
+    assert json.loads((out / "job.json").read_text())["skip_tags"] == ["speech", "vocals"]
+    with pytest.raises(DataError, match="prepared with skip_tags"):
+        prepare(str(folder), "spectral-rvq", out, codec_options=SMALL_CODEC, progress=False)

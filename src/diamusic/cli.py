@@ -122,6 +122,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         codec_options=options,
         corpus={k: v for k, v in (("renderer", args.renderer), ("texture", args.texture)) if v} or None,
         channels=args.channels,
+        skip_tags=args.skip_tags.split(",") if args.skip_tags else (),
         progress=not args.quiet,
     )
     if result.audio_seconds_encoded > 0:
@@ -364,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(AUDIO_CHANNELS),
         default=preparing["channels"],
         help="stereo: left and right encoded separately (a mono input is copied to both)",
+    )
+    prep.add_argument(
+        "--skip-tags", help="leave out inputs whose caption has one of these comma-separated tags, e.g. vocals,speech"
     )
     prep.add_argument(
         "--max-seconds", type=_seconds, default=preparing["max_seconds"], help="split longer audio into clips"

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,20 @@ ITEMS_PER_SHARD = 32
 ENCODE_BUFFER_BYTES = 1 << 30  # clips waiting to be encoded: more is encoded in turns, not held
 
 
+@dataclass(frozen=True)
+class Clipping:
+    """How an input becomes clips: their longest length, the dataset's audio channels, the caption
+    tags that leave an input out."""
+
+    max_seconds: float
+    audio_channels: int
+    skip_tags: frozenset[str] = frozenset()
+
+    def skipped(self, caption: str) -> str | None:
+        """The first of the caption's comma-separated tags (any case) that is to be skipped, if any."""
+        return next((t for t in (p.strip().lower() for p in caption.split(",")) if t in self.skip_tags), None)
+
+
 @dataclass
 class PrepareResult:
     clips: int
@@ -65,17 +80,20 @@ def prepare(
     codec_options: dict[str, Any] | None = None,
     corpus: dict[str, str] | None = None,
     channels: str = "mono",
+    skip_tags: Sequence[str] = (),
     progress: bool = True,
 ) -> PrepareResult:
     """Encode a source once into a dataset directory; resumable and splittable with ``shard``.
 
     ``corpus`` (``renderer``, ``texture``) says how the built-in melodies are rendered. ``channels``
     "stereo" encodes the left and the right side separately (a mono input is copied to both).
+    An input whose caption has one of ``skip_tags`` among its comma-separated tags is left out.
     """
     start = time.time()
     out = Path(out)
     index, count = shard
-    audio_channels = _check_arguments(shard, eval_fraction, max_seconds, channels)
+    clipping = _check_arguments(shard, eval_fraction, max_seconds, channels, skip_tags)
+    audio_channels, skip = clipping.audio_channels, sorted(clipping.skip_tags)
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
     corpus = corpus_options(source, corpus)
@@ -89,7 +107,9 @@ def prepare(
         "eval_fraction": eval_fraction,
         "codec_options": codec_options or {},
         **({"corpus": corpus} if corpus else {}),
-        **({"channels": channels} if audio_channels > 1 else {}),  # mono datasets' job.json as before
+        # later settings only when used, so an older dataset's job.json still matches
+        **({"channels": channels} if audio_channels > 1 else {}),
+        **({"skip_tags": skip} if skip else {}),
     }
     try:
         # each share of the job (shard=(i, n)) is one process: a second with the same share stops here
@@ -106,16 +126,14 @@ def prepare(
         mine = [s for s in range(n_shards) if s % count == index]
         todo = [s for s in mine if not shard_file(out, s, ".jsonl").exists()]
         audio_seconds = encode_seconds = 0.0
-        bar = _progress_bar(len(items), mine, todo) if progress else None
+        bar = _progress_bar(len(items), mine, todo, progress)
         for s in todo:
             members = items[s * ITEMS_PER_SHARD : (s + 1) * ITEMS_PER_SHARD]
-            seconds, spent = _write_shard(out, s, members, split, codec_obj, max_seconds, audio_channels)
+            seconds, spent = _write_shard(out, s, members, split, codec_obj, clipping)
             audio_seconds += seconds
             encode_seconds += spent
-            if bar:
-                bar.update(len(members))
-        if bar:
-            bar.close()
+            bar.update(len(members))
+        bar.close()
 
         complete = all(shard_file(out, s, ".jsonl").exists() for s in range(n_shards))
         clips = hours = rejected = truncated = 0
@@ -132,17 +150,21 @@ def prepare(
         lock.release()
 
 
-def _progress_bar(items: int, mine: list[int], todo: list[int]) -> Any:
-    """A bar over the inputs of this process's shards, the finished ones already counted."""
+def _progress_bar(items: int, mine: list[int], todo: list[int], shown: bool) -> Any:
+    """A bar over the inputs of this process's shards, the finished ones already counted (silent
+    unless ``shown``)."""
     from tqdm import tqdm
 
     size = [min(ITEMS_PER_SHARD, items - s * ITEMS_PER_SHARD) for s in range(max(mine, default=-1) + 1)]
     done = sum(size[s] for s in mine if s not in todo)
-    return tqdm(total=sum(size[s] for s in mine), initial=done, unit="input", desc="prepare", file=sys.stderr)
+    total = sum(size[s] for s in mine)
+    return tqdm(total=total, initial=done, unit="input", desc="prepare", file=sys.stderr, disable=not shown)
 
 
-def _check_arguments(shard: tuple[int, int], eval_fraction: float, max_seconds: float, channels: str) -> int:
-    """Refuse settings that cannot work, before anything is read or written; returns the audio channels."""
+def _check_arguments(
+    shard: tuple[int, int], eval_fraction: float, max_seconds: float, channels: str, skip_tags: Sequence[str]
+) -> Clipping:
+    """Refuse settings that cannot work, before anything is read or written."""
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise DataError(f"shard {index}/{count}: expected i/n with 0 <= i < n")
@@ -152,7 +174,7 @@ def _check_arguments(shard: tuple[int, int], eval_fraction: float, max_seconds: 
         raise DataError(f"max_seconds must be > {MIN_CLIP_SECONDS}, got {max_seconds}")
     if channels not in AUDIO_CHANNELS:
         raise DataError(f"channels must be {' or '.join(AUDIO_CHANNELS)}, got {channels!r}")
-    return AUDIO_CHANNELS[channels]
+    return Clipping(max_seconds, AUDIO_CHANNELS[channels], frozenset(t.strip().lower() for t in skip_tags if t.strip()))
 
 
 def _write_shard(
@@ -161,12 +183,11 @@ def _write_shard(
     members: list[SourceItem],
     split: dict[str, str],
     codec: Codec,
-    max_seconds: float,
-    audio_channels: int,
+    clipping: Clipping,
 ) -> tuple[float, float]:
     """Encode one shard and write it (codes, then the rows that mark it done); returns the seconds
     of audio and of encoding."""
-    array, rows, seconds, spent = _encode_shard(shard, members, split, codec, max_seconds, audio_channels)
+    array, rows, seconds, spent = _encode_shard(shard, members, split, codec, clipping)
     codes = io.BytesIO()
     np.save(codes, array)
     # the .jsonl goes last: its presence is what marks the shard done
@@ -202,9 +223,9 @@ def _check_same_job(out: Path, job: dict[str, Any]) -> None:
         if not isinstance(previous, dict):
             raise DataError(f"{path}: expected a JSON object of prepare settings: prepare into another directory")
         if previous != job:
-            diff = next(k for k in job if previous.get(k) != job[k])
+            diff = next(k for k in {**previous, **job} if previous.get(k) != job.get(k))
             raise DataError(
-                f"{out} was prepared with {diff}={previous.get(diff)!r}, not {job[diff]!r}: "
+                f"{out} was prepared with {diff}={previous.get(diff)!r}, not {job.get(diff)!r}: "
                 "prepare into another directory"
             )
     else:
@@ -265,7 +286,7 @@ def _codec_for(
 
 
 def _encode_shard(
-    shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, max_seconds: float, audio_channels: int
+    shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, clipping: Clipping
 ) -> tuple[np.ndarray, list[dict[str, Any]], float, float]:
     """A shard's codes, its rows (kept clips and rejections), the audio seconds kept and the
     seconds spent encoding them. Audio is encoded whenever ENCODE_BUFFER_BYTES of clips wait, so a
@@ -279,17 +300,19 @@ def _encode_shard(
     for last, item in enumerate(items, 1):
         try:
             loaded = item.load()
-            wave, copied = to_audio_channels(loaded.wave, audio_channels)
+            if tag := clipping.skipped(loaded.caption):
+                raise Rejected(f"skipped: tagged {tag!r}")
+            wave, copied = to_audio_channels(loaded.wave, clipping.audio_channels)
         except Rejected as reason:
             rows.append({"id": item.id, "rejected": str(reason)})
             loaded = None
         if loaded is not None:
-            clips = _clips(loaded, wave, copied, item, split, max_seconds, rows)
+            clips = _clips(loaded, wave, copied, item, split, clipping.max_seconds, rows)
             pending += clips
             waiting += sum(clip.nbytes for _, clip, _ in clips)
         if pending and (last == len(items) or waiting >= ENCODE_BUFFER_BYTES):
             started = time.perf_counter()
-            encoded = _encode_pending(pending, codec, audio_channels)
+            encoded = _encode_pending(pending, codec, clipping.audio_channels)
             spent += time.perf_counter() - started
             for (row, clip, rate), codes in zip(pending, encoded, strict=True):
                 if codes.shape[0] == 0:
@@ -305,7 +328,8 @@ def _encode_shard(
     last_of = {row["source"]: row for row in kept}
     for row in last_of.values():
         row["final"] = True
-    array = np.concatenate(blocks) if blocks else np.zeros((0, codec.num_codebooks * audio_channels), np.uint16)
+    streams = codec.num_codebooks * clipping.audio_channels
+    array = np.concatenate(blocks) if blocks else np.zeros((0, streams), dtype=np.uint16)
     return array, rows + kept, audio_seconds, spent
 
 
