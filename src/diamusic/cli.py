@@ -22,7 +22,7 @@ from diamusic.data.sources import CORPUS_DEFAULTS
 from diamusic.eval import evaluate_run
 from diamusic.export import export_run
 from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, SamplingConfig
-from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern
+from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern, layout_name
 from diamusic.runs import load_run
 from diamusic.tokens import MAX_TEXT_BYTES
 
@@ -155,11 +155,13 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     print(
         f"{args.dataset}: {report['clips']} clips ({report['train_clips']} train, {report['eval_clips']} eval), "
         f"{report['hours']:.2f} h, {report['rejected']} rejected, codec {report['codec']}, "
+        f"{layout_name(report['audio_channels'])}, "
         f"fingerprint {report['fingerprint']}" + (" (verified: recomputed from the shards)" if args.verify else "")
     )
     print("durations: " + ", ".join(f"{k}: {v}" for k, v in report["duration_histogram"].items()))
-    print("code perplexity per codebook: " + " ".join(f"{p:.0f}" for p in report["codebook_perplexity"]))
-    print("codes used per codebook:      " + " ".join(str(u) for u in report["codebook_used"]))
+    sides = " (left's, then right's)" if report["audio_channels"] > 1 else ""
+    print(f"code perplexity per codebook{sides}: " + " ".join(f"{p:.0f}" for p in report["codebook_perplexity"]))
+    print(f"codes used per codebook{sides}:      " + " ".join(str(u) for u in report["codebook_used"]))
     for name, counts in report["mix"].items():
         print(f"{name.replace('_', ' ')}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     if args.png:

@@ -17,7 +17,7 @@ import yaml
 from diamusic.data import card_layout
 from diamusic.errors import DiamusicError
 from diamusic.model import MODEL_PRESETS
-from diamusic.patterns import AUDIO_CHANNELS, DelayPattern, PatternError
+from diamusic.patterns import AUDIO_CHANNELS, DelayPattern, PatternError, layout_name
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "tiny-cpu"  # the preset a command uses when none is named: small enough for a CPU
@@ -320,7 +320,7 @@ def pattern_of_config(config: TrainConfig) -> DelayPattern:
     codebooks, channels = (card_layout(config.data.path) if config.data.path else None) or (None, 1)
     wanted = config.data.channels
     if wanted and codebooks is not None and AUDIO_CHANNELS.get(wanted) != channels:
-        found = next(name for name, n in AUDIO_CHANNELS.items() if n == channels)
+        found = layout_name(channels)
         raise ConfigError(f"data.channels: the config is for {wanted} data, {config.data.path} is {found}")
     try:
         return DelayPattern.parse(config.delay_pattern, num_codebooks=codebooks, audio_channels=channels)

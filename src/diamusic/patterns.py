@@ -41,6 +41,11 @@ class PatternError(DiamusicError):
 AUDIO_CHANNELS = {"mono": 1, "stereo": 2}
 
 
+def layout_name(audio_channels: int) -> str:
+    """'mono' or 'stereo'."""
+    return next(name for name, n in AUDIO_CHANNELS.items() if n == audio_channels)
+
+
 @dataclass(frozen=True)
 class DelayPattern:
     """One delay per decoder stream: per codebook, for each audio channel in turn (left, then right)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from diamusic.patterns import AUDIO_CHANNELS, DelayPattern
+from diamusic.patterns import DelayPattern, layout_name
 
 MAX_TEXT_BYTES = 1024  # Dia's encoder has 1024 positions
 TEXT_VOCAB = 256  # the encoder reads UTF-8 bytes
@@ -62,8 +62,7 @@ class AudioVocab:
 
 def describe_layout(vocab: AudioVocab) -> str:
     """'9 codebooks x 1024 codes, stereo': how a run's or a dataset's codes are laid out, for messages."""
-    layout = next(name for name, n in AUDIO_CHANNELS.items() if n == vocab.audio_channels)
-    return f"{vocab.num_codebooks} codebooks x {vocab.codebook_size} codes, {layout}"
+    return f"{vocab.num_codebooks} codebooks x {vocab.codebook_size} codes, {layout_name(vocab.audio_channels)}"
 
 
 # --- text ---------------------------------------------------------------------------------------
