@@ -329,6 +329,9 @@ def test_a_stereo_folder_prepares_trains_generates_and_evaluates_in_stereo(stere
     prepared = run("prepare", "--source", str(stereo_folder), "--out", str(data), "--channels", "stereo",
                    "--codebook-size", "32", "--quiet")  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr
+    shown = run("data", "inspect", str(data))
+    perplexities = shown.stdout.split("per codebook (left's, then right's):")[1].split("\n")[0].split()
+    assert "codec spectral-rvq, stereo" in shown.stdout and len(perplexities) == 18
     sets = ["--set", "data.crop_frames=32", "--set", "eval.every=6", "--set", "checkpoints.every=6"]
     trained = run("train", "--data", str(data), "--out", str(runs), "--config", "tiny-cpu", "--steps", "6",
                   "--batch-size", "2", "--delay-pattern", "middle-out", "--quiet", *sets)  # fmt: skip
