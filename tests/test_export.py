@@ -236,6 +236,9 @@ def test_the_model_card_warns_when_plain_transformers_cannot_stop_the_pattern(ti
     card = model_card(tiny_run, "step_000010", config, info)
     assert ("This pattern delays codebook 0" in card) == warned
     assert not warned or f"codebook {DelayPattern.parse(pattern).reference}'s EOS" in card
+    assert "Stereo:" not in card
+    stereo = build_model("tiny", DelayPattern.parse(pattern, 9, 2), AudioVocab(32, 9, 2)).config
+    assert "Stereo: the model's 18 token streams" in model_card(tiny_run, "step_000010", stereo, info)
 
 
 def test_both_unconditional_inputs_give_the_same_encoder_states_and_cross_attention():

@@ -235,6 +235,14 @@ def model_card(
             "the pattern.",
             "",
         ]
+    if pattern.audio_channels == 2:
+        lines += [
+            f"Stereo: the model's {pattern.num_streams} token streams are the codec's {pattern.num_codebooks} "
+            "codebooks of the left side, then of the right, each side encoded on its own. `DiaProcessor` "
+            f"decodes {pattern.num_codebooks} codebooks as one signal: split the codes per side and decode "
+            "each (diamusic's `decode_exported` does).",
+            "",
+        ]
     lines += ["## Generate with plain transformers", ""]
     lines += _snippet(config, codec)
     lines += ["", "## Training data", ""]
