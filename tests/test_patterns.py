@@ -204,6 +204,8 @@ def test_a_preset_is_repeated_per_side_and_costs_no_extra_decode_steps(name):
     assert torch.equal(steps[..., 9:], mono.apply(codes[..., 9:], BOS, PAD))
     assert torch.equal(stereo.revert(steps), codes)
     assert DelayPattern.parse(stereo.to_list(), num_codebooks=9, audio_channels=2) == stereo  # a full list too
+    assert DelayPattern.parse(name, audio_channels=2) == stereo  # a preset is one side's
+    assert DelayPattern.parse(stereo.to_list(), audio_channels=2) == stereo  # a list is every side's
 
 
 def test_a_stereo_list_may_give_each_side_its_own_delays_or_is_refused_in_one_line():

@@ -106,8 +106,8 @@ class DelayPattern:
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise PatternError(f"delay pattern {values}: delays must be integers")
             delays, name = tuple(values), None
-        if num_codebooks is None:
-            num_codebooks = len(delays) // audio_channels
+        if num_codebooks is None:  # a preset holds one side; a list, every side
+            num_codebooks = len(delays) if name in PRESETS else len(delays) // audio_channels
         streams = num_codebooks * audio_channels
         if len(delays) == num_codebooks and audio_channels > 1:
             delays = delays * audio_channels
