@@ -181,7 +181,8 @@ def test_prepare_folder_keeps_good_and_explains_bad(audio_folder, tmp_path):
     assert "too short" in rejected["short.wav#0"]
     assert rejected["empty.wav"] == "empty file"
     assert "unreadable audio" in rejected["notaudio.wav"]
-    assert "no caption" in rejected["nocaption.wav"]
+    derived = next(r for r in rows if r["source"] == "nocaption.wav")  # no caption: tagged from its path
+    assert derived["text"] == "nocaption" and derived["caption_derived"]
     assert "not UTF-8" in rejected["badsidecar.wav"]
     long_clips = [r for r in rows if r["source"] == "long.wav"]
     assert [r["id"] for r in long_clips] == ["long.wav#0", "long.wav#1", "long.wav#2"]  # 5 s -> 2 + 2 + 1 s
@@ -194,6 +195,7 @@ def test_prepare_folder_keeps_good_and_explains_bad(audio_folder, tmp_path):
     assert len(stereo["text"].encode()) == 1024 and stereo["caption_truncated"]
     card = json.loads((out / "card.json").read_text())
     assert card["clips"] == len(rows) and card["rejected"] == len(rejected) and card["captions_truncated"] == 1
+    assert card["captions_derived"] == 1
     assert card["train_clips"] + card["eval_clips"] == card["clips"] and card["eval_clips"] >= 1
     ds = CodesDataset(out, "train")
     codes = ds.codes(0)
@@ -763,3 +765,26 @@ def test_inputs_with_a_skipped_tag_are_left_out_and_recorded(tmp_path):
     assert json.loads((out / "job.json").read_text())["skip_tags"] == ["speech", "vocals"]
     with pytest.raises(DataError, match="prepared with skip_tags"):
         prepare(str(folder), "spectral-rvq", out, codec_options=SMALL_CODEC, progress=False)
+
+
+def test_a_file_without_a_caption_is_tagged_from_its_path_unless_captions_are_required(tmp_path):
+    from diamusic.data.sources import path_caption
+
+    assert path_caption("Jazz/solo_piano/take-3 2024.wav") == "jazz, solo piano, take"
+    assert path_caption("01/track_07.flac") == "track" and path_caption("2024/07.wav") == ""
+    folder = tmp_path / "audio"
+    (folder / "folk" / "fiddle").mkdir(parents=True)
+    (folder / "misc").mkdir()
+    sf.write(folder / "folk" / "fiddle" / "reel_1.wav", tone(1.0, 440), 22050)
+    sf.write(folder / "misc" / "07.wav", tone(1.0, 330), 22050)
+    sf.write(folder / "captioned.wav", tone(1.0, 262), 22050)
+    (folder / "captioned.txt").write_text("a tone, its own caption")
+    prepare(str(folder), "spectral-rvq", tmp_path / "derived", codec_options=SMALL_CODEC, progress=False)
+    texts = {r["source"]: r["text"] for r in CodesDataset(tmp_path / "derived", split=None).rows()}
+    assert texts == {"folk/fiddle/reel_1.wav": "folk, fiddle, reel", "captioned.wav": "a tone, its own caption",
+                     "misc/07.wav": "misc"}  # fmt: skip
+    prepare(str(folder), "spectral-rvq", tmp_path / "strict", codec_options=SMALL_CODEC, require_caption=True,
+            progress=False)  # fmt: skip
+    rejected = [json.loads(line) for line in (tmp_path / "strict" / "rejected.jsonl").open()]
+    assert {r["id"] for r in rejected} == {"folk/fiddle/reel_1.wav", "misc/07.wav"}
+    assert all(r["rejected"] == "no caption (metadata.jsonl/csv entry or sidecar .txt)" for r in rejected)

@@ -123,6 +123,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         corpus={k: v for k, v in (("renderer", args.renderer), ("texture", args.texture)) if v} or None,
         channels=args.channels,
         skip_tags=args.skip_tags.split(",") if args.skip_tags else (),
+        require_caption=args.require_caption,
         progress=not args.quiet,
     )
     if result.audio_seconds_encoded > 0:
@@ -367,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(AUDIO_CHANNELS),
         default=preparing["channels"],
         help="stereo: left and right encoded separately (a mono input is copied to both)",
+    )
+    prep.add_argument(
+        "--require-caption",
+        action="store_true",
+        help="leave out files without a caption (metadata row or sidecar .txt) instead of tagging them by path",
     )
     prep.add_argument(
         "--skip-tags", help="leave out inputs whose caption has one of these comma-separated tags, e.g. vocals,speech"

@@ -67,6 +67,14 @@ class PrepareResult:
     complete: bool
     captions_truncated: int = 0
 
+    @classmethod
+    def of(cls, card: dict[str, Any] | None, seconds: float, audio: float, encoding: float) -> PrepareResult:
+        """From the card of a finished dataset, or None while other shard processes still work."""
+        if card is None:
+            return cls(0, 0.0, 0, seconds, audio, encoding, False)
+        counts = card["clips"], card["hours"], card["rejected"]
+        return cls(*counts, seconds, audio, encoding, True, card["captions_truncated"])
+
 
 def prepare(
     source: str,
@@ -81,13 +89,15 @@ def prepare(
     corpus: dict[str, str] | None = None,
     channels: str = "mono",
     skip_tags: Sequence[str] = (),
+    require_caption: bool = False,
     progress: bool = True,
 ) -> PrepareResult:
     """Encode a source once into a dataset directory; resumable and splittable with ``shard``.
 
     ``corpus`` (``renderer``, ``texture``) says how the built-in melodies are rendered. ``channels``
     "stereo" encodes the left and the right side separately (a mono input is copied to both).
-    An input whose caption has one of ``skip_tags`` among its comma-separated tags is left out.
+    An input whose caption has one of ``skip_tags`` among its comma-separated tags is left out, and
+    with ``require_caption`` so is a file without a caption of its own (else its path gives one).
     """
     start = time.time()
     out = Path(out)
@@ -97,7 +107,7 @@ def prepare(
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
     corpus = corpus_options(source, corpus)
-    items = source_items(source, limit, seed, corpus, audio_channels)
+    items = source_items(source, limit, seed, corpus, audio_channels, require_caption)
     job = {
         "source": source,
         "codec": codec,
@@ -110,6 +120,7 @@ def prepare(
         # later settings only when used, so an older dataset's job.json still matches
         **({"channels": channels} if audio_channels > 1 else {}),
         **({"skip_tags": skip} if skip else {}),
+        **({"require_caption": True} if require_caption else {}),
     }
     try:
         # each share of the job (shard=(i, n)) is one process: a second with the same share stops here
@@ -136,16 +147,10 @@ def prepare(
         bar.close()
 
         complete = all(shard_file(out, s, ".jsonl").exists() for s in range(n_shards))
-        clips = hours = rejected = truncated = 0
-        if complete:
-            card = _finalize(out, n_shards, codec_obj, source, audio_channels)
-            clips, hours, rejected = card["clips"], card["hours"], card["rejected"]
-            truncated = card["captions_truncated"]
-            if clips == 0:
-                raise DataError(f"no usable clips: all {rejected} inputs were rejected (see {out}/rejected.jsonl)")
-        return PrepareResult(
-            clips, hours, rejected, time.time() - start, audio_seconds, encode_seconds, complete, truncated
-        )
+        card = _finalize(out, n_shards, codec_obj, source, audio_channels) if complete else None
+        if card is not None and card["clips"] == 0:
+            raise DataError(f"no usable clips: all {card['rejected']} inputs were rejected (see {out}/rejected.jsonl)")
+        return PrepareResult.of(card, time.time() - start, audio_seconds, encode_seconds)
     finally:
         lock.release()
 
@@ -360,6 +365,8 @@ def _clips(
             row["caption_truncated"] = True
         if copied:
             row["mono_source"] = True  # both sides are the same audio
+        if loaded.caption_derived:
+            row["caption_derived"] = True
         if loaded.tags is not None:
             row["tags"] = loaded.tags
         if loaded.melody is not None:  # the reference melody of this clip, for melody metrics
@@ -411,6 +418,7 @@ def _finalize(out: Path, n_shards: int, codec: Codec, source: str, audio_channel
         "mean_seconds": float(seconds.mean()) if clips else 0.0,
         "rejected": len(rejected),
         "captions_truncated": truncated,
+        "captions_derived": len({r["source"] for r in clips if r.get("caption_derived")}),  # from their paths
         "codec": {
             "name": codec.name,
             "fingerprint": codec.fingerprint,

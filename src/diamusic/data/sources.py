@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class Loaded:
     caption: str
     melody: tuple[Note, ...] | None = None
     tags: dict[str, Any] | None = None
+    caption_derived: bool = False  # made from the file's path: it had none of its own
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,20 @@ def _read_captions(folder: Path) -> tuple[dict[str, str], int]:
     return captions, len(rows) - len(captions)
 
 
-def folder_items(folder: Path) -> list[SourceItem]:
+def path_caption(relative: str) -> str:
+    """Tags from a file's place in its folder, for a file without a caption: ``jazz/solo piano/take_3.wav``
+    gives "jazz, solo piano, take". Words with digits (track numbers, takes, dates) are left out."""
+    tags = []
+    for part in Path(relative).with_suffix("").parts:
+        words = [w for w in re.split(r"[\s_\-.]+", part.lower()) if w and not any(c.isdigit() for c in w)]
+        if words and " ".join(words) not in tags:
+            tags.append(" ".join(words))
+    return ", ".join(tags)
+
+
+def folder_items(folder: Path, require_caption: bool = False) -> list[SourceItem]:
+    """A folder's audio files (any depth), each with its caption: a metadata.jsonl/csv row or a sidecar
+    .txt, else tags from its path (`path_caption`) unless ``require_caption``."""
     if not folder.is_dir():
         raise DataError(f"source {str(folder)!r} is neither 'melodies' nor a folder")
     captions, repeated = _read_captions(folder)
@@ -118,8 +133,12 @@ def folder_items(folder: Path) -> list[SourceItem]:
                     text = sidecar.read_bytes().decode("utf-8").strip()
                 except UnicodeDecodeError as exc:
                     raise Rejected("caption file is not UTF-8") from exc
-            if text is None or not str(text).strip():
-                raise Rejected("no caption (metadata.jsonl/csv entry or sidecar .txt)")
+            derived = text is None or not str(text).strip()
+            if derived:
+                text = "" if require_caption else path_caption(rel)
+            if not text:
+                raise Rejected("no caption (metadata.jsonl/csv entry or sidecar .txt)" + ("" if require_caption else
+                               " and no words in its path"))  # fmt: skip
             if path.stat().st_size == 0:
                 raise Rejected("empty file")
             import soundfile as sf
@@ -130,7 +149,8 @@ def folder_items(folder: Path) -> list[SourceItem]:
                 raise Rejected(f"unreadable audio ({type(exc).__name__})") from exc
             if not np.isfinite(wave).all():  # float files can hold NaN/inf: they would poison a codec fit
                 raise Rejected("non-finite samples (NaN or inf)")
-            return Loaded(wave if wave.shape[1] > 1 else wave[:, 0], int(rate), str(text).strip())
+            wave = wave if wave.shape[1] > 1 else wave[:, 0]
+            return Loaded(wave, int(rate), str(text).strip(), caption_derived=derived)
 
         return load
 
@@ -150,14 +170,19 @@ def corpus_options(source: str, corpus: dict[str, str] | None) -> dict[str, str]
 
 
 def source_items(
-    source: str, limit: int | None, seed: int, corpus: dict[str, str] | None, audio_channels: int = 1
+    source: str,
+    limit: int | None,
+    seed: int,
+    corpus: dict[str, str] | None,
+    audio_channels: int = 1,
+    require_caption: bool = False,
 ) -> list[SourceItem]:
     """'melodies' (the built-in corpus, rendered as ``corpus`` says, in the dataset's audio channels) or
     a folder of audio files with captions."""
     if corpus is not None:
         items = melody_items(limit, seed, **corpus, audio_channels=audio_channels)
     else:
-        items = folder_items(Path(source))
+        items = folder_items(Path(source), require_caption)
     items = items[:limit] if limit is not None else items
     if not items:
         raise DataError(f"source {source!r} has no inputs")
