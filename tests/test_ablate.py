@@ -1,5 +1,6 @@
 """The ablation and `diamusic demo`: the plan, resuming, the statistics table, end to end on a few melodies."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -221,3 +222,22 @@ def test_demo_runs_its_plan_and_refuses_a_bad_pattern_first(tmp_path, monkeypatc
     assert plan.report == plan.ablate["out"] == tmp_path / "ablation"
     with pytest.raises(DiamusicError, match="has 3 delays but the codec has 9 codebooks"):
         ablate.demo_plan(tmp_path, ["dia", "0,2,1"])
+
+
+def test_a_stereo_plan_names_its_patterns_and_an_older_plan_file_still_resumes(tmp_path):
+    """A stereo ablation's runs are named by the per-side pattern (its plan holds the full 18 delays),
+    and a plan.json written before a setting existed reads that setting as its default."""
+    from diamusic.config import load_config
+
+    parsed = parse_patterns("dia,musicgen,0,2,4,6,8,10,12,14,16", 9, audio_channels=2)
+    config = ablate.plan_config(load_config("tiny-cpu"))
+    plan = ablate.Plan("d", [p.to_list() for p in parsed], [0], config, 1, 1.0, "dia", audio_channels=2)
+    assert [run_name(p) for p in plan.delay_patterns] == ["dia", "musicgen", "custom-0-2-4-6-8-10-12-14-16"]
+    assert all(p.num_streams == 18 for p in plan.delay_patterns)
+    mono = ablate.Plan("d", [list(range(9))], [0], config, 1, 1.0, "musicgen")
+    older = json.loads(json.dumps(dataclasses.asdict(mono)))
+    del older["audio_channels"], older["config"]["data"]["channels"]  # as a plan written last month
+    (tmp_path / ablate.PLAN_FILE).write_text(json.dumps(older))
+    assert ablate.fix_plan(tmp_path, mono, force=False) == mono
+    with pytest.raises(AblationError, match="other settings \\(patterns, reference, audio_channels\\)"):
+        ablate.fix_plan(tmp_path, plan, force=False)

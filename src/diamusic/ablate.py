@@ -140,10 +140,11 @@ class Plan:
     prompts: int
     seconds: float
     reference: str
+    audio_channels: int = 1  # the data's; each pattern's delays cover every side
 
     @property
     def delay_patterns(self) -> list[DelayPattern]:
-        return [DelayPattern.parse(d) for d in self.patterns]
+        return [DelayPattern.parse(d, audio_channels=self.audio_channels) for d in self.patterns]
 
     @property
     def edge(self) -> int:
@@ -154,13 +155,21 @@ class Plan:
         return out / "runs" / run_name(pattern) / f"seed{seed}"
 
 
+def plan_config(config: TrainConfig) -> dict[str, Any]:
+    """The settings every run of an ablation shares: the config without its pattern and seed."""
+    return {k: v for k, v in to_dict(config).items() if k not in ("delay_pattern", "seed")}
+
+
 def fix_plan(out: Path, plan: Plan, force: bool) -> Plan:
     """Write the plan, or check it against the one already there (``force``: replace it)."""
     path = out / PLAN_FILE
     if path.exists() and not force:
         old = json.loads(path.read_text())
         new = dataclasses.asdict(plan)
-        changed = [k for k in new if old.get(k) != new[k]]
+        # a setting newer than the ablation directory reads as its default there
+        defaults = {f.name: f.default for f in dataclasses.fields(Plan) if f.default is not dataclasses.MISSING}
+        old["config"] = plan_config(from_dict(old.get("config", {})))
+        changed = [k for k in new if old.get(k, defaults.get(k)) != new[k]]
         if changed:
             raise AblationError(
                 f"{out} holds an ablation with other settings ({', '.join(changed)}): use another directory, "
@@ -566,10 +575,11 @@ def ablate(
         data=str(Path(data).resolve()),
         patterns=[p.to_list() for p in parsed],
         seeds=list(range(first_seed, first_seed + seeds)),
-        config={k: v for k, v in to_dict(base).items() if k not in ("delay_pattern", "seed")},
+        config=plan_config(base),
         prompts=prompts,
         seconds=seconds,
         reference=reference,
+        audio_channels=vocab.audio_channels,
     )
     with DirectoryLock(out):  # one ablation per directory, for as long as it trains and writes
         fix_plan(out, plan, force)

@@ -61,7 +61,7 @@ def _seed_dots(ax: Any, x: float, values: list[float], spread: float = 0.15) -> 
 
 
 def _runs(out: Path, plan: dict[str, Any]) -> dict[str, dict[int, Path]]:
-    patterns = [DelayPattern.parse(d) for d in plan["patterns"]]
+    patterns = [DelayPattern.parse(d, audio_channels=plan.get("audio_channels", 1)) for d in plan["patterns"]]
     return {run_name(p): {s: out / "runs" / run_name(p) / f"seed{s}" for s in plan["seeds"]} for p in patterns}
 
 
@@ -232,7 +232,7 @@ def write_report(out: str | Path) -> Path:
     grids = []
     for name, delays in summary["patterns"].items():
         path = out / "plots" / f"pattern_{name}.png"
-        DelayPattern.parse(delays).plot(str(path), steps=24)
+        DelayPattern.parse(delays, audio_channels=plan.get("audio_channels", 1)).plot(str(path), steps=24)
         grids.append(path)
     loss = plot_curves(out, runs, [("train/loss", "train loss"), ("eval/loss", "eval loss")], "loss.png")
     entropy = plot_curves(out, runs, [("train/entropy", "train entropy"), ("eval/entropy", "eval entropy")],
