@@ -183,6 +183,7 @@ def memorise(pattern: DelayPattern, vocab: AudioVocab, clips: list[torch.Tensor]
     return model
 
 
+@pytest.mark.integration  # training to convergence
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_memorised_clips_come_back_exactly(name):
     pattern = DelayPattern.parse(name)
@@ -207,6 +208,7 @@ def test_memorised_clips_come_back_exactly(name):
 STEREO = AudioVocab(VOCAB.codebook_size, 9, audio_channels=2)
 
 
+@pytest.mark.integration  # training to convergence
 @pytest.mark.parametrize("name", ["dia", "reverse", "middle-out"])
 def test_memorised_stereo_clips_come_back_exactly_and_stop_on_eos(name):
     """18 streams, the pattern repeated per side, sides that differ: a tiny model that learned three
