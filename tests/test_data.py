@@ -777,12 +777,13 @@ def test_a_file_without_a_caption_is_tagged_from_its_path_unless_captions_are_re
     (folder / "misc").mkdir()
     sf.write(folder / "folk" / "fiddle" / "reel_1.wav", tone(1.0, 440), 22050)
     sf.write(folder / "misc" / "07.wav", tone(1.0, 330), 22050)
-    sf.write(folder / "captioned.wav", tone(1.0, 262), 22050)
-    (folder / "captioned.txt").write_text("a tone, its own caption")
+    for i in range(3):  # captioned files, so the strict run has audio to fit its codec on whatever the split
+        sf.write(folder / f"captioned{i}.wav", tone(1.0, 262 + 20 * i), 22050)
+        (folder / f"captioned{i}.txt").write_text(f"a tone, its own caption {i}")
     prepare(str(folder), "spectral-rvq", tmp_path / "derived", codec_options=SMALL_CODEC, progress=False)
     texts = {r["source"]: r["text"] for r in CodesDataset(tmp_path / "derived", split=None).rows()}
-    assert texts == {"folk/fiddle/reel_1.wav": "folk, fiddle, reel", "captioned.wav": "a tone, its own caption",
-                     "misc/07.wav": "misc"}  # fmt: skip
+    assert texts == {"folk/fiddle/reel_1.wav": "folk, fiddle, reel", "misc/07.wav": "misc",
+                     **{f"captioned{i}.wav": f"a tone, its own caption {i}" for i in range(3)}}  # fmt: skip
     prepare(str(folder), "spectral-rvq", tmp_path / "strict", codec_options=SMALL_CODEC, require_caption=True,
             progress=False)  # fmt: skip
     rejected = [json.loads(line) for line in (tmp_path / "strict" / "rejected.jsonl").open()]
