@@ -98,6 +98,7 @@ def test_run_dir_records_config_fingerprint_version_and_checkpoints(melody_datas
     assert model.config.delay_pattern == [0, 1, 2, 3, 4, 5, 6, 7, 8]
 
 
+@pytest.mark.integration  # resumes across runs
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
 def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(melody_dataset, tmp_path, lora):
     """With LoRA the checkpoints hold only the adapters: the resume loads them onto the base again."""
@@ -586,6 +587,7 @@ def test_a_huge_learning_rate_stops_training_without_a_nonfinite_checkpoint(melo
     assert losses(tmp_path / "run", "train/skipped_steps") == [(stopped, 1)]
 
 
+@pytest.mark.integration  # resumes across runs
 def test_a_nan_step_stops_keeps_the_last_good_checkpoint_and_resume_reproduces(melody_dataset, tmp_path, monkeypatch):
     from diamusic.train import TrainingDiverged
 
@@ -647,6 +649,7 @@ def test_unreadable_state_in_a_checksummed_checkpoint_is_refused_in_one_line(mel
     assert "\n" not in str(caught.value) and str(ckpt) in str(caught.value)
 
 
+@pytest.mark.integration  # resumes across runs
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(melody_dataset, tmp_path, capsys):
     config = tiny_config(melody_dataset, {**QUIET, "checkpoints.every": 10})
     train(config, tmp_path / "whole", progress=False)
