@@ -234,6 +234,9 @@ def test_a_stereo_plan_names_its_patterns_and_an_older_plan_file_still_resumes(t
     plan = ablate.Plan("d", [p.to_list() for p in parsed], [0], config, 1, 1.0, "dia", audio_channels=2)
     assert [run_name(p) for p in plan.delay_patterns] == ["dia", "musicgen", "custom-0-2-4-6-8-10-12-14-16"]
     assert all(p.num_streams == 18 for p in plan.delay_patterns)
+    losses = {s: {f"eval/loss/cb{c}": float(c + s) for c in range(18)} for s in (0, 1)}
+    labels = [r.label for r in ablate.summarise({"dia": losses, "musicgen": losses}, "dia", audio_channels=2)]
+    assert labels == [f"eval loss, {side} codebook {c}" for side in ("left", "right") for c in range(9)]
     mono = ablate.Plan("d", [list(range(9))], [0], config, 1, 1.0, "musicgen")
     older = json.loads(json.dumps(dataclasses.asdict(mono)))
     del older["audio_channels"], older["config"]["data"]["channels"]  # as a plan written last month

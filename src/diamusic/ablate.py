@@ -272,15 +272,24 @@ def oriented(comparisons: list[Comparison], name: str, other: str) -> Comparison
 
 
 def summarise(
-    results: dict[str, dict[int, dict[str, Any]]], reference: str, metrics: list[Metric] | None = None
+    results: dict[str, dict[int, dict[str, Any]]],
+    reference: str,
+    metrics: list[Metric] | None = None,
+    audio_channels: int = 1,
 ) -> list[Row]:
-    """results[pattern][seed] = eval dict -> one row per metric measured in some run."""
+    """results[pattern][seed] = eval dict -> one row per metric measured in some run. The per-stream
+    losses are labelled by codebook, and in stereo by side too."""
     names = list(results)
     seeds = sorted(set.intersection(*(set(by_seed) for by_seed in results.values())))
     runs = [results[n][s] for n in names for s in seeds]
     if metrics is None:
-        codebooks = sorted({k for r in runs for k in r if k.startswith("eval/loss/cb")}, key=lambda k: int(k[12:]))
-        metrics = METRICS + [Metric(k, f"eval loss, codebook {k[12:]}", True) for k in codebooks]
+        streams = sorted({k for r in runs for k in r if k.startswith("eval/loss/cb")}, key=lambda k: int(k[12:]))
+        per_side = max(len(streams) // audio_channels, 1)
+        sides = [""] if audio_channels == 1 else ["left ", "right "]
+        metrics = METRICS + [
+            Metric(k, f"eval loss, {sides[int(k[12:]) // per_side]}codebook {int(k[12:]) % per_side}", True)
+            for k in streams
+        ]
     rows = []
     for metric in metrics:
         values = {n: [float(results[n][s].get(metric.key, math.nan)) for s in seeds] for n in names}
@@ -587,7 +596,7 @@ def ablate(
         for seed in plan.seeds:  # seed-major: an interrupted ablation already has whole seeds to compare
             for pattern in parsed:
                 results[run_name(pattern)][seed] = run_one(plan, out, pattern, seed, progress)
-        rows = summarise(results, reference)
+        rows = summarise(results, reference, audio_channels=plan.audio_channels)
         return AblationResult(out, write_summary(out, rows, plan, results), rows, names, results)
 
 
