@@ -223,3 +223,11 @@ def test_tiny_dac_round_trip(tiny_dac_dir, tmp_path):
     assert [b.shape for b in batch] == [codes.shape, codec.encode(shorter, SR).shape, codes.shape]
     np.testing.assert_array_equal(batch[0], batch[2])
     assert (batch[0] == codes).mean() > 0.95  # same length, no extra padding: same codes up to float noise
+
+
+def test_no_frames_decode_to_no_samples_on_every_side(tiny_dac_dir):
+    """A generation that ends at once has no frames; DAC cannot decode an empty sequence, so the
+    audio-channel layer answers for it (mono and stereo alike)."""
+    codec = codecs.DacCodec(model=str(tiny_dac_dir))
+    assert codecs.decode_channels(codec, np.zeros((0, 9), dtype=np.int64), 1).shape == (0,)
+    assert codecs.decode_channels(codec, np.zeros((0, 18), dtype=np.int64), 2).shape == (0, 2)

@@ -868,3 +868,11 @@ def test_nonfinite_weights_are_never_checkpointed(melody_dataset, tmp_path):
         save(t)
     t.tracker.close()
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_000000"]
+
+
+def test_codebook_weights_given_per_codebook_apply_to_both_sides_of_a_stereo_run(stereo_dataset, tmp_path):
+    """Nine weights on 18 streams: the config accepts them per side, so training must too."""
+    weights = [1.0, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]
+    config = tiny_config(stereo_dataset, QUIET, steps=2, codebook_weights=weights)
+    train(config, tmp_path / "run", progress=False)
+    assert len(losses(tmp_path / "run")) == 2

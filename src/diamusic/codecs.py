@@ -569,6 +569,8 @@ def decode_channels(codec: Codec, codes: np.ndarray, audio_channels: int) -> np.
     codes = np.asarray(codes)
     if codes.ndim != 2 or codes.shape[1] % audio_channels:
         raise CodecError(f"expected codes of shape (T, {audio_channels} x codebooks), got {codes.shape}")
+    if len(codes) == 0:  # a generation that ended at once; DAC cannot decode an empty sequence
+        return np.zeros((0,) if audio_channels == 1 else (0, audio_channels), dtype=np.float32)
     if audio_channels == 1:
         return codec.decode(codes)
     return np.stack([codec.decode(side) for side in np.split(codes, audio_channels, axis=1)], axis=1)

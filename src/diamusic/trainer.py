@@ -193,6 +193,8 @@ def _setup(
         save_adapters_only(accelerator)
     plan = batch_plan(config, accelerator.process_index, accelerator.num_processes)
     weights = config.codebook_weights
+    if weights and len(weights) == data.pattern.num_codebooks:  # given per codebook: the same on every side
+        weights = weights * data.pattern.audio_channels
     t = Trainer(
         config=config,
         run_dir=run_dir,
