@@ -214,8 +214,8 @@ def lora_model(ckpt: Path, info: dict[str, Any]) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     config, model = info["config"], info["config"]["model"]
-    pattern = DelayPattern.parse(info["pattern"]["delays"], audio_channels=info["codec"].get("audio_channels", 1))
     vocab = AudioVocab.of_codec(info["codec"])
+    pattern = DelayPattern.parse(info["pattern"]["delays"], audio_channels=vocab.audio_channels)
     if model["init"] == "pretrained":
         base, _ = load_pretrained(model["pretrained"], pattern, vocab)
     else:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from diamusic.errors import DiamusicError
+from diamusic.patterns import AUDIO_CHANNELS
 
 # 2: clips carry ``final``; a dataset without it would put EOS at every cut
 FORMAT = 2
@@ -94,6 +95,6 @@ def card_layout(dataset: str | Path) -> tuple[int, int] | None:
     if isinstance(codebooks, bool) or not isinstance(codebooks, int):
         raise DataError(f"{Path(dataset) / CARD_FILE}: no codebook count (codec.num_codebooks)")
     channels = codec.get("audio_channels", 1)
-    if channels not in (1, 2) or isinstance(channels, bool):
+    if channels not in AUDIO_CHANNELS.values() or isinstance(channels, bool):
         raise DataError(f"{Path(dataset) / CARD_FILE}: codec.audio_channels is {channels!r}, expected 1 or 2")
     return codebooks, channels

@@ -131,7 +131,7 @@ def prepare(
     try:
         _check_same_job(out, job)
         split = split_of([i.id for i in items], seed, eval_fraction)
-        codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed}, audio_channels)
+        codec_obj = _codec_for(codec_type, out, items, split, {**(codec_options or {}), "seed": seed}, clipping)
 
         n_shards = (len(items) + ITEMS_PER_SHARD - 1) // ITEMS_PER_SHARD
         mine = [s for s in range(n_shards) if s % count == index]
@@ -243,7 +243,7 @@ def _codec_for(
     items: list[SourceItem],
     split: dict[str, str],
     options: dict[str, Any],
-    audio_channels: int,
+    clipping: Clipping,
 ) -> Codec:
     codec_dir = out / "codec"
     if (codec_dir / "codec.json").exists():
@@ -257,8 +257,10 @@ def _codec_for(
                 continue
             try:
                 loaded = item.load()
-                wave, _ = to_audio_channels(loaded.wave, audio_channels)
+                wave, _ = to_audio_channels(loaded.wave, clipping.audio_channels)
             except Rejected:
+                continue
+            if clipping.skipped(loaded.caption):  # what the dataset leaves out does not shape its codec
                 continue
             sr = loaded.sample_rate
             # the codec encodes each side on its own, so it is fitted on the sides
