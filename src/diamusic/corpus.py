@@ -178,7 +178,8 @@ def estimate_key(notes: tuple[tuple[float, float, float], ...], sharps: int | No
 def _timed_notes(part, origin: float, sec_per_quarter: float, end: float) -> tuple[tuple[float, float, float], ...]:
     """A voice of the score as (midi pitch, start s, duration s), every pitch of a chord kept, cut at `end`."""
     out = []
-    for n in part.stripTies().flatten().notes:
+    part.stripTies(inPlace=True)  # a copy would cost a deep copy of the score's spanners, most of a parse
+    for n in part.flatten().notes:
         start, dur = (float(n.offset) - origin) * sec_per_quarter, float(n.quarterLength) * sec_per_quarter
         if dur <= 0 or start < -1e-6 or start >= end - 1e-6:
             continue
@@ -187,12 +188,15 @@ def _timed_notes(part, origin: float, sec_per_quarter: float, end: float) -> tup
     return tuple(sorted(out, key=lambda r: (r[1], r[0])))
 
 
-def _bars(part, origin: float, sec_per_quarter: float, end: float) -> tuple[tuple[float, float], ...]:
+def _bars(
+    measures: list[tuple[float, float, float]], origin: float, sec_per_quarter: float, end: float
+) -> tuple[tuple[float, float], ...]:
+    """(start s, length s) of each full bar from the measures' (left padding, offset, length) in quarters."""
     bars = []
-    for m in part.getElementsByClass("Measure"):
-        if float(m.paddingLeft) > 0:  # an anacrusis: its first beat is not a downbeat
+    for padding, offset, quarters in measures:
+        if padding > 0:  # an anacrusis: its first beat is not a downbeat
             continue
-        start, length = (float(m.offset) - origin) * sec_per_quarter, float(m.duration.quarterLength) * sec_per_quarter
+        start, length = (offset - origin) * sec_per_quarter, quarters * sec_per_quarter
         if length > 0 and start >= -1e-6 and start < end - 1e-6:
             bars.append((round(start, 6), round(length, 6)))
     return tuple(bars)
@@ -201,7 +205,13 @@ def _bars(part, origin: float, sec_per_quarter: float, end: float) -> tuple[tupl
 def _melody_from_part(part, source: _Source, title: str, score, others: tuple = ()) -> Melody | None:
     from music21 import chord, key, meter, tempo
 
-    flat = part.stripTies().flatten()
+    # Merging tied notes in place lengthens the measures that hold them, so the bars are read first
+    measures = [
+        (float(m.paddingLeft), float(m.offset), float(m.duration.quarterLength))
+        for m in part.getElementsByClass("Measure")
+    ]
+    part.stripTies(inPlace=True)  # a copy would cost a deep copy of the score's spanners, most of a parse
+    flat = part.flatten()
     if any(isinstance(n, chord.Chord) for n in flat.notes):
         return None  # double stops / chords: not a monophonic line
     marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
@@ -241,7 +251,7 @@ def _melody_from_part(part, source: _Source, title: str, score, others: tuple = 
         tempo_bpm=float(round(bpm, 2)),
         collection=COLLECTIONS[source.collection],
         title=title,
-        bars=_bars(part, origin, sec_per_quarter, end),
+        bars=_bars(measures, origin, sec_per_quarter, end),
         accompaniment=accompaniment,
     )
 
