@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -37,6 +38,9 @@ def test_melody_agreement_against_reference_notes():
     assert evaluation.melody_agreement(wave, SR, right) > 0.85
     assert evaluation.melody_agreement(wave, SR, wrong) < 0.1
     assert math.isnan(evaluation.melody_agreement(wave, SR, []))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unvoiced clip (an untrained model's) scores 0 without a warning
+        assert evaluation.melody_agreement(np.zeros_like(wave), SR, right) == 0.0
 
 
 def test_distribution_scores_are_zero_for_identical_sets_and_grow_apart():
@@ -89,8 +93,11 @@ def test_evaluate_run_reports_every_metric(tiny_run, tmp_path):
     assert result["eval/gap"] == pytest.approx(result["eval/loss"] - result["train_subset/loss"])
     keys = ["train/loss", "train/loss_noise", "gen/frames_per_s", "gen/real_time_factor", "gen/decode_steps"]
     keys += ["gen/voiced_ratio", "gen/chroma_cosine", "gen/usage_js", "gen/usage_js/cb8", "machine/load_average"]
+    keys += ["gen/clipping_ratio", "gen/silence_ratio"]
     for key in keys:
         assert key in result and not math.isnan(result[key]), key
+    # the research log's checkpoint scores; beat and key need more than 0.3 s to say anything
+    assert {"gen/dynamic_range_db", "gen/beat_stability", "gen/key_consistency"} <= set(result)
     assert result["gen/clips"] == 2 and "gen/frechet_features" not in result  # 2 clips: too few for a distance
     assert result["model/max_delay"] == 8 and result["model/parameters"] > 0
     assert result["eval/clips"] == result["train_subset/clips"] > 0
