@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps "tinysoundfont>=0.3,<0.4"
 	$(PY) -m pip install -q -e ".[dev]"
-	@# librosa's pitch tracker is numba code compiled on first use (benchmarks/RESULTS.md section 14) and cached in the
-	@# venv: compile it once here, not inside the first test or demo that tracks a melody
-	$(PY) -c "import numpy as np; from diamusic.pitch import pitch_track; pitch_track(np.sin(np.arange(22050, dtype='float32') / 8), 22050)"
+	@# librosa's pitch and beat trackers are numba code compiled on first use (benchmarks/RESULTS.md section 14) and
+	@# cached in the venv: compile them once here, not inside the first test or demo that analyses audio
+	$(PY) -c "from diamusic.audio_metrics import compile_kernels; compile_kernels()"
 	@touch $(STAMP)
 
 lint: setup

@@ -1,6 +1,7 @@
-"""Why `make setup` tracks the pitch of a tone once: librosa's pyin is numba code compiled on first use
-and cached in the venv. The first pitch track of a fresh process with an empty numba cache, then of a
-second process that finds the cache the first one wrote.
+"""Why `make setup` analyses two seconds of audio once: librosa's pyin and beat tracker are numba code
+compiled on first use and cached in the venv. The first analysis (`audio_metrics.compile_kernels`: pitch
+track, the checkpoint scores, tempo) of a fresh process with an empty numba cache, then of a second process
+that finds the cache the first one wrote.
 
     .venv/bin/python benchmarks/numba_warmup.py
 """
@@ -16,10 +17,10 @@ import tempfile
 from record import add_results_option, report
 
 FIRST_TRACK = """
-import time, numpy as np
-from diamusic.pitch import pitch_track
+import time
+from diamusic.audio_metrics import compile_kernels
 start = time.perf_counter()
-pitch_track(np.sin(np.arange(22050, dtype="float32") / 8), 22050)
+compile_kernels()
 print(time.perf_counter() - start)
 """
 
@@ -36,9 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         cold, warm = first_track(cache), first_track(cache)
-    table = "| numba cache | first pitch track of a process (s) |\n|---|---:|\n"
+    table = "| numba cache | first analysis of a process (s) |\n|---|---:|\n"
     table += f"| empty (a fresh venv) | {cold:.1f} |\n| written by the run before | {warm:.1f} |\n"
-    report("librosa's pitch tracker: compiled on first use, then cached", "cpu", table, args.results)
+    report("librosa's pitch and beat trackers: compiled on first use, then cached", "cpu", table, args.results)
 
 
 if __name__ == "__main__":

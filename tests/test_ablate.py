@@ -71,6 +71,16 @@ def test_a_primary_row_names_a_winner_only_where_the_holm_adjusted_test_says_so(
     assert "| decode steps | 275 | 268 | no generation stopped on EOS" in table
 
 
+def test_the_summary_names_runs_that_stopped_early():
+    reason = "the eval gap 0.6000 exceeds early_stop.max_gap 0.5"
+    stopped = {"eval/loss": 3.1, "early_stop": {"step": 180, "reason": reason}}
+    results = {"dia": {0: {"eval/loss": 3.0}, 1: stopped}, "musicgen": {0: {"eval/loss": 2.9}, 1: {"eval/loss": 3.0}}}
+    expected = f"Stopped early (early_stop), scored at that step: dia seed 1 at step 180 ({reason})."
+    assert expected in summary_of(results)["notes"]
+    results["dia"][1] = {"eval/loss": 3.1}
+    assert not any("Stopped early" in n for n in summary_of(results)["notes"])
+
+
 def test_pure_noise_over_28_primary_rows_declares_winners_at_most_at_the_family_wise_rate():
     rng = np.random.default_rng(0)
     metrics = [ablate.Metric(f"m{i}", f"metric {i}", True, primary=True) for i in range(28)]
@@ -148,6 +158,33 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
     assert calls == []
     with pytest.raises(AblationError, match="other settings \\(patterns"):
         ablate.ablate(melody_dataset, tmp_path / "ab", "musicgen,dia,compressed", 2, **settings)
+
+
+@pytest.mark.integration
+def test_runs_that_stop_early_are_scored_at_their_last_step_and_not_trained_again(
+    melody_dataset, tmp_path, monkeypatch
+):
+    calls = []
+    real_train = ablate.train
+
+    def counted(config, run_dir, **kwargs):
+        calls.append(run_dir)
+        return real_train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(ablate, "train", counted)
+    # lr 1e-9: no evaluation after the first improves on it, so patience 1 stops each run at step 4 of 8
+    stop = {"steps": 8, "eval.every": 2, "optim.lr": 1e-9, "early_stop.patience": 1, "early_stop.min_delta": 0.01}
+    args = (melody_dataset, tmp_path / "ab", "musicgen,dia", 1)
+    settings = {"overrides": {**TINY, **stop}, "prompts": 0, "progress": False}
+    ablate.ablate(*args, **settings)
+    ablate.ablate(*args, **settings)  # finished: the early stop counts as the end, nothing trains again
+    assert len(calls) == 2
+    for name in ("musicgen", "dia"):
+        evaluation = json.loads((tmp_path / "ab" / "runs" / name / "seed0" / "eval.json").read_text())
+        assert evaluation["checkpoint"] == "step_000004" and evaluation["early_stop"]["step"] == 4
+    notes = json.loads((tmp_path / "ab" / "summary.json").read_text())["notes"]
+    first = "Stopped early (early_stop), scored at that step: musicgen seed 0 at step 4"
+    assert any(n.startswith(first) for n in notes), notes
 
 
 def test_an_interrupted_run_stops_the_ablation_in_one_line_with_the_signals_status(melody_dataset, tmp_path, capsys,

@@ -74,3 +74,25 @@ def test_audio_scores_name_every_score_and_take_any_rate():
     assert set(scores) == {"clipping_ratio", "silence_ratio", "dynamic_range_db", "beat_stability", "key_consistency"}
     assert scores["clipping_ratio"] == 0.0 and scores["silence_ratio"] == 0.0
     assert scores["dynamic_range_db"] == pytest.approx(3.01, abs=0.05) and scores["key_consistency"] > 0.99
+
+
+def scale(tonic_hz: float, steps=(0, 2, 4, 5, 7, 9, 11, 12, 7, 4, 0), note=0.3):
+    """A major scale up and down from its tonic, with the tonic held at the end."""
+    return np.concatenate([tone([tonic_hz * 2 ** (s / 12)], note) for s in steps] + [tone([tonic_hz], 1.0)])
+
+
+def test_key_agreement_scores_keys_as_mirex_does():
+    c, g, f_sharp = scale(261.63), scale(392.00), scale(369.99)
+    assert am.estimate_key(c, SR) == "C major" and am.estimate_key(f_sharp, SR) == "F# major"
+    assert am.key_agreement(c, scale(523.25), SR) == 1.0  # the same key an octave up
+    assert am.key_agreement(c, g, SR) == 0.5  # a fifth apart
+    assert am.key_agreement(c, f_sharp, SR) == 0.0  # a tritone apart
+    assert am.key_agreement(c, np.zeros_like(c), SR) == 0.0 and math.isnan(am.key_agreement(np.zeros(SR), c, SR))
+
+
+def test_tempo_agreement_takes_a_tempo_within_8_percent():
+    at_120 = clicks(np.arange(0.25, 8, 0.5), 8.0)
+    assert am.estimate_tempo(at_120, SR) == pytest.approx(120, rel=0.03)
+    assert am.tempo_agreement(at_120, clicks(np.arange(0.1, 8, 0.5), 8.0), SR) == 1.0  # same tempo, other phase
+    assert am.tempo_agreement(at_120, clicks(np.arange(0.25, 8, 60 / 90), 8.0), SR) == 0.0  # 90 bpm
+    assert math.isnan(am.tempo_agreement(np.zeros(2 * SR), at_120, SR))

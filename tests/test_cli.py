@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 DIAMUSIC = str(Path(sys.executable).parent / "diamusic")
 
@@ -154,7 +155,7 @@ def test_defaults_stay_and_help_shows_them(capsys, monkeypatch):
     assert (show.codebooks, show.decode_steps) == (9, 20)
     assert parser.parse_args(["train", "--out", "o"]).config == "tiny-cpu"
     for command, shown in [
-        ("generate", ["classifier-free guidance (1 = off) (default: 3.0)", "(default: 45)", "(default: static)"]),
+        ("generate", ["a grid with the other lists (default: 3.0)", "(default: 45)", "(default: static)"]),
         ("prepare", ["(default: 30.0)", "(default: 0.05)", "(default: 0/1)", "(default: 1024)"]),
         ("ablate", ["(default: dia,musicgen,compressed)", "(default: tiny-cpu)"]),
         ("demo", ["(default: runs/demo)", "(default: dia musicgen compressed)", "(default: 300)"]),
@@ -261,6 +262,10 @@ BAD_INPUT = [
     (["prepare", "--source", "melodies", "--shard", "3/2"], "expected i/n with 0 <= i < n"),
     (["prepare", "--source", "{tmp}/missing"], "neither 'melodies' nor a folder"),
     # eval, ablate, report, data, patterns
+    (["generate", "--run", "{run}", "--text", "x", "--prompt-audio", "{tmp}/missing.wav"],
+     "cannot read the prompt audio"),
+    (["generate", "--run", "{run}", "--text", "x", "--prompt-audio", "{low_wav}"], "under half the codec's"),
+    (["generate", "--run", "{run}", "--text", "x", "--keep-prompt"], "need --prompt-audio FILE"),
     (["eval", "--run", "{run}", "--prompts", "-1"], "expected an integer >= 0"),
     (["eval", "--run", "{run}", "--seconds", "0"], "expected a finite number of seconds > 0"),
     (["eval", "--run", "{run}", "--checkpoint", "7"], "no checkpoint at step 7"),
@@ -286,6 +291,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, fragment, tiny_ru
     (tmp_path / "list.yaml").write_text("- 1\n")
     places = {"run": tiny_run, "data": melody_dataset, "tmp": tmp_path}
     places |= {"bad_yaml": tmp_path / "bad.yaml", "list_yaml": tmp_path / "list.yaml"}
+    sf.write(tmp_path / "low.wav", np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32), 8000)
+    places["low_wav"] = tmp_path / "low.wav"
     argv = [a.format(**places) for a in argv]
     if argv[0] in OUT:  # the destination a command would write: it must not appear
         argv += [OUT[argv[0]], str(tmp_path / "out" / ("x.json" if argv[0] == "eval" else ""))]

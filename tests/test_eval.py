@@ -1,5 +1,6 @@
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -102,6 +103,33 @@ def test_evaluate_run_reports_every_metric(tiny_run, tmp_path):
     assert result["model/max_delay"] == 8 and result["model/parameters"] > 0
     assert result["eval/clips"] == result["train_subset/clips"] > 0
     assert result["eval/targets"] == result["eval/interior/targets"] + result["eval/edge/targets"]
+
+
+def test_a_continuation_is_scored_against_what_the_clip_does_after_the_prompt(tiny_run, tmp_path, monkeypatch):
+    """An oracle that continues with the clip's own next frames scores 1 on chroma and key (and tempo
+    where the clip has a pulse) and the clip's own melody agreement; the model's continuation is written
+    beside the clip for listening."""
+    from diamusic.runs import load_run
+
+    run = load_run(tiny_run, device="cpu")
+    prompts = evaluation.eval_prompts(evaluation.CodesDataset(run.info["dataset"], "eval"), 2)
+    real = evaluation.continuation_metrics(run, prompts, 0.5, 0.6, tmp_path)
+    assert real["cont/clips"] == 2
+    assert {"cont/chroma_cosine", "cont/key_agreement", "cont/melody_agreement"} <= set(real)
+    assert (tmp_path / "cont_00.wav").exists() and (tmp_path / "cont_ref_01.wav").exists()
+    head = round(0.5 * run.codec.frame_rate)
+
+    def oracle(model, texts, pattern, vocab, sampling, options=None, prompt=None):
+        clip = next(p.reference for p in prompts if np.array_equal(p.reference[:head], prompt))
+        return SimpleNamespace(codes=[clip[head : head + sampling.max_frames]])
+
+    monkeypatch.setattr(evaluation, "generate_codes", oracle)
+    best = evaluation.continuation_metrics(run, prompts, 0.5, 0.6)
+    assert best["cont/chroma_cosine"] == pytest.approx(1.0) and best["cont/key_agreement"] == 1.0
+    assert best["cont/tempo_agreement"] == 1.0 or math.isnan(best["cont/tempo_agreement"])
+    # the notes are timed from the prompt's end: the clip's own continuation follows them better than the
+    # untrained model's (the 32-code test codec keeps little of the melody, so the clip's own is far from 1)
+    assert best["cont/melody_agreement"] > real["cont/melody_agreement"]
 
 
 def test_logged_eval_losses_equal_diamusic_eval_of_the_checkpoint(ragged_dataset, tmp_path):

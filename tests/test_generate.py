@@ -17,7 +17,9 @@ from diamusic.generate import (
     SamplingConfig,
     generate_codes,
     guide,
+    longest_cap,
     nucleus,
+    prompt_codes,
     sample_logits,
 )
 from diamusic.metrics import token_stats
@@ -67,7 +69,7 @@ def boost_eos(model, boost: float):
     vocab = vocab_of(model)
 
     def hook(module, args, out):
-        out.view(out.shape[0], vocab.num_codebooks, vocab.vocab_size)[..., vocab.eos] += boost
+        out.view(*out.shape[:-1], vocab.num_codebooks, vocab.vocab_size)[..., vocab.eos] += boost  # any length
 
     return model.logits_dense.register_forward_hook(hook)
 
@@ -155,6 +157,68 @@ def test_greedy_cfg_filter_matches_transformers_when_special_ids_take_top_k_slot
     frames = eos_frames(theirs, vocab)
     assert ours.frames == frames
     assert frames[0] != frames[1] and min(frames) < 20 and any(ours.stopped_on_eos)
+
+
+@pytest.mark.parametrize("cfg", [None, 3.0], ids=["greedy", "cfg"])
+@pytest.mark.parametrize("name", ["dia", "musicgen"])
+def test_a_prompt_continues_as_transformers_generate_continues_the_processors_layout(name, cfg):
+    """An audio prompt's codes as DiaProcessor(audio=...) lays them out (BOS, then the frames under the
+    pattern, PAD where a codebook runs past them) and continued by transformers' generate."""
+    pattern = DelayPattern.parse(name)
+    model = lively(name, seed=2)
+    texts = ["a jig in D major, 6/8", "slow air"]
+    prompt = torch.randint(0, VOCAB.codebook_size, (2, 5, 9), generator=torch.Generator().manual_seed(0))
+    hook = boost_eos(model, 1.5)  # samples stop at different steps
+    sampling = SamplingConfig(max_frames=12, cfg_scale=cfg or 1.0, cfg_filter_top_k=5, temperature=0.0)
+    ours = generate_codes(model, texts, pattern, VOCAB, sampling, prompt=prompt.numpy())
+    input_ids, attention_mask = encode_text(texts)
+    layout = pattern.apply(torch.cat([torch.full((2, 1, 9), VOCAB.bos), prompt], 1), VOCAB.bos, VOCAB.pad)
+    theirs = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=layout,
+        decoder_attention_mask=torch.ones(layout.shape[:2], dtype=torch.long),
+        do_sample=False,
+        guidance_scale=cfg,
+        top_k=5 if cfg else None,
+        max_new_tokens=pattern.decode_steps(12),
+    )
+    hook.remove()
+    assert ours.delayed.shape == theirs.shape and torch.equal(ours.delayed, theirs)
+    assert [f + 5 for f in ours.frames] == eos_frames(theirs) and ours.frames[0] != ours.frames[1]
+    frames = pattern.revert(theirs[:, 1:])  # the continuation is what follows the prompt's 5 frames
+    for b, codes in enumerate(ours.codes):
+        assert torch.equal(torch.as_tensor(codes), frames[b, 5 : 5 + len(codes)])
+
+
+@pytest.mark.parametrize("name", ["dia", "musicgen", "reverse", "middle-out"])
+def test_a_prompt_of_a_generations_first_frames_continues_it_exactly(name):
+    """Greedy decoding prompted with the first 5 frames of its own unprompted clip returns that clip's
+    other frames: the prompt's frames sit where the decode loop would have put them, on any pattern."""
+    pattern = DelayPattern.parse(name)
+    model = lively(name, seed=3)
+    whole = generate_codes(model, ["a reel in A"], pattern, VOCAB, SamplingConfig(max_frames=14, **GREEDY))
+    assert whole.frames[0] > 5
+    prompted = generate_codes(
+        model, ["a reel in A"], pattern, VOCAB, SamplingConfig(max_frames=9, **GREEDY), prompt=whole.codes[0][:5]
+    )
+    np.testing.assert_array_equal(prompted.codes[0], whole.codes[0][5:])
+    assert prompted.stopped_on_eos == whole.stopped_on_eos
+
+
+def test_a_prompt_that_cannot_be_continued_is_one_line():
+    model, pattern = tiny("musicgen"), DelayPattern.parse("musicgen")
+    sampling = SamplingConfig(max_frames=4, **GREEDY)
+    cases = {
+        "a prompt must be codes of shape \\(frames, 9\\)": np.zeros((5, 8), dtype=np.int64),
+        "codes must be in \\[0, 32\\)": np.full((5, 9), VOCAB.pad),
+        "leaves nothing to generate": np.zeros((longest_cap(model, pattern), 9), dtype=np.int64),
+        "after a prompt of 200 frames needs": np.zeros((200, 9), dtype=np.int64),
+    }
+    for message, prompt in cases.items():
+        big = SamplingConfig(max_frames=longest_cap(model, pattern) - 100, **GREEDY) if "200" in message else sampling
+        with pytest.raises(GenerationError, match=message):
+            generate_codes(model, ["a jig"], pattern, VOCAB, big, prompt=prompt)
 
 
 # --- (2) memorisation -----------------------------------------------------------------------------
@@ -518,6 +582,58 @@ def test_generate_cli_writes_playable_wavs_deterministically(tiny_run, tmp_path)
     again = cli(*args, "--out", str(tmp_path / "a"))  # would overwrite: refused, files untouched
     assert again.returncode == 2 and "overwrite" in again.stderr and "Traceback" not in again.stderr
     assert (tmp_path / "a" / "gen_00.npy").read_bytes() == (tmp_path / "b" / "gen_00.npy").read_bytes()
+
+
+def test_generate_cli_continues_an_audio_prompt_and_keeps_it_on_request(tiny_run, tmp_path, capsys):
+    from diamusic.cli import main
+    from diamusic.codecs import load_codec
+
+    codec = load_codec(tiny_run / "codec")
+    t = np.arange(int(1.5 * codec.sample_rate)) / codec.sample_rate
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sf.write(tmp_path / "prompt.wav", np.stack([wave, wave], 1), codec.sample_rate, subtype="FLOAT")
+    args = ["generate", "--run", str(tiny_run), "--text", "a jig", "--seconds", "0.3", "--temperature", "0"]
+    args += ["--prompt-audio", str(tmp_path / "prompt.wav"), "--prompt-seconds", "0.5"]  # a stereo file: mixed down
+    assert main([*args, "--out", str(tmp_path / "cont")]) == 0
+    assert main([*args, "--keep-prompt", "--out", str(tmp_path / "kept")]) == 0
+    prompt = codec.encode(wave[: int(0.5 * codec.sample_rate)], codec.sample_rate)
+    continuation, kept = (np.load(tmp_path / d / "gen_00.npy") for d in ("cont", "kept"))
+    np.testing.assert_array_equal(kept[: len(prompt)], prompt)  # the prompt's frames, unchanged
+    np.testing.assert_array_equal(kept[len(prompt) :], continuation)
+    sidecar = json.loads((tmp_path / "kept" / "gen_00.json").read_text())
+    assert sidecar["prompt_frames"] == len(prompt) and sidecar["keep_prompt"] and sidecar["frames"] == len(kept)
+    assert sidecar["prompt_audio"] == str(tmp_path / "prompt.wav")
+    assert 0 < len(continuation) <= round(0.3 * codec.frame_rate) + 1
+    # a stereo run takes a mono or stereo prompt, as `prepare` takes its inputs; more sides are refused
+    sf.write(tmp_path / "quad.wav", np.stack([wave] * 4, 1), codec.sample_rate)
+    with pytest.raises(GenerationError, match="quad.wav: 4 audio channels: a stereo dataset takes mono or stereo"):
+        prompt_codes(tmp_path / "quad.wav", codec, 2)
+    assert prompt_codes(tmp_path / "prompt.wav", codec, 2, 0.5).shape == (len(prompt), 18)
+
+
+def test_generate_cli_writes_a_grid_of_settings_and_samples_take_several_temperatures(tiny_run, tmp_path, capsys):
+    from diamusic.cli import main
+    from diamusic.generate import write_samples
+    from diamusic.runs import load_run, samples_dir
+
+    args = ["generate", "--run", str(tiny_run), "--text", "a jig", "--seconds", "0.3", "--seed", "1"]
+    assert main([*args, "--temperature", "0", "1", "--cfg-scale", "1", "3.5", "--out", str(tmp_path / "grid")]) == 0
+    stems = ["gen_t0_cfg1", "gen_t0_cfg3.5", "gen_t1_cfg1", "gen_t1_cfg3.5"]
+    assert sorted(p.stem for p in (tmp_path / "grid").glob("*.wav")) == [f"{s}_00" for s in stems]
+    for stem in stems:
+        sidecar = json.loads((tmp_path / "grid" / f"{stem}_00.json").read_text())
+        assert f"gen_t{sidecar['temperature']:g}_cfg{sidecar['cfg_scale']:g}" == stem
+    assert main([*args, "--temperature", "0", "--cfg-scale", "3.5", "--out", str(tmp_path / "one")]) == 0
+    one, cell = (np.load(tmp_path / d) for d in ("one/gen_00.npy", "grid/gen_t0_cfg3.5_00.npy"))
+    np.testing.assert_array_equal(one, cell)  # a grid cell is the single run with its settings
+    capsys.readouterr()
+    assert main([*args, "--temperature", "1", "1", "--out", str(tmp_path / "twice")]) == 2
+    assert "listed twice" in capsys.readouterr().err and not (tmp_path / "twice").exists()
+
+    run = load_run(tiny_run, device="cpu")
+    paths = write_samples(run.model, tmp_path, 3, ["a jig"], 0.2, run.codec, temperatures=[0.0, 0.7])
+    assert [p.name for p in paths] == ["sample_t0_00.wav", "sample_t0.7_00.wav"]
+    assert json.loads((samples_dir(tmp_path, 3) / "sample_t0.7_00.json").read_text())["temperature"] == 0.7
 
 
 def test_generate_cli_picks_checkpoints_and_names_bad_input(tiny_run, tmp_path, capsys):

@@ -264,6 +264,58 @@ def test_wandb_without_a_key_is_one_line_before_the_run_writes_anything(melody_d
     assert checkpoints_of(tmp_path / "run")
 
 
+def test_early_stop_counts_evaluations_without_improvement_and_bounds_the_gap():
+    from diamusic.config import EarlyStopConfig
+    from diamusic.trainer import EarlyStop
+
+    stop, config = EarlyStop(), EarlyStopConfig(patience=2, min_delta=0.02)
+    reasons = [stop.update({"eval/loss": loss}, config) for loss in (3.0, 2.9, 2.89, 2.95)]
+    # 2.89 improves on 2.9 by less than min_delta: not progress
+    assert reasons[:3] == ["", "", ""] and "not improved on 2.9000 for 2 evaluations" in reasons[3]
+    assert EarlyStop(**stop.state_dict()) == stop  # what a checkpoint holds
+    gap = EarlyStopConfig(max_gap=0.5)
+    assert EarlyStop().update({"eval/loss": 3.0, "eval/gap": 0.4}, gap) == ""
+    reason = EarlyStop().update({"eval/loss": 3.0, "eval/gap": 0.6}, gap)
+    assert "eval gap 0.6000 exceeds early_stop.max_gap 0.5" in reason
+    assert EarlyStop().update({"eval/loss": 3.0, "eval/gap": 9.0}, EarlyStopConfig()) == ""  # off by default
+
+
+def test_a_run_that_stops_early_checkpoints_that_step_says_why_and_stays_stopped(melody_dataset, tmp_path, capsys):
+    from diamusic.cli import main
+    from diamusic.runs import RUN_FILE, final_step
+
+    # lr 1e-9: the eval loss cannot improve by min_delta, so evaluations 2 and 3 (steps 4, 6) find no progress
+    sets = {"eval.every": 2, "checkpoints.every": 100, "optim.lr": 1e-9, "early_stop.patience": 2}
+    sets["early_stop.min_delta"] = 0.01
+    argv = ["train", "--data", str(melody_dataset), "--out", str(tmp_path / "run"), "--config", "tiny-cpu", "--quiet"]
+    argv += ["--steps", "20", "--batch-size", "4", "--set", "data.crop_frames=32", "--set", "eval.clips=4"]
+    argv += [f"--set={k}={v}" for k, v in sets.items()]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    reason = "the eval loss has not improved on"
+    assert f"stopped early at step 6 of 20: {reason}" in err
+    assert out.strip().splitlines()[-1].startswith(f"{tmp_path / 'run'}: step 6 (stopped early: {reason}")
+    info = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert info["early_stop"]["step"] == 6 and "early_stop.patience 2" in info["early_stop"]["reason"]
+    assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_000006"]
+    assert final_step(tmp_path / "run", 20) == 6
+    rows = read_metrics(tmp_path / "run")
+    assert [r["train/early_stop_step"] for r in rows if "train/early_stop_step" in r] == [6]
+    # resumed, it is finished: no step more, the same reason, nothing logged twice
+    assert main([*argv, "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert "stopped early at step 6 of 20" in err and "step 6 (stopped early" in out
+    assert read_metrics(tmp_path / "run") == rows
+    assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_000006"]
+
+
+def test_early_stop_without_eval_losses_is_one_line(melody_dataset):
+    from diamusic.config import ConfigError
+
+    with pytest.raises(ConfigError, match="early_stop needs eval losses: eval.clips must be > 0"):
+        tiny_config(melody_dataset, {"early_stop.patience": 3, "eval.clips": 0})
+
+
 def test_samples_every_0_means_no_samples_even_with_prompts(melody_dataset, tmp_path):
     config = tiny_config(melody_dataset, {"samples.every": 0, "samples.prompts": ["a jig in D major"]}, steps=2)
     train(config, tmp_path / "run", progress=False)

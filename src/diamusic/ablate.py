@@ -32,7 +32,7 @@ from diamusic.errors import DiamusicError
 from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
 from diamusic.locks import DirectoryLock
 from diamusic.patterns import AUDIO_CHANNELS, DelayPattern
-from diamusic.runs import EVAL_FILE, RUN_FILE
+from diamusic.runs import EVAL_FILE, RUN_FILE, final_step
 from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
 from diamusic.teacher_forced import interior_edge
 from diamusic.train import Stopped, train
@@ -81,6 +81,10 @@ METRICS: list[Metric] = [
     Metric("gen/dynamic_range_db", "dynamic range (dB, peak/RMS)", False),
     Metric("gen/beat_stability", "beat stability (spread of beat intervals)", True),
     Metric("gen/key_consistency", "key consistency", False),
+    Metric("cont/chroma_cosine", "continuation: chroma similarity to the true one", False),
+    Metric("cont/key_agreement", "continuation: key agreement (MIREX)", False),
+    Metric("cont/tempo_agreement", "continuation: tempo within 8%", False),
+    Metric("cont/melody_agreement", "continuation: melody agreement", False),
     Metric("gen/frechet_features", "Fréchet distance (chroma+MFCC)", True),
     Metric("gen/usage_js", "code usage divergence (JS)", True),
     Metric("gen/decode_steps", "decode steps", True),
@@ -146,6 +150,7 @@ class Plan:
     seconds: float
     reference: str
     audio_channels: int = 1  # the data's; each pattern's delays cover every side
+    continuation: float = 0.0  # seconds of each eval clip the runs continue (0: no continuation rows)
 
     @property
     def delay_patterns(self) -> list[DelayPattern]:
@@ -202,7 +207,7 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
         ),
     )
     done = [step_of(p) for p in checkpoints_of(run_dir)]
-    if config.steps not in done:
+    if final_step(run_dir, config.steps) not in done:
         # a run killed before its first checkpoint is started over by the resume itself
         print(f"\n== {'resuming' if done else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
         result = train(config, run_dir, resume=(run_dir / RUN_FILE).exists(), progress=progress)
@@ -212,13 +217,16 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
                 "command again to resume the ablation",
                 result.signum,
             )
-    eval_file = run_dir / EVAL_FILE
+    eval_file, final = run_dir / EVAL_FILE, final_step(run_dir, config.steps)
     if eval_file.exists():
         result = json.loads(eval_file.read_text())
-        if result.get("checkpoint") == step_name(config.steps) and result.get("edge_frames") == plan.edge:
+        if result.get("checkpoint") == step_name(final) and result.get("edge_frames") == plan.edge:
             return result
     audio = run_dir / "generated"
-    return evaluate_run(run_dir, config.steps, plan.prompts, plan.seconds, plan.edge, out=eval_file, audio_dir=audio)
+    return evaluate_run(
+        run_dir, final, plan.prompts, plan.seconds, plan.edge, out=eval_file, audio_dir=audio,
+        continuation=plan.continuation,
+    )  # fmt: skip
 
 
 # --- the summary --------------------------------------------------------------------------------
@@ -419,6 +427,14 @@ def _notes(results: dict[str, dict[int, dict[str, Any]]], plan: Plan) -> list[st
             notes.append(f"No interior frames: eval crops must be longer than twice the edge ({plan.edge} frames).")
     else:
         notes.append(f"Runs were scored on different eval sets (clips, targets, interior): {sorted(counts, key=str)}.")
+    early = [
+        f"{name} seed {seed} at step {r['early_stop']['step']} ({r['early_stop']['reason']})"
+        for name, by_seed in results.items()
+        for seed, r in by_seed.items()
+        if "early_stop" in r
+    ]
+    if early:
+        notes.append(f"Stopped early (early_stop), scored at that step: {'; '.join(early)}.")
     clips = {r.get("gen/clips") for r in runs if "gen/clips" in r}
     if clips and max(clips) < FRECHET_MIN_CLIPS:
         notes.append(
@@ -574,6 +590,7 @@ def ablate(
     reference: str = REFERENCE,
     force: bool = False,
     progress: bool = True,
+    continuation: float = _EVALUATION["continuation"].default,
 ) -> AblationResult:
     out = Path(out)
     if seeds < 1:
@@ -594,6 +611,7 @@ def ablate(
         seconds=seconds,
         reference=reference,
         audio_channels=vocab.audio_channels,
+        continuation=continuation,
     )
     with DirectoryLock(out):  # one ablation per directory, for as long as it trains and writes
         fix_plan(out, plan, force)
@@ -612,6 +630,7 @@ DEMO_STEPS = 300  # optimizer steps per run
 # of 3 s each keep the pitch tracking of 9 evaluations to a few minutes on 2 cores
 DEMO_PREPARE = {"max_seconds": 8.0, "eval_fraction": 0.1, "codec_options": {"codebook_size": 256}}
 DEMO_PROMPTS, DEMO_SECONDS = 3, 3.0  # generations per evaluated run, and their length cap
+DEMO_CONTINUATION = 1.0  # seconds of each eval clip the runs also continue
 
 
 @dataclass(frozen=True)
@@ -652,6 +671,7 @@ def demo_plan(
             "sets": list(sets or []),
             "prompts": prompts,
             "seconds": seconds,
+            "continuation": DEMO_CONTINUATION,
         },
         report=ablation,
     )

@@ -1,4 +1,5 @@
-"""The research log's checkpoint scores, from the audio alone: no reference, no weights.
+"""The research log's checkpoint scores, from the audio alone (no weights), and the key and tempo of
+a clip, by which a continuation is compared with the true one.
 
 Clipping and silence say whether a checkpoint makes usable audio at all, dynamic range whether it is a
 flat wall of sound, beat stability whether it keeps a pulse, key consistency whether it stays in one
@@ -77,6 +78,47 @@ def key_consistency(wave: np.ndarray, sample_rate: int, parts: int = 4) -> float
     return float(np.mean(cosines))
 
 
+def estimate_key(wave: np.ndarray, sample_rate: int) -> str | None:
+    """The clip's key, e.g. "A minor", by Krumhansl-Schmuckler on its energy-weighted chroma; None if silent."""
+    y = pitch.to_analysis_rate(wave, sample_rate)
+    power = np.abs(librosa.stft(y, n_fft=4096, hop_length=1024)) ** 2
+    hist = librosa.feature.chroma_stft(S=power, sr=pitch.ANALYSIS_RATE, norm=None, tuning=0.0).sum(1)
+    return pitch.key_of_histogram(hist) if hist.std() > 0 else None
+
+
+def key_agreement(reference: np.ndarray, wave: np.ndarray, sample_rate: int) -> float:
+    """MIREX's weighted key score of the wave's key against the reference's: 1 same key, 0.5 a fifth
+    apart, 0.3 relative, 0.2 parallel major/minor, else 0; nan when the reference has no key."""
+    import mir_eval
+
+    ref, est = estimate_key(reference, sample_rate), estimate_key(wave, sample_rate)
+    if ref is None:
+        return math.nan
+    return float(mir_eval.key.weighted_score(ref, est)) if est is not None else 0.0
+
+
+TEMPO_TOLERANCE = 0.08  # MIREX's tempo tolerance: estimates within 8 % agree
+
+
+def estimate_tempo(wave: np.ndarray, sample_rate: int) -> float:
+    """librosa's global tempo estimate in beats per minute; 0 without onsets (librosa would answer
+    with its prior, 120)."""
+    y = pitch.to_analysis_rate(wave, sample_rate)
+    onsets = librosa.onset.onset_strength(y=y, sr=pitch.ANALYSIS_RATE, hop_length=BEAT_HOP)
+    if not onsets.any():
+        return 0.0
+    return float(librosa.feature.tempo(onset_envelope=onsets, sr=pitch.ANALYSIS_RATE, hop_length=BEAT_HOP)[0])
+
+
+def tempo_agreement(reference: np.ndarray, wave: np.ndarray, sample_rate: int) -> float:
+    """1 when the wave's tempo is within TEMPO_TOLERANCE of the reference's, else 0; nan when the
+    reference has no pulse."""
+    ref = estimate_tempo(reference, sample_rate)
+    if not ref > 0:
+        return math.nan
+    return float(abs(estimate_tempo(wave, sample_rate) / ref - 1) <= TEMPO_TOLERANCE)
+
+
 def audio_scores(wave: np.ndarray, sample_rate: int) -> dict[str, float]:
     """Every score above for one mono wave, keyed as eval.json names them (under `gen/`)."""
     return {
@@ -86,3 +128,15 @@ def audio_scores(wave: np.ndarray, sample_rate: int) -> dict[str, float]:
         "beat_stability": beat_stability(wave, sample_rate),
         "key_consistency": key_consistency(wave, sample_rate),
     }
+
+
+def compile_kernels() -> None:
+    """Run every librosa analysis here once on two seconds of clicks over a tone. pyin and the beat
+    tracker are numba code compiled on first use and cached beside librosa (about 35 s and 12 s on
+    2 cores: benchmarks/RESULTS.md section 14), so `make setup` pays that once, not the first
+    evaluation, test or demo."""
+    t = np.arange(2 * pitch.ANALYSIS_RATE) / pitch.ANALYSIS_RATE
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + (t % 0.5 < 0.02))
+    pitch.pitch_track(wave.astype(np.float32), pitch.ANALYSIS_RATE)
+    audio_scores(wave.astype(np.float32), pitch.ANALYSIS_RATE)
+    estimate_tempo(wave.astype(np.float32), pitch.ANALYSIS_RATE)

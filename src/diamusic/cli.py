@@ -21,7 +21,7 @@ from diamusic.data.prepare import prepare
 from diamusic.data.sources import CORPUS_DEFAULTS
 from diamusic.eval import evaluate_run
 from diamusic.export import export_run
-from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, SamplingConfig
+from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, GenerationError, SamplingConfig
 from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern, layout_name
 from diamusic.runs import load_run
 from diamusic.tokens import MAX_TEXT_BYTES
@@ -56,6 +56,11 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _listed(value: Any) -> list[Any]:
+    """An option that takes one or more values (nargs="+"): its default arrives alone."""
+    return value if isinstance(value, list) else [value]
 
 
 def _count(text: str) -> int:
@@ -197,49 +202,68 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(
             f"{result.run_dir}: step {result.step}{' (interrupted, checkpoint saved)' if result.interrupted else ''}"
+            f"{' (stopped early: ' + result.early_stop + ')' if result.early_stop else ''}"
             f"{': ' + summary if summary else ''}"
         )
     return 128 + result.signum if result.interrupted else 0  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from diamusic.generate import check_output, generate_files
+    from diamusic.generate import check_output, generate_files, prompt_codes, sampling_grid
 
+    if (args.prompt_seconds is not None or args.keep_prompt) and not args.prompt_audio:
+        raise GenerationError("--prompt-seconds and --keep-prompt need --prompt-audio FILE")
     check_output(Path(args.out), "gen", args.overwrite)  # before the model loads: a refusal costs nothing
     run = load_run(args.run, args.checkpoint, device=args.device)
-    sampling = SamplingConfig.for_seconds(
+    prompt = None
+    if args.prompt_audio:
+        prompt = prompt_codes(args.prompt_audio, run.codec, run.vocab.audio_channels, args.prompt_seconds)
+    grid = sampling_grid(
         args.seconds,
         run.codec.frame_rate,
-        cfg_scale=args.cfg_scale,
+        _listed(args.temperature),
+        _listed(args.cfg_scale),
+        args.top_p or [None],
         cfg_filter_top_k=args.cfg_filter_top_k or None,
-        temperature=args.temperature,
-        top_p=args.top_p,
         seed=args.seed,
     )
     texts = [text for text in args.text for _ in range(args.num)]
     settings = {"run": str(Path(args.run).resolve()), "checkpoint": run.checkpoint.name, "codec": run.info["codec"]}
+    if args.prompt_audio:
+        settings["prompt_audio"] = str(Path(args.prompt_audio).resolve())
     out = Path(args.out)
     options = DecodeOptions(static_cache=args.cache == "static", compile=args.compile)
-    result, paths = generate_files(run.model, texts, run.codec, sampling, out, "gen", settings, args.overwrite, options)
-    audio_seconds = sum(result.frames) / run.codec.frame_rate
-    print(
-        f"wrote {len(paths)} clips to {out} ({audio_seconds:.1f} s of audio, "
-        f"{sum(result.stopped_on_eos)} ended on EOS) from {run.checkpoint.name}"
-    )
-    print(
-        f"speed: {result.frames_per_second:.0f} frames/s, {audio_seconds / result.seconds:.2f}x real time; "
-        f"{result.decode_steps} decode steps, {run.pattern.extra_steps} of them added by pattern {run.pattern}"
-    )
+    for stem, sampling in grid.items():
+        result, paths = generate_files(
+            run.model, texts, run.codec, sampling, out, stem, settings, args.overwrite, options, prompt,
+            args.keep_prompt,
+        )  # fmt: skip
+        audio_seconds = sum(result.frames) / run.codec.frame_rate
+        print(
+            f"wrote {len(paths)} clips to {out}{' as ' + stem + '_*' if len(grid) > 1 else ''} ({audio_seconds:.1f} s "
+            f"of audio, {sum(result.stopped_on_eos)} ended on EOS) from {run.checkpoint.name}"
+        )
+        print(
+            f"speed: {result.frames_per_second:.0f} frames/s, {audio_seconds / result.seconds:.2f}x real time; "
+            f"{result.decode_steps} decode steps, {run.pattern.extra_steps} of them added by pattern {run.pattern}"
+        )
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate_run(args.run, args.checkpoint, args.prompts, args.seconds, args.edge, args.device, args.out)
+    result = evaluate_run(
+        args.run, args.checkpoint, args.prompts, args.seconds, args.edge, args.device, args.out,
+        continuation=args.continuation or 0.0,
+    )  # fmt: skip
     keys = ("eval/loss", "eval/interior/loss", "eval/entropy", "eval/gap", "gen/in_key_ratio", "gen/frames_per_s")
+    keys += ("gen/clipping_ratio", "gen/silence_ratio", "gen/beat_stability", "gen/key_consistency")
+    keys += ("cont/chroma_cosine", "cont/key_agreement", "cont/tempo_agreement", "cont/melody_agreement")
     keys = keys if "eval/loss" in result else ("train_subset/loss", "train_subset/interior/loss", "train/loss")
     print(f"{args.run} {result['checkpoint']}: " + ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result))
     if "note" in result:
         print(f"note: {result['note']}")
+    if "early_stop" in result:
+        print(f"note: the run stopped early at step {result['early_stop']['step']}: {result['early_stop']['reason']}")
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -270,6 +294,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         reference=args.reference,
         force=args.force,
         progress=not args.quiet,
+        continuation=args.continuation or 0.0,
     )
     print(result.summary.read_text())
     print(f"wrote {result.summary} and summary.json")
@@ -445,7 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", type=_seconds, default=DEFAULT_SECONDS, help="length cap; generation stops earlier at EOS"
     )
     gen.add_argument(
-        "--cfg-scale", type=float, default=sampling["cfg_scale"], help="classifier-free guidance (1 = off)"
+        "--cfg-scale",
+        type=float,
+        nargs="+",
+        default=sampling["cfg_scale"],
+        help="classifier-free guidance (1 = off); several values make a grid with the other lists",
     )
     gen.add_argument(
         "--cfg-filter-top-k",
@@ -454,9 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Dia's CFG filter candidates; 0 = plain CFG sampling",
     )
     gen.add_argument(
-        "--temperature", type=float, default=sampling["temperature"], help="0 = greedy; values below 1 are honoured"
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=sampling["temperature"],
+        help="0 = greedy; values below 1 are honoured; several make a grid",
     )
-    gen.add_argument("--top-p", type=float, default=sampling["top_p"])
+    gen.add_argument("--top-p", type=float, nargs="+", help="nucleus sampling (default: off); several make a grid")
     gen.add_argument("--seed", type=int, default=sampling["seed"], help="sampling seed")
     gen.add_argument("--device", help="cpu | cuda (default: cuda when present)")
     gen.add_argument(
@@ -466,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV cache (same tokens)",
     )
     gen.add_argument("--compile", action="store_true", help="torch.compile the decoder step (CUDA graphs on GPU)")
+    gen.add_argument("--prompt-audio", help="an audio file the clips continue (encoded with the run's codec)")
+    gen.add_argument("--prompt-seconds", type=_seconds, help="use the prompt file's first S seconds (default: all)")
+    gen.add_argument("--keep-prompt", action="store_true", help="write the prompt before each continuation")
     gen.add_argument("--out", required=True, help="directory for WAV, .npy codes and JSON sidecars")
     gen.add_argument("--overwrite", action="store_true", help="replace earlier generations in --out")
     gen.set_defaults(func=cmd_generate)
@@ -482,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         help="interior frames are at least this many frames from both ends of a crop (default: the run's max "
         "delay + 1; to compare with an ablation, pass its edge_frames)",
+    )
+    ev.add_argument(
+        "--continuation",
+        type=_seconds,
+        help="also continue each eval clip from its first S seconds and score what follows against the clip",
     )
     ev.add_argument("--device", help="cpu | cuda (default: cuda when present)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")
@@ -509,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--prompts", type=_count, default=ablating["prompts"], help="eval captions each run generates from")
     ab.add_argument("--seconds", type=_seconds, default=ablating["seconds"], help="length cap of each generation")
     ab.add_argument("--reference", default=ablating["reference"], help="the pattern differences are taken against")
+    ab.add_argument(
+        "--continuation", type=_seconds, help="also continue each eval clip from its first S seconds and score it"
+    )
     ab.add_argument("--tracker", action="append", choices=["wandb", "tensorboard"], help="repeatable")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     ab.add_argument("--force", action="store_true", help="start over if the directory holds other settings")

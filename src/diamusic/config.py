@@ -87,6 +87,15 @@ class EvalConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """Stop before `steps` (a checkpoint is written at that evaluation; the reason goes into run.json)."""
+
+    patience: int = 0  # evaluations without an eval loss below the best by more than min_delta (0: never)
+    min_delta: float = 0.0
+    max_gap: float = 0.0  # eval loss minus train-subset loss above this: over-fitting (0: never)
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 500  # optimizer steps between checkpoints (and always at the last step)
     keep: int = 3  # the newest N are kept; 0 keeps all
@@ -113,6 +122,7 @@ class SamplesConfig:
     prompts: list[str] = field(default_factory=list)  # empty: the first eval captions
     num_prompts: int = 2
     seconds: float = 4.0
+    temperatures: list[float] = field(default_factory=lambda: [1.0])  # one set of clips per temperature
 
 
 @dataclass
@@ -130,6 +140,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -293,12 +304,23 @@ def validate(config: TrainConfig) -> None:
         (config.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 = full fine-tuning)"),
         (config.eval.every > 0, "eval.every must be > 0 (set it to steps to evaluate only at the end)"),
         (config.eval.clips >= 0, "eval.clips must be >= 0"),
+        (config.early_stop.patience >= 0, "early_stop.patience must be >= 0 (0 = off)"),
+        (0.0 <= config.early_stop.min_delta < math.inf, "early_stop.min_delta must be a finite number >= 0"),
+        (0.0 <= config.early_stop.max_gap < math.inf, "early_stop.max_gap must be a finite number >= 0 (0 = off)"),
+        (
+            config.eval.clips > 0 or not (config.early_stop.patience or config.early_stop.max_gap),
+            "early_stop needs eval losses: eval.clips must be > 0",
+        ),
         (config.checkpoints.every > 0, "checkpoints.every must be > 0 (set it to steps to save only at the end)"),
         (config.checkpoints.keep >= 0, "checkpoints.keep must be >= 0 (0 = keep all)"),
         (config.logging.every > 0, "logging.every must be > 0"),
         (config.samples.every >= 0, "samples.every must be >= 0 (0 = off)"),
         (config.samples.num_prompts > 0, "samples.num_prompts must be > 0"),
         (0.0 < config.samples.seconds < math.inf, "samples.seconds must be a finite number > 0"),
+        (
+            bool(config.samples.temperatures) and all(0.0 <= t < math.inf for t in config.samples.temperatures),
+            "samples.temperatures must be one or more finite numbers >= 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:

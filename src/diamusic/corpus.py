@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diamusic import pitch
+
 COLLECTIONS = {
     "essen": "Essen folksongs",
     "oneills": "O'Neill's Music of Ireland",
@@ -145,13 +147,6 @@ def _index() -> dict[str, list[_Source]]:
 
 # ---------------------------------------------------------------------------------------------- parse
 
-# Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
-_KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-_SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-_FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
-
-
 def estimate_key(notes: tuple[tuple[float, float, float], ...], sharps: int | None) -> str:
     """Krumhansl-Schmuckler key finding on the duration-weighted pitch-class histogram.
 
@@ -159,20 +154,13 @@ def estimate_key(notes: tuple[tuple[float, float, float], ...], sharps: int | No
     .abc files of the Essen collection give a signature but no mode, so "K: G" may be E minor.
     """
     hist = np.zeros(12)
-    for pitch, _, dur in notes:
-        hist[int(round(pitch)) % 12] += dur
-    candidates = [(t, mode) for t in range(12) for mode in ("major", "minor")]
+    for midi, _, dur in notes:
+        hist[int(round(midi)) % 12] += dur
+    candidates = None
     if sharps is not None:
         major = (7 * sharps) % 12
         candidates = [(major, "major"), ((major + 9) % 12, "minor")]
-
-    def score(tonic: int, mode: str) -> float:
-        profile = np.roll(_KK_MAJOR if mode == "major" else _KK_MINOR, tonic)
-        return float(np.corrcoef(hist, profile)[0, 1]) if hist.std() > 0 else 0.0
-
-    tonic, mode = max(candidates, key=lambda c: score(*c))
-    names = _FLAT_NAMES if (sharps is not None and sharps < 0) else _SHARP_NAMES
-    return f"{names[tonic]} {mode}"
+    return pitch.key_of_histogram(hist, candidates, flats=sharps is not None and sharps < 0)
 
 
 def _timed_notes(part, origin: float, sec_per_quarter: float, end: float) -> tuple[tuple[float, float, float], ...]:
@@ -227,13 +215,13 @@ def _melody_from_part(part, source: _Source, title: str, score, others: tuple = 
     raw.sort(key=lambda r: r[1])
     origin = raw[0][1]
     notes = []
-    for pitch, offset, ql in raw:
+    for midi, offset, ql in raw:
         start, dur = (offset - origin) * sec_per_quarter, ql * sec_per_quarter
         if notes and start < notes[-1][1] + notes[-1][2] - 1e-6:
             return None  # overlapping notes (several voices in one part)
         if start + dur > MAX_SECONDS:
             break
-        notes.append((pitch, round(start, 6), round(dur, 6)))
+        notes.append((midi, round(start, 6), round(dur, 6)))
     notes = tuple(notes)
     if len(notes) < MIN_NOTES or notes[-1][1] + notes[-1][2] < MIN_SECONDS:
         return None

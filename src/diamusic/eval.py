@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from diamusic import pitch
-from diamusic.audio_metrics import audio_scores
+from diamusic.audio_metrics import audio_scores, key_agreement, tempo_agreement
 from diamusic.codecs import decode_channels
 from diamusic.config import from_dict
 from diamusic.data.dataset import CodesDataset
@@ -219,6 +219,52 @@ def generated_metrics(
     return out
 
 
+MIN_CONTINUATION_SECONDS = 0.5  # of the clip after the prompt: the truth a continuation is scored against
+
+
+def continuation_metrics(
+    run: LoadedRun, prompts: list[Prompt], prompt_seconds: float, seconds: float, audio_dir: Path | None = None
+) -> dict[str, float]:
+    """Each clip's first ``prompt_seconds`` continued for up to ``seconds`` (seed = its index, its caption
+    as the text), and scored against what the clip really does next (the same length of it): chroma
+    similarity, key agreement, tempo agreement, and melody agreement where the corpus knows the notes.
+    Clips too short to hold a prompt and MIN_CONTINUATION_SECONDS after it are passed over. With
+    ``audio_dir``, ``cont_NN.wav`` (prompt + continuation) beside ``cont_ref_NN.wav`` (the clip itself)."""
+    codec, channels, rows = run.codec, run.vocab.audio_channels, []
+    head = round(prompt_seconds * codec.frame_rate)
+    for i, prompt in enumerate(prompts):
+        if len(prompt.reference) < head + MIN_CONTINUATION_SECONDS * codec.frame_rate:
+            continue
+        sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=i)
+        result = generate_codes(
+            run.model, [prompt.text], run.pattern, run.vocab, sampling, prompt=prompt.reference[:head]
+        )
+        made = result.codes[0]
+        if len(made) < 2:  # nothing to score but silence
+            rows.append({"chroma_cosine": 0.0, "key_agreement": 0.0, "tempo_agreement": 0.0})
+            continue
+        # each decoded with its prompt, as one would listen to it, then cut where the prompt ends
+        cut = round(head * codec.sample_rate / codec.frame_rate)
+        wave = decode_channels(codec, np.concatenate([prompt.reference[:head], made]), channels)
+        truth = decode_channels(codec, prompt.reference[: head + len(made)], channels)
+        if audio_dir is not None:
+            _write_wavs(audio_dir, i, wave, truth, codec.sample_rate, "cont", "cont_ref")
+        made_wave, true_wave = _mid(wave[cut:]), _mid(truth[cut:])
+        row = {
+            "chroma_cosine": pitch.chroma_cosine(true_wave, made_wave, codec.sample_rate),
+            "key_agreement": key_agreement(true_wave, made_wave, codec.sample_rate),
+            "tempo_agreement": tempo_agreement(true_wave, made_wave, codec.sample_rate),
+        }
+        if prompt.melody:  # the notes after the prompt, timed from its end
+            notes = [[p, start - prompt_seconds, d] for p, start, d in prompt.melody if start >= prompt_seconds]
+            row["melody_agreement"] = melody_agreement(made_wave, codec.sample_rate, notes)
+        rows.append(row)
+    keys = sorted(set().union(*rows)) if rows else []
+    out = {f"cont/{k}": _nanmean([r.get(k, math.nan) for r in rows]) for k in keys}
+    out["cont/clips"] = len(rows)
+    return out
+
+
 def _audio_scores(wave: np.ndarray, reference: np.ndarray, prompt: Prompt, rate: int) -> dict[str, float]:
     """Melody metrics and the research log's scores of one mono generation, and how it compares with its
     prompt's key, melody and reference audio."""
@@ -254,12 +300,14 @@ def _silence(rate: int, channels: int) -> np.ndarray:
     return np.zeros(shape, dtype=np.float32)
 
 
-def _write_wavs(folder: Path, i: int, wave: np.ndarray, reference: np.ndarray, rate: int) -> None:
+def _write_wavs(
+    folder: Path, i: int, wave: np.ndarray, reference: np.ndarray, rate: int, stem: str = "gen", ref: str = "ref"
+) -> None:
     import soundfile as sf
 
     folder.mkdir(parents=True, exist_ok=True)
-    sf.write(folder / f"gen_{i:02d}.wav", wave, rate)
-    sf.write(folder / f"ref_{i:02d}.wav", reference, rate)
+    sf.write(folder / f"{stem}_{i:02d}.wav", wave, rate)
+    sf.write(folder / f"{ref}_{i:02d}.wav", reference, rate)
 
 
 def _nanmean(values: list[float]) -> float:
@@ -279,12 +327,14 @@ def evaluate_run(
     device: str | None = None,
     out: str | Path | None = None,
     audio_dir: str | Path | None = None,
+    continuation: float = 0.0,
 ) -> dict[str, Any]:
     """Every metric of one checkpoint, as one flat dict (also written to ``out`` as JSON).
 
     ``edge`` defaults to the run's own max delay + 1 (`interior_edge`); an ablation passes the one of
     all its patterns, and a standalone evaluation compared with an ablation's must pass the same.
-    ``audio_dir`` keeps the generated and reference audio.
+    ``continuation`` > 0 also continues the same eval clips from their first ``continuation`` seconds
+    (`continuation_metrics`). ``audio_dir`` keeps the generated and reference audio.
     """
     start = time.perf_counter()
     run = load_run(run_dir, checkpoint, device)
@@ -295,11 +345,15 @@ def evaluate_run(
     edge = interior_edge([run.pattern]) if edge is None else edge
     if edge < 0:
         raise EvalError(f"the interior edge must be >= 0 frames, got {edge}")
+    if not 0 <= continuation < math.inf:
+        raise EvalError(f"the continuation's prompt must be a finite number of seconds >= 0, got {continuation}")
     eval_data, train_data = CodesDataset(data_path, "eval"), CodesDataset(data_path, "train")
     result: dict[str, Any] = {"run": str(run_dir), "checkpoint": run.checkpoint.name, "edge_frames": edge}
     result["pattern"] = {"name": run.pattern.name, "delays": run.pattern.to_list()}
     result["model/max_delay"] = run.pattern.max_delay
     result["model/parameters"] = sum(p.numel() for p in run.model.parameters())
+    if "early_stop" in run.info:  # config.early_stop ended the run: its last step is not config.steps
+        result["early_stop"] = run.info["early_stop"]
     losses = {}
     for prefix, batches in fixed_eval_batches(config, train_data, eval_data, run.pattern).items():
         losses[prefix + "clips"] = sum(len(b["labels"]) for b in batches)
@@ -320,7 +374,10 @@ def evaluate_run(
             result[key] = logged[-1]
     if prompts > 0 and len(eval_data):
         folder = Path(audio_dir) if audio_dir is not None else None
-        result.update(generated_metrics(run, eval_prompts(eval_data, prompts), seconds, folder))
+        chosen = eval_prompts(eval_data, prompts)
+        result.update(generated_metrics(run, chosen, seconds, folder))
+        if continuation > 0:
+            result.update(continuation_metrics(run, chosen, continuation, seconds, folder))
     result["seconds"] = time.perf_counter() - start
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ unless the mass ranked above it exceeds p.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -93,6 +94,25 @@ class SamplingConfig:
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale not in (0.0, 1.0)
+
+
+def sampling_grid(
+    seconds: float,
+    frame_rate: float,
+    temperatures: list[float],
+    cfg_scales: list[float],
+    top_ps: list[float | None],
+    **fixed: Any,
+) -> dict[str, SamplingConfig]:
+    """Every combination of the listed settings, by the file stem its clips get: "gen" for a single
+    one, else e.g. "gen_t0.7_cfg3_p0.9" (the p part only where a top-p is set)."""
+    grid = {}
+    for t, c, p in itertools.product(temperatures, cfg_scales, top_ps):
+        stem = f"gen_t{t:g}_cfg{c:g}" + (f"_p{p:g}" if p is not None else "")
+        grid[stem] = SamplingConfig.for_seconds(seconds, frame_rate, cfg_scale=c, temperature=t, top_p=p, **fixed)
+    if len(grid) < len(temperatures) * len(cfg_scales) * len(top_ps):
+        raise GenerationError("a setting is listed twice: each combination must be new")
+    return grid if len(grid) > 1 else {"gen": next(iter(grid.values()))}
 
 
 @dataclass(frozen=True)
@@ -216,20 +236,25 @@ def generate_codes(
     vocab: AudioVocab,
     sampling: SamplingConfig,
     options: DecodeOptions = DecodeOptions(),
+    prompt: np.ndarray | None = None,
 ) -> GenerationResult:
-    """Generate codec frames for each text; returns real codes only, ready for ``codec.decode``."""
-    _check_model(model, texts, pattern, vocab, sampling)
+    """Generate codec frames for each text; returns real codes only, ready for ``codec.decode``.
+
+    ``prompt``: real codes (P, C), or (B, P, C) one per text, for the clips to continue (Dia's audio
+    prompt), laid out as `prompt_steps` says. The result holds the continuation only, up to
+    ``sampling.max_frames`` frames after the prompt."""
+    prompt_frames = _check_prompt(prompt, len(texts), pattern, vocab)
+    _check_model(model, texts, pattern, vocab, sampling, prompt_frames)
     start = time.perf_counter()
     device = model.device
     batch, codebooks = len(texts), pattern.num_streams
     delays = torch.tensor(pattern.delays, device=device)  # (C,)
     allowed = sampleable(vocab, pattern.reference, device)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    max_steps = pattern.decode_steps(sampling.max_frames)
-    cap_step = sampling.max_frames + 1  # the reference codebook's EOS step for a clip of max_frames
+    cap_step = prompt_frames + sampling.max_frames + 1  # the reference codebook's EOS step at the cap
+    max_steps = cap_step + pattern.max_delay
 
-    # Encode the texts once. With CFG the unconditional rows are the *training* "no text" input
-    # (encode_text(None)), appended after the conditional rows: one batched decoder pass serves both.
+    # With CFG the unconditional rows (training's "no text", encode_text(None)) follow: one pass serves both
     rows = list(texts) + ([None] * batch if sampling.uses_cfg else [])
     input_ids, text_mask = (t.to(device) for t in encode_text(rows))
     was_training = model.training
@@ -240,22 +265,22 @@ def generate_codes(
         compiled = _compiled_step(device) if options.compile else None
 
         tokens = torch.full((batch, max_steps + 1, codebooks), vocab.pad, dtype=torch.long, device=device)
-        tokens[:, 0] = vocab.bos
+        known = prompt_steps(prompt, batch, pattern, vocab, device)  # (B, 1 + P + max delay, C), PAD: to sample
+        first = prompt_frames + 1  # the first step with a token to sample; before it BOS and the prompt
+        tokens[:, :first] = known[:, :first]
         eos_step = torch.full((batch,), -1, dtype=torch.long, device=device)  # -1: still going
         natural_eos = torch.zeros(batch, dtype=torch.bool, device=device)
         step = 0
-        for step in range(1, max_steps + 1):
-            # 1. one decoder step on the previous column (the KV cache holds everything before it)
-            previous = tokens[:, step - 1 : step]  # (B, 1, C)
-            if sampling.uses_cfg:
-                previous = previous.repeat(2, 1, 1)
-            position = torch.full((1, 1), step - 1, dtype=torch.long, device=device)
+        for step in range(first, max_steps + 1):
+            # 1. one decoder step on the previous column (the KV cache holds everything before it);
+            # the first runs on every known step before it (BOS, and the prompt's steps)
+            previous, position = decoder_inputs(tokens, 0 if step == first else step - 1, step, sampling.uses_cfg)
             # The first step runs uncompiled: it allocates the static caches outside the compiler,
             # where transformers marks their addresses fixed (else CUDA graphs are skipped for the
             # in-place cache writes), and fills the cross-attention cache; the rest share one graph.
-            step_logits = decoder_step if compiled is None or step == 1 else compiled
-            logits = step_logits(model, previous, position, encoder_hidden, text_mask, cache)
-            logits = logits.view(-1, codebooks, vocab.vocab_size).float()  # (B|2B, C, V)
+            step_logits = decoder_step if compiled is None or step == first else compiled
+            logits = step_logits(model, previous, position, encoder_hidden, text_mask, cache)[:, -1:]
+            logits = logits.reshape(-1, codebooks, vocab.vocab_size).float()  # (B|2B, C, V)
 
             # 2. guidance, then the sampling rules: no special ids except EOS on the reference codebook
             sampled = sample_step(logits, sampling, allowed, vocab, generator, pattern.reference)  # (B, C)
@@ -263,32 +288,46 @@ def generate_codes(
             # 3. the reference codebook decides the end: its EOS (or the length cap) fixes e for the sample
             eos_step = mark_ends(sampled, step, eos_step, natural_eos, cap_step, vocab.eos, pattern.reference)
 
-            # 4. forced tokens: BOS before a codebook starts, its EOS and then PAD after the end
+            # 4. forced tokens: BOS before a codebook starts, its EOS and then PAD after the end; the
+            # prompt's frames on the codebooks still behind it (never where an EOS or PAD goes)
             tokens[:, step] = force_delay_tokens(sampled, step, eos_step, delays, vocab)
+            if step < known.shape[1]:
+                tokens[:, step] = torch.where(known[:, step] != vocab.pad, known[:, step], tokens[:, step])
 
-            # 5. stop once every sample's last codebook has placed its EOS. Asking waits for the
-            # device, which then idles while the host queues the next step, so it is asked every
-            # few steps and the steps past the end are cut below (they only wrote PAD)
+            # 5. stop once every sample's last codebook has placed its EOS. Asking waits for the device, which
+            # then idles while the host queues the next step: asked every few steps, the extra PAD steps cut below
             if step % STOP_CHECK_EVERY == 0 and bool(((eos_step >= 0) & (step >= eos_step + pattern.max_delay)).all()):
                 break
     finally:
         model.train(was_training)
 
     # every sample has ended by max_steps, and the loop would have stopped at its last EOS
-    step = min(step, int(eos_step.max()) + pattern.max_delay)
-    delayed = tokens[:, : step + 1]
-    frames = (eos_step - 1).tolist()
-    codes = frames_of(delayed, frames, pattern, vocab)
+    delayed = tokens[:, : min(step, int(eos_step.max()) + pattern.max_delay) + 1]
+    codes = [c[prompt_frames:] for c in frames_of(delayed, (eos_step - 1).tolist(), pattern, vocab)]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return GenerationResult(
-        codes=codes,
-        frames=frames,
-        stopped_on_eos=natural_eos.tolist(),
-        decode_steps=step,
-        seconds=time.perf_counter() - start,
-        delayed=delayed.cpu(),
-    )
+    seconds = time.perf_counter() - start
+    steps = delayed.shape[1] - 1 - prompt_frames
+    return GenerationResult(codes, [len(c) for c in codes], natural_eos.tolist(), steps, seconds, delayed.cpu())
+
+
+def decoder_inputs(tokens: torch.Tensor, begin: int, step: int, uses_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's input columns ``begin..step-1`` (B|2B, L, C), CFG's rows repeated, and their positions."""
+    previous = tokens[:, begin:step]
+    return (previous.repeat(2, 1, 1) if uses_cfg else previous), torch.arange(begin, step, device=tokens.device)[None]
+
+
+def prompt_steps(
+    prompt: np.ndarray | None, batch: int, pattern: DelayPattern, vocab: AudioVocab, device: torch.device
+) -> torch.Tensor:
+    """(B, 1 + P + max delay, C) decode steps a prompt of P frames fixes: BOS first, its frames under the
+    pattern, PAD where a token is still to be sampled (after each codebook's last prompt frame). Steps
+    0..P hold only known tokens and run as one prefill pass; in the next max-delay steps the codebooks
+    still behind (delay > 0) take the prompt's frames while the others are sampled."""
+    frames = torch.tensor(np.zeros((0, pattern.num_streams)) if prompt is None else np.asarray(prompt), device=device)
+    frames = frames.long().expand(batch, *frames.shape[-2:])
+    first = torch.full((batch, 1, pattern.num_streams), vocab.bos, dtype=torch.long, device=device)
+    return torch.cat([first, pattern.apply(frames, vocab.bos, vocab.pad)], dim=1)
 
 
 def mark_ends(
@@ -385,12 +424,28 @@ def _compiled_step(device: torch.device) -> Any:
     return _COMPILED[device.type]
 
 
+def _check_prompt(prompt: np.ndarray | None, batch: int, pattern: DelayPattern, vocab: AudioVocab) -> int:
+    """The prompt's frame count (0 for none), after checking its shape and codes."""
+    if prompt is None:
+        return 0
+    prompt = np.asarray(prompt)
+    streams = pattern.num_streams
+    if prompt.ndim not in (2, 3) or prompt.shape[-1] != streams or (prompt.ndim == 3 and len(prompt) != batch):
+        raise GenerationError(
+            f"a prompt must be codes of shape (frames, {streams}) or ({batch}, frames, {streams}), got {prompt.shape}"
+        )
+    if prompt.size and (prompt.min() < 0 or prompt.max() >= vocab.codebook_size):
+        raise GenerationError(f"a prompt's codes must be in [0, {vocab.codebook_size}): strip special tokens first")
+    return prompt.shape[-2]
+
+
 def _check_model(
     model: DiaForConditionalGeneration,
     texts: list[str],
     pattern: DelayPattern,
     vocab: AudioVocab,
     sampling: SamplingConfig,
+    prompt_frames: int = 0,
 ) -> None:
     if not texts:
         raise GenerationError("generate_codes needs at least one text")
@@ -409,10 +464,17 @@ def _check_model(
             f"{vocab.num_streams} x {vocab.vocab_size}"
         )
     most = longest_cap(model, pattern)
-    if sampling.max_frames > most:  # past the model's positions, and the cache's memory grows without bound
+    if prompt_frames >= most:
         raise GenerationError(
-            f"a length cap of {sampling.max_frames} frames needs {pattern.decode_steps(sampling.max_frames) + 1} "
-            f"decoder positions; the model has {dec.max_position_embeddings}, so at most {most} frames"
+            f"a prompt of {prompt_frames} frames leaves nothing to generate: the model's "
+            f"{dec.max_position_embeddings} decoder positions hold at most {most} frames (prompt included)"
+        )
+    total = prompt_frames + sampling.max_frames
+    if total > most:  # past the model's positions, and the cache's memory grows without bound
+        after = f" after a prompt of {prompt_frames} frames" if prompt_frames else ""
+        raise GenerationError(
+            f"a length cap of {sampling.max_frames} frames{after} needs {pattern.decode_steps(total) + 1} "
+            f"decoder positions; the model has {dec.max_position_embeddings}, so at most {most - prompt_frames} frames"
         )
 
 
@@ -430,6 +492,38 @@ def check_output(out: Path, stem: str, overwrite: bool) -> None:
         raise GenerationError(f"{out} already holds {stem}_* files: choose another output directory or overwrite")
 
 
+MIN_PROMPT_RATE = 0.5  # of the codec's rate: a prompt below it lacks the top half of the band, so it is refused
+
+
+def prompt_codes(path: str | Path, codec: Codec, audio_channels: int, seconds: float | None = None) -> np.ndarray:
+    """An audio file's first ``seconds`` as prompt codes (frames, streams), laid out as `prepare` lays
+    out its inputs for the run's audio channels (mono averaged, mono copied to both sides)."""
+    import soundfile as sf
+
+    from diamusic.codecs import encode_channels
+    from diamusic.data.sources import Rejected, to_audio_channels
+
+    try:
+        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types for what is not audio
+        raise GenerationError(f"cannot read the prompt audio {path} ({type(exc).__name__})") from exc
+    if rate < MIN_PROMPT_RATE * codec.sample_rate:
+        raise GenerationError(
+            f"the prompt audio {path} is at {rate} Hz, under half the codec's {codec.sample_rate} Hz: "
+            "give a recording at its rate"
+        )
+    wave = wave[: int(seconds * rate)] if seconds is not None else wave
+    if not len(wave):
+        raise GenerationError(f"the prompt audio {path} holds no samples")
+    if not np.isfinite(wave).all():
+        raise GenerationError(f"the prompt audio {path} holds non-finite samples (NaN or inf)")
+    try:
+        wave, _ = to_audio_channels(wave if wave.shape[1] > 1 else wave[:, 0], audio_channels)
+    except Rejected as exc:
+        raise GenerationError(f"the prompt audio {path}: {exc}") from exc
+    return encode_channels(codec, [wave.reshape(len(wave), -1)], rate)[0]
+
+
 def generate_files(
     model: DiaForConditionalGeneration,
     texts: list[str],
@@ -440,26 +534,35 @@ def generate_files(
     settings: dict[str, Any],
     overwrite: bool = False,
     options: DecodeOptions = DecodeOptions(),
+    prompt: np.ndarray | None = None,
+    keep_prompt: bool = False,
 ) -> tuple[GenerationResult, list[Path]]:
     """Generate with the model's own pattern; per text a WAV, its codes (.npy) and a JSON sidecar
     with every setting. Returns the result and the WAV paths. Files of an earlier call with the same
-    ``stem`` in ``out`` are refused unless ``overwrite``, before anything is generated."""
+    ``stem`` in ``out`` are refused unless ``overwrite``, before anything is generated. With a
+    ``prompt`` (codes, see `generate_codes`) the files hold the continuation, or the prompt and the
+    continuation with ``keep_prompt``."""
     import soundfile as sf
 
     check_output(out, stem, overwrite)
     pattern, vocab = pattern_of(model), vocab_of(model)
-    _check_model(model, texts, pattern, vocab, sampling)  # a refused request leaves no folder behind
+    # a refused request leaves no folder behind
+    _check_model(model, texts, pattern, vocab, sampling, _check_prompt(prompt, len(texts), pattern, vocab))
     try:  # before generating, so an unwritable destination costs nothing
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GenerationError(f"cannot write to {out}: {exc.strerror or exc}") from exc
-    result = generate_codes(model, texts, pattern, vocab, sampling, options)
+    result = generate_codes(model, texts, pattern, vocab, sampling, options, prompt)
+    if prompt is not None:
+        settings = {**settings, "prompt_frames": int(np.shape(prompt)[-2]), "keep_prompt": keep_prompt}
     paths = []
     for i, (text, codes) in enumerate(zip(texts, result.codes, strict=True)):
-        base = out / f"{stem}_{i:02d}"
+        if prompt is not None and keep_prompt:  # decoded as one clip: no seam where the prompt ends
+            codes = np.concatenate([np.asarray(prompt if np.ndim(prompt) == 2 else prompt[i]), codes])
+        name = f"{stem}_{i:02d}"  # a stem may hold dots (gen_t0.7_...): no with_suffix
         wave = decode_channels(codec, codes, vocab.audio_channels)  # (samples, 2) for stereo: a 2-channel WAV
-        sf.write(base.with_suffix(".wav"), wave, codec.sample_rate)
-        np.save(base.with_suffix(".npy"), codes)
+        sf.write(out / f"{name}.wav", wave, codec.sample_rate)
+        np.save(out / f"{name}.npy", codes)
         sidecar = {
             **settings,
             "pattern": pattern.to_list(),
@@ -469,8 +572,8 @@ def generate_files(
             "seconds": float(codes.shape[0] / codec.frame_rate),
             "stopped_on_eos": bool(result.stopped_on_eos[i]),
         }
-        base.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
-        paths.append(base.with_suffix(".wav"))
+        (out / f"{name}.json").write_text(json.dumps(sidecar, indent=2))
+        paths.append(out / f"{name}.wav")
     return result, paths
 
 
@@ -482,15 +585,21 @@ def write_samples(
     seconds: float,
     codec: Codec,
     tracker: Tracker | None = None,
+    temperatures: list[float] | tuple[float, ...] = (1.0,),
 ) -> list[Path]:
-    """Fixed prompts and seed, so checkpoints are compared by ear on the same material."""
-    sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=0)
+    """Fixed prompts and seed, so checkpoints are compared by ear on the same material; one set of clips
+    per temperature (``sample_NN`` for one, ``sample_t0.7_NN`` for several)."""
     out = samples_dir(run_dir, step)
-    _, paths = generate_files(model, prompts, codec, sampling, out, "sample", {"step": step}, overwrite=True)
-    if tracker is not None:
-        import soundfile as sf
+    paths = []
+    for t in temperatures:
+        sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=0, temperature=t)
+        stem, tag = ("sample", "") if len(temperatures) == 1 else (f"sample_t{t:g}", f"t{t:g}/")
+        _, made = generate_files(model, prompts, codec, sampling, out, stem, {"step": step}, overwrite=True)
+        paths += made
+        if tracker is not None:
+            import soundfile as sf
 
-        for i, path in enumerate(paths):
-            wave, rate = sf.read(path, dtype="float32")
-            tracker.log_audio(f"samples/{i}", wave, rate, step, caption=prompts[i])
+            for i, path in enumerate(made):
+                wave, rate = sf.read(path, dtype="float32")
+                tracker.log_audio(f"samples/{tag}{i}", wave, rate, step, caption=prompts[i])
     return paths

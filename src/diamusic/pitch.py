@@ -33,6 +33,29 @@ _MODES = {
 }
 
 
+# Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
+KEY_PROFILES = {
+    "major": np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
+    "minor": np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]),
+}
+SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+
+
+def key_of_histogram(
+    hist: np.ndarray, candidates: list[tuple[int, str]] | None = None, flats: bool = False
+) -> str:
+    """Krumhansl-Schmuckler key finding: the key (among ``candidates`` (tonic, mode), default all 24)
+    whose profile correlates best with a pitch-class histogram, e.g. "F# minor" ("Gb minor" with ``flats``)."""
+    candidates = candidates or [(t, mode) for t in range(12) for mode in KEY_PROFILES]
+
+    def score(tonic: int, mode: str) -> float:
+        return float(np.corrcoef(hist, np.roll(KEY_PROFILES[mode], tonic))[0, 1]) if hist.std() > 0 else 0.0
+
+    tonic, mode = max(candidates, key=lambda c: score(*c))
+    return f"{(FLAT_NAMES if flats else SHARP_NAMES)[tonic]} {mode}"
+
+
 class KeyNameError(DiamusicError):
     """A musical key's name that cannot be read, e.g. 'H major' or 'C bogus'."""
 

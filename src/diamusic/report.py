@@ -188,20 +188,24 @@ def _audio(out: Path, path: Path) -> str:
     return f"<audio controls preload='auto' src='{_e(path.relative_to(out).as_posix())}'></audio>"
 
 
-def _listening(out: Path, runs: dict[str, dict[int, Path]]) -> str:
+def _listening(out: Path, runs: dict[str, dict[int, Path]], stem: str = "gen", ref: str = "ref") -> str:
+    """A row per eval prompt: its reference clip, then each pattern's ``stem_NN.wav`` per seed ('' if none)."""
     names = list(runs)
     first = next(iter(runs[names[0]].values())) / "generated"
     prompts = json.loads((first / "prompts.json").read_text()) if (first / "prompts.json").exists() else []
-    head = "".join(f"<th>{_e(h)}</th>" for h in ["prompt", "reference (through the codec)", *names])
+    what = "reference (through the codec)" if stem == "gen" else "the clip: prompt and true continuation"
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["prompt", what, *names])
     rows = []
     for i, text in enumerate(prompts):
-        cells = [f"<td class='prompt'>{_e(text)}</td>", f"<td>{_audio(out, first / f'ref_{i:02d}.wav')}</td>"]
+        if not (first / f"{ref}_{i:02d}.wav").exists():  # a clip too short to continue
+            continue
+        cells = [f"<td class='prompt'>{_e(text)}</td>", f"<td>{_audio(out, first / f'{ref}_{i:02d}.wav')}</td>"]
         for n in names:
-            players = [f"seed {s}<br>{_audio(out, r / 'generated' / f'gen_{i:02d}.wav')}"
-                       for s, r in runs[n].items() if (r / "generated" / f"gen_{i:02d}.wav").exists()]  # fmt: skip
+            players = [f"seed {s}<br>{_audio(out, r / 'generated' / f'{stem}_{i:02d}.wav')}"
+                       for s, r in runs[n].items() if (r / "generated" / f"{stem}_{i:02d}.wav").exists()]  # fmt: skip
             cells.append("<td>" + "<br>".join(players) + "</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else ""
 
 
 def _samples(out: Path, runs: dict[str, dict[int, Path]]) -> str:
@@ -243,6 +247,9 @@ def write_report(out: str | Path) -> Path:
     img = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}'></p>" for p in images)
     grid_html = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}'></p>" for p in grids)
     seeds = ", ".join(map(str, summary["seeds"]))
+    continued = _listening(out, runs, "cont", "cont_ref")
+    seconds = _e(plan.get("continuation"))
+    continuations = f"<h2>Listening: continuations of the first {seconds} s</h2>\n{continued}" if continued else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Delay-pattern ablation</title><style>{STYLE}</style></head>
 <body>
@@ -257,6 +264,7 @@ means over seeds with their 95% interval and the dots are the seeds.
 {img}
 <h2>Listening: generations per prompt</h2>
 {_listening(out, runs)}
+{continuations}
 <h2>Samples at checkpoints</h2>
 {_samples(out, runs)}
 <h2>Patterns</h2>

@@ -161,10 +161,32 @@ def record_dataset_switch(run_dir: Path, data: CodesDataset, step: int) -> str |
             f" (codec {switch['codec'].get('fingerprint')} -> {data.card['codec'].get('fingerprint')}, codec/ replaced)"
         )
     info["notes"] = [*info.get("notes", []), note]
-    tmp = run_file.with_name(RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, run_file)
+    write_run_info(run_dir, info)
     return note
+
+
+def record_early_stop(run_dir: Path, step: int, reason: str) -> bool:
+    """run.json says where and why config.early_stop ended the run; False where it said so already."""
+    info = json.loads((run_dir / RUN_FILE).read_text())
+    if info.get("early_stop", {}).get("step") == step:
+        return False
+    info["early_stop"] = {"step": step, "reason": reason}
+    write_run_info(run_dir, info)
+    return True
+
+
+def final_step(run_dir: Path, steps: int) -> int:
+    """The step a run ends at: where config.early_stop stopped it, else its config's ``steps``."""
+    path = run_dir / RUN_FILE
+    stop = json.loads(path.read_text()).get("early_stop") if path.exists() else None
+    return stop["step"] if stop else steps
+
+
+def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    """run.json, replaced whole: a kill leaves the old file or the new one."""
+    tmp = run_dir / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, run_dir / RUN_FILE)
 
 
 def write_run_files(
@@ -190,9 +212,7 @@ def write_run_files(
         "base_fingerprint": base,  # LoRA: the base weights the adapters go onto (checked when loaded)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, run_dir / RUN_FILE)
+    write_run_info(run_dir, info)
     # generation must work from the run dir alone, so the codec travels with it
     if not (run_dir / "codec").exists():
         shutil.copytree(data.path / "codec", run_dir / "codec")

@@ -31,7 +31,7 @@ from diamusic.errors import DiamusicError
 from diamusic.export import write_transformers_files
 from diamusic.flops import training_flops
 from diamusic.metrics import TokenStats, token_stats
-from diamusic.runs import RUN_FILE, load_run
+from diamusic.runs import RUN_FILE, load_run, record_early_stop
 from diamusic.teacher_forced import teacher_forced
 from diamusic.tokens import IGNORE_INDEX
 from diamusic.trainer import StepOutput, Trainer, Window, due, setup
@@ -58,6 +58,7 @@ class TrainResult:
     last_eval: dict[str, float]
     main_process: bool = True
     signum: int = signal.SIGINT  # the signal that interrupted it (SIGTERM: a scheduler or `timeout`)
+    early_stop: str = ""  # why it stopped before config.steps (config.early_stop), if it did
 
 
 class StopSignals:
@@ -210,7 +211,10 @@ def train(
     t.model.train()
     with StopSignals() as stop:
         try:
-            for micro_batches in data_loader(t.batches, config.data, t.accelerator.device, t.main):
+            if t.early_stop.reason:  # resumed after it stopped early: finished, no step more
+                stopped_early(t)
+            batches = () if t.early_stop.reason else data_loader(t.batches, config.data, t.accelerator.device, t.main)
+            for micro_batches in batches:
                 mid_step = True
                 out = train_step(t, micro_batches)
                 t.step += 1
@@ -236,12 +240,16 @@ def train(
                     bar(last_train)
                 if due(t.step, config.eval.every) or end:
                     last_eval = log_eval(t)
+                    end = bool(t.early_stop.update(last_eval, config.early_stop)) or end
                 samples_now = t.samples is not None and t.samples.due(t.step)
                 if due(t.step, config.checkpoints.every) or end or (samples_now and t.sharded):
                     save(t)
                     saved = t.step
                 if samples_now:
                     write_samples_at(t)
+                if t.early_stop.reason:
+                    stopped_early(t)
+                    break
                 if stop_after is not None and t.step >= stop_after:
                     break
                 received = stop.agreed(t.accelerator)
@@ -257,7 +265,7 @@ def train(
             t.tracker.close()
             if t.lock is not None:
                 t.lock.release()
-    return TrainResult(t.run_dir, t.step, interrupted, last_train, last_eval, t.main, signum)
+    return TrainResult(t.run_dir, t.step, interrupted, last_train, last_eval, t.main, signum, t.early_stop.reason)
 
 
 def stopped(t: Trainer, signum: int, mid_step: bool, saved: int) -> None:
@@ -272,6 +280,15 @@ def stopped(t: Trainer, signum: int, mid_step: bool, saved: int) -> None:
         print(f"\n{name}: saving a checkpoint at step {t.step}", file=sys.stderr)
     if saved != t.step:  # the step's own checkpoint holds this state already
         save(t)
+
+
+def stopped_early(t: Trainer) -> None:
+    """The end of a run config.early_stop ended: said once in run.json, the metrics and stderr."""
+    if not t.main:
+        return
+    if record_early_stop(t.run_dir, t.step, t.early_stop.reason):
+        t.tracker.log({"train/early_stop_step": t.step}, t.step)
+    print(f"stopped early at step {t.step} of {t.config.steps}: {t.early_stop.reason}", file=sys.stderr)
 
 
 def skipped(t: Trainer, out: StepOutput) -> None:

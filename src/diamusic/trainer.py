@@ -9,6 +9,7 @@ logging window); `diamusic.train` runs the loop over it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from diamusic.checkpoints import checkpoints_of, remove_unfinished, restore, save_adapters_only
-from diamusic.config import SamplesConfig, TrainConfig, pattern_of_config, to_dict
+from diamusic.config import EarlyStopConfig, SamplesConfig, TrainConfig, pattern_of_config, to_dict
 from diamusic.data import DataError
 from diamusic.data.dataset import BatchPlan, CodesDataset, StepBatches, verify
 from diamusic.errors import DiamusicError
@@ -108,6 +109,36 @@ class Window:
         return cls(TokenStats(**tensors), state["samples"], state["eos_samples"])
 
 
+@dataclass
+class EarlyStop:
+    """Whether the evaluations so far say to stop (config.early_stop); saved in checkpoints, so a resumed
+    run counts from where it was and a run that stopped stays stopped."""
+
+    best: float = math.inf  # the lowest eval loss so far
+    since_best: int = 0  # evaluations since it
+    reason: str = ""  # why the run stopped; empty while it trains
+
+    def update(self, metrics: dict[str, float], config: EarlyStopConfig) -> str:
+        """Count one evaluation; the reason to stop now, or ''."""
+        loss = metrics.get("eval/loss", math.nan)
+        if loss < self.best - config.min_delta:
+            self.best, self.since_best = loss, 0
+        else:
+            self.since_best += 1
+        gap = metrics.get("eval/gap", math.nan)
+        if config.max_gap > 0 and gap > config.max_gap:
+            self.reason = f"the eval gap {gap:.4f} exceeds early_stop.max_gap {config.max_gap:g}"
+        elif config.patience > 0 and self.since_best >= config.patience:
+            self.reason = (
+                f"the eval loss has not improved on {self.best:.4f} for {self.since_best} evaluations"
+                f" (early_stop.patience {config.patience})"
+            )
+        return self.reason
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 # --- set-up -------------------------------------------------------------------------------------
 
 
@@ -136,6 +167,7 @@ class Trainer:
     skipped_steps: int = 0  # non-finite steps whose update was skipped
     noise: LossNoise = field(default_factory=LossNoise)
     window: Window = field(default_factory=Window)
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
 
     @property
     def main(self) -> bool:
@@ -147,6 +179,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "loss_noise": self.noise.state_dict(),
             "window": self.window.state_dict(),
+            "early_stop": self.early_stop.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -154,6 +187,7 @@ class Trainer:
         self.skipped_steps = state.get("skipped_steps", 0)
         self.noise.load_state_dict(state["loss_noise"])
         self.window = Window.from_state(state["window"], self.accelerator.device)
+        self.early_stop = EarlyStop(**state.get("early_stop", {}))  # checkpoints from before it: none
 
 
 @dataclass
@@ -242,6 +276,8 @@ def _setup_data(config: TrainConfig, run_dir: Path, resume: bool, force: bool, m
     verify(config.data.path)  # every byte now: a damaged shard is found before the run folder is written
     train_data = CodesDataset(config.data.path, "train")
     eval_data = CodesDataset(config.data.path, "eval")
+    if (config.early_stop.patience or config.early_stop.max_gap) and not len(eval_data):
+        raise DataError(f"early_stop needs eval losses, and {config.data.path} has no eval clips")
     previous = check_run_dir(run_dir, config, train_data.fingerprint, train_data.card["codec"], resume, force)
     if previous is not None and not checkpoints_of(run_dir):
         if main:
@@ -454,4 +490,6 @@ class Samples:
     def write(self, model: torch.nn.Module, run_dir: Path, step: int, tracker: Tracker) -> None:
         from diamusic.generate import write_samples
 
-        write_samples(model, run_dir, step, self.prompts, self.config.seconds, self.codec, tracker)
+        write_samples(
+            model, run_dir, step, self.prompts, self.config.seconds, self.codec, tracker, self.config.temperatures
+        )
