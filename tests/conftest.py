@@ -56,6 +56,32 @@ def tiny_run(melody_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory):
+    """A tiny random CLAP (HTSAT audio tower, RoBERTa text tower) with a byte-level BPE tokenizer made
+    here, saved as the hub's folders are (offline: no vocabulary is downloaded)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizerFast
+
+    specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    specials["mask_token"] = "<mask>"
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["a lively jig in D major", "a slow air", "piano, calm"], vocab_size=300, min_frequency=1,
+                            special_tokens=list(specials.values()))  # fmt: skip
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, cls_token="<s>", sep_token="</s>", **specials)
+    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 64}  # fmt: skip
+    audio = {"hidden_size": 32, "depths": [1, 1], "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 16,
+             "num_hidden_layers": 2}  # fmt: skip
+    torch.manual_seed(0)
+    model = ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=8))
+    path = tmp_path_factory.mktemp("tiny_clap")
+    model.save_pretrained(path)
+    # larger_clap_music is an unfused model: one window, a long clip cut (at random: diamusic cuts it first)
+    ClapProcessor(ClapFeatureExtractor(truncation="rand_trunc"), tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def ragged_dataset(tmp_path_factory):
     """Tones of 0.55 to 2.3 s cut into clips of at most 1.2 s, so crops of 64 frames (0.74 s) are
     ragged: the micro-batches of a step hold different numbers of valid targets, and some sources

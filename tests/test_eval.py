@@ -132,6 +132,20 @@ def test_a_continuation_is_scored_against_what_the_clip_does_after_the_prompt(ti
     assert best["cont/melody_agreement"] > real["cont/melody_agreement"]
 
 
+def test_clap_scores_and_fad_join_the_evaluation_and_a_missing_model_only_leaves_them_out(
+    tiny_run, tiny_clap_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(evaluation, "FRECHET_MIN_CLIPS", 2)  # FAD from 2 clips here (30 in use)
+    result = evaluation.evaluate_run(tiny_run, prompts=2, seconds=0.3, device="cpu", clap_model=str(tiny_clap_dir))
+    for key in ("gen/clap_score", "gen/reference_clap_score"):
+        assert -1 <= result[key] <= 1, key
+    assert result["gen/fad_clap"] >= 0 and "gen/frechet_features" in result
+    missing = evaluation.evaluate_run(tiny_run, prompts=2, seconds=0.3, device="cpu", clap_model=str(tmp_path / "x"))
+    assert "cannot load the CLAP model" in capsys.readouterr().err
+    assert "gen/clap_score" not in missing and missing["eval/loss"] == result["eval/loss"]
+    assert missing["gen/voiced_ratio"] == result["gen/voiced_ratio"]
+
+
 def test_logged_eval_losses_equal_diamusic_eval_of_the_checkpoint(ragged_dataset, tmp_path):
     """Training's evaluation and `diamusic eval` are one computation: with EOS left out of the loss
     (which eval used to count anyway) the last logged losses are those of the final checkpoint.
@@ -150,7 +164,7 @@ def test_logged_eval_losses_equal_diamusic_eval_of_the_checkpoint(ragged_dataset
         assert result[key] == pytest.approx(logged[key], rel=1e-6), key
 
 
-def test_eval_cli_prints_and_writes(tiny_run, tmp_path, capsys):
+def test_eval_cli_prints_and_writes(tiny_run, tiny_clap_dir, tmp_path, capsys):
     import json
 
     from diamusic.cli import main
@@ -168,6 +182,10 @@ def test_eval_cli_prints_and_writes(tiny_run, tmp_path, capsys):
     assert wider["eval/loss"] == default["eval/loss"]  # the edge splits the targets, it does not change them
     assert main(["eval", "--run", str(tmp_path), "--prompts", "0"]) == 2  # not a run: one line
     assert capsys.readouterr().err.startswith("diamusic: error:")
+    more = ["--continuation", "0.5", "--clap-model", str(tiny_clap_dir)]
+    assert main(["eval", "--run", str(tiny_run), "--prompts", "1", "--seconds", "0.3", *more]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{k} " in printed for k in ("gen/clipping_ratio", "gen/clap_score", "cont/chroma_cosine")), printed
 
 
 @pytest.mark.integration

@@ -85,6 +85,8 @@ METRICS: list[Metric] = [
     Metric("cont/key_agreement", "continuation: key agreement (MIREX)", False),
     Metric("cont/tempo_agreement", "continuation: tempo within 8%", False),
     Metric("cont/melody_agreement", "continuation: melody agreement", False),
+    Metric("gen/clap_score", "CLAP score (caption-audio cosine)", False),
+    Metric("gen/fad_clap", "FAD (CLAP embeddings)", True),
     Metric("gen/frechet_features", "Fréchet distance (chroma+MFCC)", True),
     Metric("gen/usage_js", "code usage divergence (JS)", True),
     Metric("gen/decode_steps", "decode steps", True),

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 # the library's defaults are the CLI's: importing them here keeps one source for each
 from diamusic.ablate import DemoPlan, ablate, demo, demo_plan
+from diamusic.clap import CLAP_MODEL
 from diamusic.codecs import DAC_CODEBOOKS, DAC_FRAME_RATE, DAC_MODEL, DEFAULT_CODEC, SpectralConfig
 from diamusic.config import DEFAULT_PRESET, ModelConfig
 from diamusic.data.prepare import prepare
@@ -253,10 +254,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(
         args.run, args.checkpoint, args.prompts, args.seconds, args.edge, args.device, args.out,
-        continuation=args.continuation or 0.0,
+        continuation=args.continuation or 0.0, clap_model=args.clap_model,
     )  # fmt: skip
     keys = ("eval/loss", "eval/interior/loss", "eval/entropy", "eval/gap", "gen/in_key_ratio", "gen/frames_per_s")
     keys += ("gen/clipping_ratio", "gen/silence_ratio", "gen/beat_stability", "gen/key_consistency")
+    keys += ("gen/clap_score", "gen/fad_clap")
     keys += ("cont/chroma_cosine", "cont/key_agreement", "cont/tempo_agreement", "cont/melody_agreement")
     keys = keys if "eval/loss" in result else ("train_subset/loss", "train_subset/interior/loss", "train/loss")
     print(f"{args.run} {result['checkpoint']}: " + ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result))
@@ -523,6 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--continuation",
         type=_seconds,
         help="also continue each eval clip from its first S seconds and score what follows against the clip",
+    )
+    ev.add_argument(
+        "--clap-model",
+        nargs="?",
+        const=CLAP_MODEL,
+        help=f"add the CLAP score and FAD with this CLAP (hub id or folder; alone: {CLAP_MODEL}; default: the run's "
+        "eval.clap_model)",
     )
     ev.add_argument("--device", help="cpu | cuda (default: cuda when present)")
     ev.add_argument("--out", help="also write the metrics to this JSON file")

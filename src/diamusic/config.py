@@ -84,6 +84,8 @@ class EvalConfig:
     # at most this many eval clips, and as many train clips for the train/eval gap, chosen by the
     # dataset alone: every seed, pattern and process count is scored on the same clips (0: none)
     clips: int = 256
+    # a CLAP model (hub id or folder, e.g. laion/larger_clap_music) for the CLAP score and FAD ("": none)
+    clap_model: str = ""
 
 
 @dataclass

@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 
 from diamusic import pitch
 from diamusic.audio_metrics import audio_scores, key_agreement, tempo_agreement
+from diamusic.clap import Clap, ClapError, frechet_distance
 from diamusic.codecs import decode_channels
 from diamusic.config import from_dict
 from diamusic.data.dataset import CodesDataset
@@ -157,17 +159,18 @@ def usage_divergence(generated: list[np.ndarray], real: list[np.ndarray], codebo
 
 
 def generated_metrics(
-    run: LoadedRun, prompts: list[Prompt], seconds: float, audio_dir: Path | None = None
+    run: LoadedRun, prompts: list[Prompt], seconds: float, audio_dir: Path | None = None, clap: Clap | None = None
 ) -> dict[str, float]:
     """Generate one clip per prompt (seed = its index) and score it; means over prompts.
 
     With ``audio_dir``, each generation and its reference are kept as ``gen_NN.wav`` / ``ref_NN.wav``
-    beside ``prompts.json`` (the captions), for listening.
+    beside ``prompts.json`` (the captions), for listening. With ``clap``, the CLAP score of each
+    generation and of each reference with its caption, and the FAD between the two sets (30+ clips).
     """
     codec, rows = run.codec, []
     sampling_seconds = 0.0
     frames = decode_steps = 0
-    generated_codes, generated_feats, real_feats = [], [], []
+    generated_codes, generated_feats, real_feats, waves = [], [], [], []
     for i, prompt in enumerate(prompts):
         sampling = SamplingConfig.for_seconds(seconds, codec.frame_rate, seed=i)
         result = generate_codes(run.model, [prompt.text], run.pattern, run.vocab, sampling)
@@ -194,6 +197,7 @@ def generated_metrics(
         rows.append(row)
         generated_feats.append(audio_features(wave, codec.sample_rate))
         real_feats.append(audio_features(reference, codec.sample_rate))
+        waves.append((wave, reference))
     if audio_dir is not None:
         (audio_dir / "prompts.json").write_text(json.dumps([p.text for p in prompts], indent=1))
     keys = sorted(set().union(*rows))  # the in-key and reference metrics exist only where a prompt has them
@@ -213,6 +217,8 @@ def generated_metrics(
     )
     if len(prompts) >= FRECHET_MIN_CLIPS:
         out["gen/frechet_features"] = frechet_diagonal(np.stack(generated_feats), np.stack(real_feats))
+    if clap is not None:
+        out.update(clap_metrics(clap, [p.text for p in prompts], waves, codec.sample_rate))
     usage = usage_divergence(generated_codes, [p.reference for p in prompts], run.vocab.codebook_size)
     out.update({f"gen/usage_js/cb{c}": v for c, v in enumerate(usage)})
     out["gen/usage_js"] = float(np.mean(usage))
@@ -265,6 +271,23 @@ def continuation_metrics(
     return out
 
 
+def clap_metrics(
+    clap: Clap, texts: list[str], waves: list[tuple[np.ndarray, np.ndarray]], rate: int
+) -> dict[str, float]:
+    """The mean CLAP score of the generations and of their references with their captions, and the FAD
+    between the CLAP embeddings of the two sets (from FRECHET_MIN_CLIPS clips on)."""
+    made = clap.embed_audio([w for w, _ in waves], rate)
+    real = clap.embed_audio([r for _, r in waves], rate)
+    text = clap.embed_text(texts)
+    out = {
+        "gen/clap_score": float(np.mean((made * text).sum(1))),
+        "gen/reference_clap_score": float(np.mean((real * text).sum(1))),
+    }
+    if len(waves) >= FRECHET_MIN_CLIPS:
+        out["gen/fad_clap"] = frechet_distance(made, real)
+    return out
+
+
 def _audio_scores(wave: np.ndarray, reference: np.ndarray, prompt: Prompt, rate: int) -> dict[str, float]:
     """Melody metrics and the research log's scores of one mono generation, and how it compares with its
     prompt's key, melody and reference audio."""
@@ -310,6 +333,16 @@ def _write_wavs(
     sf.write(folder / f"{ref}_{i:02d}.wav", reference, rate)
 
 
+def _clap(name: str, device: str) -> Clap | None:
+    if not name:
+        return None
+    try:
+        return Clap.load(name, device)
+    except ClapError as exc:
+        print(f"warning: {exc}; evaluating without the CLAP metrics", file=sys.stderr)
+        return None
+
+
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
@@ -328,13 +361,16 @@ def evaluate_run(
     out: str | Path | None = None,
     audio_dir: str | Path | None = None,
     continuation: float = 0.0,
+    clap_model: str | None = None,
 ) -> dict[str, Any]:
     """Every metric of one checkpoint, as one flat dict (also written to ``out`` as JSON).
 
     ``edge`` defaults to the run's own max delay + 1 (`interior_edge`); an ablation passes the one of
     all its patterns, and a standalone evaluation compared with an ablation's must pass the same.
     ``continuation`` > 0 also continues the same eval clips from their first ``continuation`` seconds
-    (`continuation_metrics`). ``audio_dir`` keeps the generated and reference audio.
+    (`continuation_metrics`). ``clap_model`` (default: the run's ``eval.clap_model``; "" for none) adds
+    the CLAP metrics; one that cannot be loaded is a warning, and the rest is evaluated. ``audio_dir``
+    keeps the generated and reference audio.
     """
     start = time.perf_counter()
     run = load_run(run_dir, checkpoint, device)
@@ -375,7 +411,8 @@ def evaluate_run(
     if prompts > 0 and len(eval_data):
         folder = Path(audio_dir) if audio_dir is not None else None
         chosen = eval_prompts(eval_data, prompts)
-        result.update(generated_metrics(run, chosen, seconds, folder))
+        clap = _clap(config.eval.clap_model if clap_model is None else clap_model, str(run.model.device))
+        result.update(generated_metrics(run, chosen, seconds, folder, clap))
         if continuation > 0:
             result.update(continuation_metrics(run, chosen, continuation, seconds, folder))
     result["seconds"] = time.perf_counter() - start
