@@ -227,6 +227,12 @@ def test_demo_trains_every_pattern_and_seed_and_writes_the_table(tmp_path):
         wavs = sorted((run / "samples" / "step_000004").glob("sample_*.wav"))
         assert wavs and all(np.isfinite(sf.read(w)[0]).all() for w in wavs)
     assert "| eval loss ↓ |" in first.stdout and "musicgen - dia" in first.stdout
+    # each run continued the eval clips from their first second: rows in the table, players in the report
+    keys = {m["key"] for m in summary["metrics"]}
+    assert {"cont/chroma_cosine", "cont/key_agreement", "gen/clipping_ratio", "gen/silence_ratio"} <= keys
+    assert list((out / "runs" / "dia" / "seed1" / "generated").glob("cont_*.wav"))
+    page = (out / "report.html").read_text()
+    assert "continuations of the first 1.0 s" in page and "generated/cont_ref_00.wav" in page
     # a re-run reuses the data and the finished runs: the same table, nothing refitted or retrained
     again = demo(tmp_path / "demo", "--patterns", "musicgen", "dia")
     assert again.returncode == 0, again.stderr[-3000:]
