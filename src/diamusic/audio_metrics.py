@@ -132,7 +132,7 @@ def audio_scores(wave: np.ndarray, sample_rate: int) -> dict[str, float]:
 
 def compile_kernels() -> None:
     """Run every librosa analysis here once on two seconds of clicks over a tone. pyin and the beat
-    tracker are numba code compiled on first use and cached beside librosa (about 35 s and 12 s on
+    tracker are numba code compiled on first use and cached beside librosa (about 35 s and 14 s on
     2 cores: benchmarks/RESULTS.md section 14), so `make setup` pays that once, not the first
     evaluation, test or demo."""
     t = np.arange(2 * pitch.ANALYSIS_RATE) / pitch.ANALYSIS_RATE

@@ -261,8 +261,10 @@ def continuation_metrics(
             "key_agreement": key_agreement(true_wave, made_wave, codec.sample_rate),
             "tempo_agreement": tempo_agreement(true_wave, made_wave, codec.sample_rate),
         }
-        if prompt.melody:  # the notes after the prompt, timed from its end
-            notes = [[p, start - prompt_seconds, d] for p, start, d in prompt.melody if start >= prompt_seconds]
+        if prompt.melody:  # the notes sounding after the prompt, timed from its end (its last frame's)
+            t0 = head / codec.frame_rate
+            notes = [[p, max(start - t0, 0.0), start + d - max(start, t0)] for p, start, d in prompt.melody
+                     if start + d > t0]  # fmt: skip
             row["melody_agreement"] = melody_agreement(made_wave, codec.sample_rate, notes)
         rows.append(row)
     keys = sorted(set().union(*rows)) if rows else []

@@ -240,7 +240,8 @@ def train(
                     bar(last_train)
                 if due(t.step, config.eval.every) or end:
                     last_eval = log_eval(t)
-                    end = bool(t.early_stop.update(last_eval, config.early_stop)) or end
+                    if not end:  # at the last step there is nothing left to stop early
+                        end = bool(t.early_stop.update(last_eval, config.early_stop))
                 samples_now = t.samples is not None and t.samples.due(t.step)
                 if due(t.step, config.checkpoints.every) or end or (samples_now and t.sharded):
                     save(t)
