@@ -789,3 +789,36 @@ def test_a_file_without_a_caption_is_tagged_from_its_path_unless_captions_are_re
     rejected = [json.loads(line) for line in (tmp_path / "strict" / "rejected.jsonl").open()]
     assert {r["id"] for r in rejected} == {"folk/fiddle/reel_1.wav", "misc/07.wav"}
     assert all(r["rejected"] == "no caption (metadata.jsonl/csv entry or sidecar .txt)" for r in rejected)
+
+
+def test_automatic_tags_go_where_the_captions_mode_says_and_are_kept_apart(tmp_path):
+    from diamusic.clap import ClapError
+    from diamusic.data.inspect import mix
+
+    folder = tmp_path / "audio"
+    (folder / "folk").mkdir(parents=True)
+    for i in range(3):
+        sf.write(folder / f"given{i}.wav", tone(2.0, 262 + 20 * i), 22050)
+        (folder / f"given{i}.txt").write_text(f"a tone, its own caption {i}")
+    sf.write(folder / "folk" / "untitled.wav", tone(2.0, 440), 22050)
+    runs = {}
+    for mode in ("auto-missing", "auto"):
+        prepare(str(folder), "spectral-rvq", tmp_path / mode, codec_options=SMALL_CODEC, captions=mode, progress=False)
+        runs[mode] = {r["source"]: r for r in CodesDataset(tmp_path / mode, split=None).rows()}
+    missing, every = runs["auto-missing"], runs["auto"]
+    untitled = missing["folk/untitled.wav"]
+    assert untitled["text"] == "folk, untitled, " + ", ".join(untitled["auto_tags"]) and untitled["caption_derived"]
+    tempo, key = untitled["auto_tags"][:2]
+    assert tempo.endswith(" bpm") and key.endswith(("major", "minor"))
+    assert all("auto_tags" not in missing[f"given{i}.wav"] for i in range(3))  # their own captions, untouched
+    assert every["given0.wav"]["text"] == "a tone, its own caption 0, " + ", ".join(every["given0.wav"]["auto_tags"])
+    assert json.loads((tmp_path / "auto" / "card.json").read_text())["captions_auto"] == 4
+    assert json.loads((tmp_path / "auto-missing" / "job.json").read_text())["captions"] == "auto-missing"
+    assert mix(missing.values())["captions"] == {"given": 3, "from the path + tags from the audio": 1}
+    for bad, message in [({"captions": "all"}, "captions must be one of keep, auto, auto-missing"),
+                         ({"tagger_clap": "x"}, "needs captions auto or auto-missing")]:  # fmt: skip
+        with pytest.raises(DataError, match=message):
+            prepare(str(folder), "spectral-rvq", tmp_path / "bad", codec_options=SMALL_CODEC, progress=False, **bad)
+    with pytest.raises(ClapError, match="cannot load the CLAP model"):
+        prepare(str(folder), "spectral-rvq", tmp_path / "bad", captions="auto", tagger_clap=str(tmp_path / "none"))
+    assert not (tmp_path / "bad").exists()

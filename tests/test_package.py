@@ -7,7 +7,7 @@ import diamusic
 
 # each module may import only modules listed before it (lazy imports inside functions included)
 ORDER = [
-    "errors", "locks", "stats", "patterns", "tokens", "pitch", "audio_metrics", "clap",
+    "errors", "locks", "stats", "patterns", "tokens", "pitch", "audio_metrics", "clap", "tagging",
     "seeding", "corpus", "synth", "instruments", "harmony", "captions", "arrangement", "playback", "render",
     "codecs", "model", "flops", "metrics",
     "tracking", "data", "data.sources", "data.dataset", "data.prepare", "data.inspect",

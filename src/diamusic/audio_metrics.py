@@ -9,6 +9,7 @@ tonal area. Each takes a mono wave; `audio_scores` gathers them under the names 
 from __future__ import annotations
 
 import math
+import warnings
 
 import librosa
 import numpy as np
@@ -79,11 +80,15 @@ def key_consistency(wave: np.ndarray, sample_rate: int, parts: int = 4) -> float
 
 
 def estimate_key(wave: np.ndarray, sample_rate: int) -> str | None:
-    """The clip's key, e.g. "A minor", by Krumhansl-Schmuckler on its energy-weighted chroma; None if silent."""
+    """The clip's key, e.g. "Bb major": key-profile correlation (Temperley's profiles) with its summed
+    constant-Q chroma; None if silent."""
     y = pitch.to_analysis_rate(wave, sample_rate)
-    power = np.abs(librosa.stft(y, n_fft=4096, hop_length=1024)) ** 2
-    hist = librosa.feature.chroma_stft(S=power, sr=pitch.ANALYSIS_RATE, norm=None, tuning=0.0).sum(1)
-    return pitch.key_of_histogram(hist) if hist.std() > 0 else None
+    if not np.abs(y).max(initial=0.0) > 0:
+        return None
+    with warnings.catch_warnings():  # its lowest octaves are analysed at a low rate: a short clip warns there
+        warnings.filterwarnings("ignore", "n_fft=.* is too large for input signal", UserWarning)
+        hist = librosa.feature.chroma_cqt(y=y, sr=pitch.ANALYSIS_RATE, norm=None, tuning=0.0).sum(1)
+    return pitch.key_name(pitch.key_of_histogram(hist, profiles=pitch.AUDIO_KEY_PROFILES)) if hist.std() > 0 else None
 
 
 def key_agreement(reference: np.ndarray, wave: np.ndarray, sample_rate: int) -> float:

@@ -25,6 +25,7 @@ from diamusic.export import export_run
 from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, GenerationError, SamplingConfig
 from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern, layout_name
 from diamusic.runs import load_run
+from diamusic.tagging import CAPTION_MODES
 from diamusic.tokens import MAX_TEXT_BYTES
 
 
@@ -130,6 +131,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         channels=args.channels,
         skip_tags=args.skip_tags.split(",") if args.skip_tags else (),
         require_caption=args.require_caption,
+        captions=args.captions,
+        tagger_clap=args.tagger_clap,
         progress=not args.quiet,
     )
     if result.audio_seconds_encoded > 0:
@@ -401,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out files without a caption (metadata row or sidecar .txt) instead of tagging them by path",
     )
+    prep.add_argument(
+        "--captions",
+        choices=CAPTION_MODES,
+        default=preparing["captions"],
+        help="auto: add tags from the audio (tempo, key, level) to every caption; auto-missing: to captions a "
+        "file did not bring",
+    )
+    prep.add_argument("--tagger-clap", help="a CLAP model (hub id or folder) for instrument, genre and mood tags")
     prep.add_argument(
         "--skip-tags", help="leave out inputs whose caption has one of these comma-separated tags, e.g. vocals,speech"
     )

@@ -38,19 +38,41 @@ KEY_PROFILES = {
     "major": np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
     "minor": np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]),
 }
+# Temperley's (Kostka-Payne) profiles: from audio chroma they find the key more often than Krumhansl-Kessler's
+# (benchmarks/RESULTS.md section 16), which pull towards the dominant that every note's third harmonic feeds
+AUDIO_KEY_PROFILES = {
+    "major": np.array([5.0, 2.0, 3.5, 2.0, 4.5, 4.0, 2.0, 4.5, 2.0, 3.5, 1.5, 4.0]),
+    "minor": np.array([5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0]),
+}
 SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 
 
+# the usual spelling of each key: fewest accidentals, F# major and C#/G# minor with sharps
+_KEY_NAMES = {
+    "major": ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"),
+    "minor": ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B"),
+}
+
+
+def key_name(key: str) -> str:
+    """A key as musicians usually spell it: "A# major" -> "Bb major", "Db minor" -> "C# minor"."""
+    tonic, mode = parse_key(key)
+    return f"{_KEY_NAMES[mode][tonic]} {mode}" if mode in _KEY_NAMES else key
+
+
 def key_of_histogram(
-    hist: np.ndarray, candidates: list[tuple[int, str]] | None = None, flats: bool = False
+    hist: np.ndarray,
+    candidates: list[tuple[int, str]] | None = None,
+    flats: bool = False,
+    profiles: dict[str, np.ndarray] = KEY_PROFILES,
 ) -> str:
     """Krumhansl-Schmuckler key finding: the key (among ``candidates`` (tonic, mode), default all 24)
     whose profile correlates best with a pitch-class histogram, e.g. "F# minor" ("Gb minor" with ``flats``)."""
-    candidates = candidates or [(t, mode) for t in range(12) for mode in KEY_PROFILES]
+    candidates = candidates or [(t, mode) for t in range(12) for mode in profiles]
 
     def score(tonic: int, mode: str) -> float:
-        return float(np.corrcoef(hist, np.roll(KEY_PROFILES[mode], tonic))[0, 1]) if hist.std() > 0 else 0.0
+        return float(np.corrcoef(hist, np.roll(profiles[mode], tonic))[0, 1]) if hist.std() > 0 else 0.0
 
     tonic, mode = max(candidates, key=lambda c: score(*c))
     return f"{(FLAT_NAMES if flats else SHARP_NAMES)[tonic]} {mode}"

@@ -78,10 +78,13 @@ TEMPO_BINS = (0, 70, 90, 110, 130, 160, 1000)  # bpm
 
 
 def mix(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Clips per texture, melody instrument, accompaniment instrument, key and tempo band (from the
-    tags the built-in corpus records; empty for a folder of audio), most common first."""
+    """Clips per caption source (given, from the path, with tags from the audio), and per texture, melody
+    instrument, accompaniment instrument, key and tempo band (from the tags the built-in corpus records;
+    empty for a folder of audio), most common first."""
+    rows = list(rows)
     tagged = [r["tags"] for r in rows if "tags" in r]
     counts: dict[str, Counter] = {
+        "captions": Counter(_caption_source(r) for r in rows),
         "texture": Counter(t["texture"] for t in tagged),
         "melody_instrument": Counter(t["melody_instrument"] for t in tagged),
         "accompaniment": Counter(a for t in tagged for a in t["accompaniment"]),
@@ -89,6 +92,11 @@ def mix(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
         "tempo_bpm": Counter(_band(t["tempo_bpm"]) for t in tagged),
     }
     return {name: dict(c.most_common()) for name, c in counts.items() if c}
+
+
+def _caption_source(row: dict[str, Any]) -> str:
+    source = "from the path" if row.get("caption_derived") else "given"
+    return source + (" + tags from the audio" if row.get("auto_tags") else "")
 
 
 def _band(bpm: float) -> str:

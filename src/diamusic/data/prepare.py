@@ -7,6 +7,7 @@ may each take a share of the shards (``shard=(i, n)``); the last one to finish w
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from diamusic.clap import Clap
 from diamusic.codecs import Codec, codec_class, encode_channels, load_codec
 from diamusic.data import CARD_FILE, FORMAT, DataError, fingerprint, read_json, shard_file
 from diamusic.data.sources import (
@@ -36,6 +38,7 @@ from diamusic.data.sources import (
 )
 from diamusic.locks import DirectoryLock
 from diamusic.patterns import AUDIO_CHANNELS
+from diamusic.tagging import CAPTION_MODES, Captioner
 from diamusic.tokens import MAX_TEXT_BYTES
 
 ITEMS_PER_SHARD = 32
@@ -45,11 +48,12 @@ ENCODE_BUFFER_BYTES = 1 << 30  # clips waiting to be encoded: more is encoded in
 @dataclass(frozen=True)
 class Clipping:
     """How an input becomes clips: their longest length, the dataset's audio channels, the caption
-    tags that leave an input out."""
+    tags that leave an input out, and how its caption gets automatic tags."""
 
     max_seconds: float
     audio_channels: int
     skip_tags: frozenset[str] = frozenset()
+    captioner: Captioner = Captioner()
 
     def skipped(self, caption: str) -> str | None:
         """The first of the caption's comma-separated tags (any case) that is to be skipped, if any."""
@@ -90,19 +94,21 @@ def prepare(
     channels: str = "mono",
     skip_tags: Sequence[str] = (),
     require_caption: bool = False,
+    captions: str = "keep",
+    tagger_clap: str | None = None,
     progress: bool = True,
 ) -> PrepareResult:
     """Encode a source once into a dataset directory; resumable and splittable with ``shard``.
 
-    ``corpus`` (``renderer``, ``texture``) says how the built-in melodies are rendered. ``channels``
-    "stereo" encodes the left and the right side separately (a mono input is copied to both).
-    An input whose caption has one of ``skip_tags`` among its comma-separated tags is left out, and
-    with ``require_caption`` so is a file without a caption of its own (else its path gives one).
-    """
+    ``corpus`` (``renderer``, ``texture``): how the built-in melodies are rendered. ``channels`` "stereo"
+    encodes each side (a mono input copied to both). An input with one of ``skip_tags`` among its caption's
+    tags is left out, and with ``require_caption`` one without a caption of its own (else its path gives
+    one). ``captions`` "auto" adds tags from the audio (`diamusic.tagging`) to every caption, "auto-missing"
+    to those an input did not bring; ``tagger_clap`` (a CLAP model) adds instrument, genre and mood."""
     start = time.time()
     out = Path(out)
     index, count = shard
-    clipping = _check_arguments(shard, eval_fraction, max_seconds, channels, skip_tags)
+    clipping = _check_arguments(shard, eval_fraction, max_seconds, channels, skip_tags, captions, tagger_clap)
     audio_channels, skip = clipping.audio_channels, sorted(clipping.skip_tags)
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
@@ -121,6 +127,7 @@ def prepare(
         **({"channels": channels} if audio_channels > 1 else {}),
         **({"skip_tags": skip} if skip else {}),
         **({"require_caption": True} if require_caption else {}),
+        **({"captions": captions, "tagger_clap": tagger_clap} if captions != "keep" else {}),
     }
     try:
         # each share of the job (shard=(i, n)) is one process: a second with the same share stops here
@@ -167,7 +174,13 @@ def _progress_bar(items: int, mine: list[int], todo: list[int], shown: bool) -> 
 
 
 def _check_arguments(
-    shard: tuple[int, int], eval_fraction: float, max_seconds: float, channels: str, skip_tags: Sequence[str]
+    shard: tuple[int, int],
+    eval_fraction: float,
+    max_seconds: float,
+    channels: str,
+    skip_tags: Sequence[str],
+    captions: str = "keep",
+    tagger_clap: str | None = None,
 ) -> Clipping:
     """Refuse settings that cannot work, before anything is read or written."""
     index, count = shard
@@ -179,7 +192,13 @@ def _check_arguments(
         raise DataError(f"max_seconds must be > {MIN_CLIP_SECONDS}, got {max_seconds}")
     if channels not in AUDIO_CHANNELS:
         raise DataError(f"channels must be {' or '.join(AUDIO_CHANNELS)}, got {channels!r}")
-    return Clipping(max_seconds, AUDIO_CHANNELS[channels], frozenset(t.strip().lower() for t in skip_tags if t.strip()))
+    if captions not in CAPTION_MODES:
+        raise DataError(f"captions must be one of {', '.join(CAPTION_MODES)}, got {captions!r}")
+    if tagger_clap and captions == "keep":
+        raise DataError("a tagger CLAP model needs captions auto or auto-missing")
+    skip = frozenset(t.strip().lower() for t in skip_tags if t.strip())
+    captioner = Captioner(captions, Clap.load(tagger_clap) if tagger_clap else None)
+    return Clipping(max_seconds, AUDIO_CHANNELS[channels], skip, captioner)
 
 
 def _write_shard(
@@ -310,6 +329,8 @@ def _encode_shard(
             if tag := clipping.skipped(loaded.caption):
                 raise Rejected(f"skipped: tagged {tag!r}")
             wave, copied = to_audio_channels(loaded.wave, clipping.audio_channels)
+            caption, auto = clipping.captioner.caption(loaded.caption, loaded.caption_derived, wave, loaded.sample_rate)
+            loaded = dataclasses.replace(loaded, caption=caption, auto_tags=tuple(auto))
         except Rejected as reason:
             rows.append({"id": item.id, "rejected": str(reason)})
             loaded = None
@@ -369,6 +390,8 @@ def _clips(
             row["mono_source"] = True  # both sides are the same audio
         if loaded.caption_derived:
             row["caption_derived"] = True
+        if loaded.auto_tags:  # the caption's automatic tags (the others came with the input)
+            row["auto_tags"] = list(loaded.auto_tags)
         if loaded.tags is not None:
             row["tags"] = loaded.tags
         if loaded.melody is not None:  # the reference melody of this clip, for melody metrics
@@ -421,6 +444,7 @@ def _finalize(out: Path, n_shards: int, codec: Codec, source: str, audio_channel
         "rejected": len(rejected),
         "captions_truncated": truncated,
         "captions_derived": len({r["source"] for r in clips if r.get("caption_derived")}),  # from their paths
+        "captions_auto": len({r["source"] for r in clips if r.get("auto_tags")}),  # with tags from their audio
         "codec": {
             "name": codec.name,
             "fingerprint": codec.fingerprint,

@@ -41,6 +41,7 @@ class Loaded:
     melody: tuple[Note, ...] | None = None
     tags: dict[str, Any] | None = None
     caption_derived: bool = False  # made from the file's path: it had none of its own
+    auto_tags: tuple[str, ...] = ()  # tags `prepare` added from the audio (diamusic.tagging)
 
 
 @dataclass(frozen=True)
