@@ -172,7 +172,14 @@ def test_a_prompt_continues_as_transformers_generate_continues_the_processors_la
     sampling = SamplingConfig(max_frames=12, cfg_scale=cfg or 1.0, cfg_filter_top_k=5, temperature=0.0)
     ours = generate_codes(model, texts, pattern, VOCAB, sampling, prompt=prompt.numpy())
     input_ids, attention_mask = encode_text(texts)
-    layout = pattern.apply(torch.cat([torch.full((2, 1, 9), VOCAB.bos), prompt], 1), VOCAB.bos, VOCAB.pad)
+    # DiaProcessor.__call__'s steps after encoding the audio: BOS + codes, PAD to the delay's length, delayed
+    from transformers import DiaProcessor
+
+    steps = 1 + 5 + pattern.max_delay
+    prefill = torch.full((2, steps, 9), VOCAB.pad, dtype=torch.int)
+    prefill[:, : 1 + 5] = torch.cat([torch.full((2, 1, 9), VOCAB.bos), prompt], 1)
+    index = DiaProcessor.build_indices(bsz=2, seq_len=steps, num_channels=9, delay_pattern=pattern.delays, revert=False)
+    layout = DiaProcessor.apply_audio_delay(prefill, VOCAB.pad, VOCAB.bos, index).long()
     theirs = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
