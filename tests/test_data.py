@@ -822,3 +822,25 @@ def test_automatic_tags_go_where_the_captions_mode_says_and_are_kept_apart(tmp_p
     with pytest.raises(ClapError, match="cannot load the CLAP model"):
         prepare(str(folder), "spectral-rvq", tmp_path / "bad", captions="auto", tagger_clap=str(tmp_path / "none"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_audiofolders_metadata_with_its_caption_column_prepares_like_our_own(tmp_path):
+    """Hugging Face's audiofolder names the file `file_name` and the caption any column (--text-column)."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder in (ours, theirs):
+        folder.mkdir()
+        for i in range(4):
+            sf.write(folder / f"t{i}.wav", tone(1.5, 262 + 30 * i), 22050)
+    (ours / "metadata.jsonl").write_text("".join(json.dumps({"file": f"t{i}.wav", "text": f"tone {i}"}) + "\n"
+                                                 for i in range(4)))  # fmt: skip
+    rows = "".join(f"t{i}.wav,tone {i},x\n" for i in range(4))
+    (theirs / "metadata.csv").write_text("file_name,caption,other\n" + rows)
+    prepare(str(ours), "spectral-rvq", tmp_path / "a", codec_options=SMALL_CODEC, progress=False)
+    prepare(str(theirs), "spectral-rvq", tmp_path / "b", codec_options=SMALL_CODEC, text_column="caption",
+            progress=False)  # fmt: skip
+    a, b = CodesDataset(tmp_path / "a", split=None), CodesDataset(tmp_path / "b", split=None)
+    assert [r["text"] for r in a.rows()] == [r["text"] for r in b.rows()] == [f"tone {i}" for i in range(4)]
+    assert all(np.array_equal(a.codes(i), b.codes(i)) for i in range(len(a)))
+    with pytest.raises(DataError, match=r"needs the columns 'file' \(or 'file_name'\) and 'text'"):
+        prepare(str(theirs), "spectral-rvq", tmp_path / "c", codec_options=SMALL_CODEC, progress=False)
+    assert not (tmp_path / "c" / "card.json").exists()

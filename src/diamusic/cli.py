@@ -133,6 +133,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         require_caption=args.require_caption,
         captions=args.captions,
         tagger_clap=args.tagger_clap,
+        text_column=args.text_column,
         progress=not args.quiet,
     )
     if result.audio_seconds_encoded > 0:
@@ -412,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
         "file did not bring",
     )
     prep.add_argument("--tagger-clap", help="a CLAP model (hub id or folder) for instrument, genre and mood tags")
+    prep.add_argument(
+        "--text-column",
+        default=preparing["text_column"],
+        help="the metadata column with the captions (the file in 'file' or an audiofolder's 'file_name')",
+    )
     prep.add_argument(
         "--skip-tags", help="leave out inputs whose caption has one of these comma-separated tags, e.g. vocals,speech"
     )

@@ -96,6 +96,7 @@ def prepare(
     require_caption: bool = False,
     captions: str = "keep",
     tagger_clap: str | None = None,
+    text_column: str = "text",
     progress: bool = True,
 ) -> PrepareResult:
     """Encode a source once into a dataset directory; resumable and splittable with ``shard``.
@@ -104,7 +105,8 @@ def prepare(
     encodes each side (a mono input copied to both). An input with one of ``skip_tags`` among its caption's
     tags is left out, and with ``require_caption`` one without a caption of its own (else its path gives
     one). ``captions`` "auto" adds tags from the audio (`diamusic.tagging`) to every caption, "auto-missing"
-    to those an input did not bring; ``tagger_clap`` (a CLAP model) adds instrument, genre and mood."""
+    to those an input did not bring; ``tagger_clap`` (a CLAP model) adds instrument, genre and mood.
+    ``text_column``: the metadata column holding captions (an audiofolder's may be "caption")."""
     start = time.time()
     out = Path(out)
     index, count = shard
@@ -113,22 +115,14 @@ def prepare(
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
     corpus = corpus_options(source, corpus)
-    items = source_items(source, limit, seed, corpus, audio_channels, require_caption)
-    job = {
-        "source": source,
-        "codec": codec,
-        "limit": limit,
-        "max_seconds": max_seconds,
-        "seed": seed,
-        "eval_fraction": eval_fraction,
-        "codec_options": codec_options or {},
-        **({"corpus": corpus} if corpus else {}),
-        # later settings only when used, so an older dataset's job.json still matches
-        **({"channels": channels} if audio_channels > 1 else {}),
-        **({"skip_tags": skip} if skip else {}),
-        **({"require_caption": True} if require_caption else {}),
-        **({"captions": captions, "tagger_clap": tagger_clap} if captions != "keep" else {}),
-    }
+    items = source_items(source, limit, seed, corpus, audio_channels, require_caption, text_column)
+    job = {"source": source, "codec": codec, "limit": limit, "max_seconds": max_seconds, "seed": seed,
+           "eval_fraction": eval_fraction, "codec_options": codec_options or {}}  # fmt: skip
+    # later settings only when used, so an older dataset's job.json still matches
+    later = {"corpus": corpus, "channels": channels if audio_channels > 1 else None, "skip_tags": skip,
+             "require_caption": require_caption or None, "text_column": text_column if text_column != "text" else None,
+             **({"captions": captions, "tagger_clap": tagger_clap} if captions != "keep" else {})}  # fmt: skip
+    job |= {k: v for k, v in later.items() if v or k == "tagger_clap"}
     try:
         # each share of the job (shard=(i, n)) is one process: a second with the same share stops here
         lock = DirectoryLock(out, f".lock-shard-{index}-of-{count}")

@@ -69,28 +69,35 @@ def melody_items(
     return [SourceItem(m.id, loader(m)) for m in corpus.iter_melodies(limit=limit, seed=seed)]
 
 
-def _read_captions(folder: Path) -> tuple[dict[str, str], int]:
-    """file name (relative to folder) -> caption, from metadata.jsonl or metadata.csv, and how many
-    rows repeat a file named before (the last one counts)."""
+FILE_COLUMNS = ("file", "file_name")  # ours, and Hugging Face's audiofolder's
+
+
+def _read_captions(folder: Path, text_column: str = "text") -> tuple[dict[str, str], int]:
+    """file name (relative to folder) -> caption, from metadata.jsonl or metadata.csv (the file in a
+    FILE_COLUMNS column, the caption in ``text_column``), and how many rows repeat a file named before
+    (the last one counts)."""
     rows: list[tuple[str, str]] = []
     jsonl, table = folder / "metadata.jsonl", folder / "metadata.csv"
+    expected = f"'file' (or 'file_name') and {text_column!r}"
     if jsonl.exists():
         for n, line in enumerate(jsonl.read_bytes().splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line.decode("utf-8"))
-                rows.append((str(row["file"]), str(row["text"])))
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{jsonl}:{n}: expected a JSON object with 'file' and 'text' ({exc})") from exc
+                name = next(row[c] for c in FILE_COLUMNS if c in row)
+                rows.append((str(name), str(row[text_column])))
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, StopIteration) as exc:
+                raise DataError(f"{jsonl}:{n}: expected a JSON object with {expected} ({exc!r})") from exc
     elif table.exists():
         try:
             with table.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
-                    if "file" not in row or "text" not in row:
-                        raise DataError(f"{table}: needs the columns 'file' and 'text'")
-                    if row["text"] is not None:  # a short row: no caption here, maybe a sidecar
-                        rows.append((row["file"], row["text"]))
+                    name = next((row[c] for c in FILE_COLUMNS if c in row), None)
+                    if name is None or text_column not in row:
+                        raise DataError(f"{table}: needs the columns {expected}")
+                    if row[text_column] is not None:  # a short row: no caption here, maybe a sidecar
+                        rows.append((name, row[text_column]))
         except UnicodeDecodeError as exc:
             raise DataError(f"{table}: not UTF-8") from exc
     captions = dict(rows)
@@ -108,12 +115,13 @@ def path_caption(relative: str) -> str:
     return ", ".join(tags)
 
 
-def folder_items(folder: Path, require_caption: bool = False) -> list[SourceItem]:
-    """A folder's audio files (any depth), each with its caption: a metadata.jsonl/csv row or a sidecar
-    .txt, else tags from its path (`path_caption`) unless ``require_caption``."""
+def folder_items(folder: Path, require_caption: bool = False, text_column: str = "text") -> list[SourceItem]:
+    """A folder's audio files (any depth), each with its caption: a metadata.jsonl/csv row (its
+    ``text_column``; a Hugging Face audiofolder is one) or a sidecar .txt, else tags from its path
+    (`path_caption`) unless ``require_caption``."""
     if not folder.is_dir():
         raise DataError(f"source {str(folder)!r} is neither 'melodies' nor a folder")
-    captions, repeated = _read_captions(folder)
+    captions, repeated = _read_captions(folder, text_column)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
@@ -177,13 +185,14 @@ def source_items(
     corpus: dict[str, str] | None,
     audio_channels: int = 1,
     require_caption: bool = False,
+    text_column: str = "text",
 ) -> list[SourceItem]:
     """'melodies' (the built-in corpus, rendered as ``corpus`` says, in the dataset's audio channels) or
     a folder of audio files with captions."""
     if corpus is not None:
         items = melody_items(limit, seed, **corpus, audio_channels=audio_channels)
     else:
-        items = folder_items(Path(source), require_caption)
+        items = folder_items(Path(source), require_caption, text_column)
     items = items[:limit] if limit is not None else items
     if not items:
         raise DataError(f"source {source!r} has no inputs")
