@@ -39,6 +39,7 @@ def test_silence_ratio_is_the_share_of_frames_far_below_the_peak():
     audible = np.concatenate([tone([440], 2.0), tone([440], 2.0, amplitude=0.3 * 10 ** (-50 / 20))])
     assert am.silence_ratio(audible, SR) == 0.0  # its RMS is 53 dB below the peak: quiet, not silent
     assert am.silence_ratio(np.zeros(SR), SR) == 1.0
+    assert am.silence_ratio(tone([440], 0.04), SR) == 0.0  # shorter than one frame: the clip's own RMS (it raised)
 
 
 def test_dynamic_range_is_the_crest_factor():

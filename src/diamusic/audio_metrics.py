@@ -30,13 +30,20 @@ def clipping_ratio(wave: np.ndarray) -> float:
     return float((np.abs(wave) >= CLIP_LEVEL).mean()) if len(wave) else math.nan
 
 
+def frame_rms(y: np.ndarray) -> np.ndarray:
+    """The RMS of each whole 93 ms frame (23 ms apart) of audio at pitch.ANALYSIS_RATE; none when shorter."""
+    if len(y) < FRAME:  # librosa refuses a signal shorter than one frame
+        return np.zeros(0)
+    return librosa.feature.rms(y=y, frame_length=FRAME, hop_length=HOP, center=False)[0]
+
+
 def silence_ratio(wave: np.ndarray, sample_rate: int) -> float:
     """Share of 93 ms frames whose RMS lies SILENCE_DB or more below the clip's peak sample; 1 when all is zero."""
     y = pitch.to_analysis_rate(wave, sample_rate)
     peak = float(np.abs(y).max()) if len(y) else 0.0
     if peak == 0.0:
         return 1.0
-    rms = librosa.feature.rms(y=y, frame_length=FRAME, hop_length=HOP, center=False)[0]
+    rms = frame_rms(y)
     if not len(rms):  # shorter than one frame
         rms = np.sqrt(np.mean(y.astype(np.float64) ** 2, keepdims=True))
     return float((rms <= peak * 10 ** (SILENCE_DB / 20)).mean())
@@ -66,10 +73,7 @@ def key_consistency(wave: np.ndarray, sample_rate: int, parts: int = 4) -> float
     y = pitch.to_analysis_rate(wave, sample_rate)
     if len(y) < parts * FRAME:
         return math.nan
-    profiles = []
-    for piece in np.array_split(y, parts):
-        power = np.abs(librosa.stft(piece, n_fft=4096, hop_length=1024)) ** 2
-        profiles.append(librosa.feature.chroma_stft(S=power, sr=pitch.ANALYSIS_RATE, norm=None, tuning=0.0).sum(1))
+    profiles = [pitch.chroma_profile(piece) for piece in np.array_split(y, parts)]
     cosines = []
     for a, b in zip(profiles, profiles[1:], strict=False):
         denom = float(np.linalg.norm(a) * np.linalg.norm(b))

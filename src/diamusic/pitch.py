@@ -195,6 +195,15 @@ def melody_stats(
     return stats
 
 
+def chroma_profile(y: np.ndarray) -> np.ndarray:
+    """The energy-weighted pitch-class profile (12,) of audio at ANALYSIS_RATE: its chroma summed over time."""
+    # 4096-point frames resolve semitones down to ~100 Hz. norm=None keeps each frame's energy, so the
+    # sum is energy-weighted: loud notes dominate and near-silent frames add (almost) nothing
+    power = np.abs(librosa.stft(y, n_fft=4096, hop_length=1024)) ** 2
+    # tuning=0: compare against A440 rather than re-estimating the tuning of each wave separately
+    return librosa.feature.chroma_stft(S=power, sr=ANALYSIS_RATE, norm=None, tuning=0.0).sum(axis=1)
+
+
 def chroma_cosine(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) -> float:
     """Cosine similarity of the two waves' time-averaged chroma (pitch-class energy profiles).
 
@@ -202,15 +211,6 @@ def chroma_cosine(ref_wave: np.ndarray, est_wave: np.ndarray, sample_rate: int) 
     with a reference that need not be aligned to it (raw_pitch_accuracy is the aligned measure).
     1 = same pitch-class distribution; unrelated tonal material scores roughly 0.5-0.8; 0 if either is silent.
     """
-    profiles = []
-    for wave in (ref_wave, est_wave):
-        y = to_analysis_rate(wave, sample_rate)
-        # 4096-point frames resolve semitones down to ~100 Hz. norm=None keeps each frame's energy, so the
-        # sum is energy-weighted: loud notes dominate and near-silent frames add (almost) nothing
-        power = np.abs(librosa.stft(y, n_fft=4096, hop_length=1024)) ** 2
-        # tuning=0: compare against A440 rather than re-estimating the tuning of each wave separately
-        chroma = librosa.feature.chroma_stft(S=power, sr=ANALYSIS_RATE, norm=None, tuning=0.0)
-        profiles.append(chroma.sum(axis=1))
-    a, b = profiles
+    a, b = (chroma_profile(to_analysis_rate(wave, sample_rate)) for wave in (ref_wave, est_wave))
     denom = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(np.dot(a, b) / denom) if denom > 0 else 0.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diamusic import pitch
-from diamusic.audio_metrics import estimate_key, estimate_tempo
+from diamusic.audio_metrics import SILENCE_DB, estimate_key, estimate_tempo, frame_rms
 from diamusic.clap import Clap
 
 CAPTION_MODES = ("keep", "auto", "auto-missing")
@@ -37,12 +37,8 @@ TEMPLATES = {"instrument": "music played on {}", "genre": "{} music", "mood": "{
 
 def level_tags(wave: np.ndarray, sample_rate: int) -> list[str]:
     """A loudness word, and a dynamics word where the level is steady or widely spread; none for silence."""
-    import librosa
-
-    y = pitch.to_analysis_rate(wave, sample_rate)
-    rms = librosa.feature.rms(y=y, frame_length=2048, hop_length=512, center=False)[0] if len(y) >= 2048 else []
-    db = 20 * np.log10(np.maximum(np.asarray(rms, dtype=np.float64), 1e-10))
-    sounding = db[db > db.max() - 60] if len(db) and db.max() > -100 else db[:0]  # -60 dB under the peak: silence
+    db = 20 * np.log10(np.maximum(frame_rms(pitch.to_analysis_rate(wave, sample_rate)).astype(np.float64), 1e-10))
+    sounding = db[db > db.max() + SILENCE_DB] if len(db) and db.max() > -100 else db[:0]
     if not len(sounding):
         return []
     tags = [next(word for floor, word in reversed(LOUDNESS) if sounding.mean() >= floor)]
