@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint browser demo clean
+.PHONY: setup test test-fast lint browser slurm demo clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: lint browser
+test: lint browser slurm
 	$(VENV)/bin/python -m pytest
 
 # the inner loop: the suite without the tests marked integration (see the marker in pyproject.toml)
@@ -41,6 +41,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "note: chromium is not installed and could not be; the report's browser test will be skipped"
+
+# the SLURM launcher's test submits to a real single-node cluster (Debian's slurm-wlm and munge, started as
+# root with its configuration under /tmp/diamusic-slurm), where one can run here
+slurm:
+	@bash scripts/local-slurm.sh
 
 demo: setup
 	$(VENV)/bin/diamusic demo

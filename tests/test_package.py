@@ -10,9 +10,9 @@ ORDER = [
     "errors", "locks", "stats", "patterns", "tokens", "pitch", "audio_metrics", "clap", "tagging",
     "seeding", "corpus", "synth", "instruments", "harmony", "captions", "arrangement", "playback", "render",
     "codecs", "model", "flops", "metrics",
-    "tracking", "data", "data.sources", "data.dataset", "data.prepare", "data.inspect",
+    "tracking", "data", "data.sources", "data.hf", "data.dataset", "data.prepare", "data.inspect",
     "checkpoints", "config", "teacher_forced", "runs", "optim", "generate", "export", "trainer", "train", "eval",
-    "ablate", "report", "cli",
+    "ablate", "report", "launch", "cli",
 ]  # fmt: skip
 ROOT = Path(diamusic.__file__).parent
 

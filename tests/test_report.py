@@ -62,3 +62,19 @@ def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
     assert shot.stat().st_size > 20_000
     summary = json.loads((small_ablation / "summary.json").read_text())
     assert list(summary["patterns"]) == ["dia", "musicgen"]
+
+
+def test_a_metric_no_seed_of_a_pattern_measured_is_drawn_without_its_dots(tmp_path):
+    """A pattern whose every clip was unvoiced has no in-key ratio in any seed (nan): its bar and dots are
+    left out, not the whole report (matplotlib refused dots that are all nan on a named axis)."""
+    from diamusic.report import plot_bars
+
+    nan = float("nan")
+    metric = {"key": "gen/in_key_ratio", "lower_is_better": False,
+              "per_pattern": {"musicgen": {"mean": nan, "low": nan, "high": nan, "n": 0},
+                              "dia": {"mean": 0.9, "low": 0.5, "high": 1.3, "n": 2}},
+              "per_seed": {"musicgen": [nan, nan], "dia": [1.0, 0.8]}}  # fmt: skip
+    summary = {"patterns": {"musicgen": [], "dia": []}, "metrics": [metric]}
+    (tmp_path / "plots").mkdir()
+    path = plot_bars(tmp_path, summary, [("gen/in_key_ratio", "in-key ratio")], "bars.png")
+    assert path is not None and path.stat().st_size > 1000

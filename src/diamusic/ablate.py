@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -195,11 +195,10 @@ def fix_plan(out: Path, plan: Plan, force: bool) -> Plan:
     return plan
 
 
-def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: bool) -> dict[str, Any]:
-    """Train (skip if finished, resume if interrupted) and evaluate one run; its eval.json is kept."""
-    run_dir = plan.run_dir(out, pattern, seed)
+def run_config(plan: Plan, out: Path, pattern: DelayPattern, seed: int) -> TrainConfig:
+    """One run's settings: the plan's, with its pattern, seed and tracking names."""
     config = from_dict({**plan.config, "delay_pattern": ",".join(map(str, pattern.delays)), "seed": seed})
-    config = dataclasses.replace(
+    return dataclasses.replace(
         config,
         tracking=dataclasses.replace(
             config.tracking,
@@ -208,6 +207,28 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
             tags=[*config.tracking.tags, f"pattern:{run_name(pattern)}", f"seed:{seed}"],
         ),
     )
+
+
+def finished(plan: Plan, out: Path, pattern: DelayPattern, seed: int) -> dict[str, Any] | None:
+    """A run's evaluation if it is done: its eval.json scores its final checkpoint at the plan's edge."""
+    run_dir = plan.run_dir(out, pattern, seed)
+    eval_file = run_dir / EVAL_FILE
+    if not eval_file.exists():
+        return None
+    result = json.loads(eval_file.read_text())
+    final = final_step(run_dir, int(plan.config["steps"]))
+    if result.get("checkpoint") == step_name(final) and result.get("edge_frames") == plan.edge:
+        return result
+    return None
+
+
+def run_one(
+    plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: bool, evaluate: bool = True
+) -> dict[str, Any] | None:
+    """Train (skip if finished, resume if interrupted) and evaluate one run; its eval.json is kept.
+    ``evaluate`` False: train only (the other processes of a run trained on several GPUs)."""
+    run_dir = plan.run_dir(out, pattern, seed)
+    config = run_config(plan, out, pattern, seed)
     done = [step_of(p) for p in checkpoints_of(run_dir)]
     if final_step(run_dir, config.steps) not in done:
         # a run killed before its first checkpoint is started over by the resume itself
@@ -219,16 +240,40 @@ def run_one(plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: b
                 "command again to resume the ablation",
                 result.signum,
             )
-    eval_file, final = run_dir / EVAL_FILE, final_step(run_dir, config.steps)
-    if eval_file.exists():
-        result = json.loads(eval_file.read_text())
-        if result.get("checkpoint") == step_name(final) and result.get("edge_frames") == plan.edge:
-            return result
-    audio = run_dir / "generated"
+    if not evaluate:
+        return None
+    if (result := finished(plan, out, pattern, seed)) is not None:
+        return result
     return evaluate_run(
-        run_dir, final, plan.prompts, plan.seconds, plan.edge, out=eval_file, audio_dir=audio,
-        continuation=plan.continuation,
+        run_dir, final_step(run_dir, config.steps), plan.prompts, plan.seconds, plan.edge, out=run_dir / EVAL_FILE,
+        audio_dir=run_dir / "generated", continuation=plan.continuation,
     )  # fmt: skip
+
+
+def load_plan(out: Path) -> Plan:
+    """The plan an ablation directory holds (settings newer than it read as their defaults)."""
+    path = out / PLAN_FILE
+    if not path.exists():
+        raise AblationError(f"{out} holds no ablation (no {PLAN_FILE})")
+    try:
+        fields = {f.name for f in dataclasses.fields(Plan)}
+        return Plan(**{k: v for k, v in json.loads(path.read_text()).items() if k in fields})
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise AblationError(f"{path} is not an ablation plan ({exc})") from exc
+
+
+def runs_of(plan: Plan) -> list[tuple[DelayPattern, int]]:
+    """Every run, seed-major: an ablation stopped half-way already has whole seeds to compare."""
+    return [(pattern, seed) for seed in plan.seeds for pattern in plan.delay_patterns]
+
+
+class Launcher(Protocol):
+    """Where an ablation's runs execute (`diamusic.launch`: several at once on this machine, or SLURM jobs)."""
+
+    def launch(self, plan: Plan, out: Path, runs: list[tuple[DelayPattern, int]], progress: bool) -> bool:
+        """Train and evaluate ``runs`` (each with `run_one`); True once all are finished, False when they go on
+        elsewhere (queued jobs)."""
+        ...
 
 
 # --- the summary --------------------------------------------------------------------------------
@@ -437,6 +482,12 @@ def _notes(results: dict[str, dict[int, dict[str, Any]]], plan: Plan) -> list[st
     ]
     if early:
         notes.append(f"Stopped early (early_stop), scored at that step: {'; '.join(early)}.")
+    threads = sorted({r["machine/threads"] for r in runs if "machine/threads" in r})
+    if len(threads) > 1:
+        notes.append(
+            f"Runs used different numbers of CPU threads ({', '.join(map(str, threads))}): on CPU their numbers "
+            "differ in the last digits for that reason alone."
+        )
     clips = {r.get("gen/clips") for r in runs if "gen/clips" in r}
     if clips and max(clips) < FRECHET_MIN_CLIPS:
         notes.append(
@@ -573,7 +624,7 @@ def write_summary(out: Path, rows: list[Row], plan: Plan, results: dict[str, dic
 @dataclass
 class AblationResult:
     out: Path
-    summary: Path
+    summary: Path | None  # None while runs go on elsewhere (queued jobs): `collect` writes it
     rows: list[Row]
     names: list[str]
     results: dict[str, dict[int, dict[str, Any]]]
@@ -593,7 +644,10 @@ def ablate(
     force: bool = False,
     progress: bool = True,
     continuation: float = _EVALUATION["continuation"].default,
+    launcher: Launcher | None = None,
 ) -> AblationResult:
+    """Every pattern x seed trained and evaluated on identical settings, then the table. The runs go one
+    after another in this process, or where ``launcher`` starts them (`diamusic.launch`)."""
     out = Path(out)
     if seeds < 1:
         raise AblationError(f"seeds must be >= 1, got {seeds}")
@@ -615,14 +669,36 @@ def ablate(
         audio_channels=vocab.audio_channels,
         continuation=continuation,
     )
-    with DirectoryLock(out):  # one ablation per directory, for as long as it trains and writes
+    with DirectoryLock(out):  # one ablation per directory, for as long as it trains, submits and writes
         fix_plan(out, plan, force)
-        results: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in names}
-        for seed in plan.seeds:  # seed-major: an interrupted ablation already has whole seeds to compare
-            for pattern in parsed:
-                results[run_name(pattern)][seed] = run_one(plan, out, pattern, seed, progress)
-        rows = summarise(results, reference, audio_channels=plan.audio_channels)
-        return AblationResult(out, write_summary(out, rows, plan, results), rows, names, results)
+        if launcher is None:
+            for pattern, seed in runs_of(plan):
+                run_one(plan, out, pattern, seed, progress)
+        elif not launcher.launch(plan, out, runs_of(plan), progress):
+            return AblationResult(out, None, [], names, {})
+        return _summarise(plan, out)
+
+
+def collect(out: str | Path) -> AblationResult:
+    """The table of an ablation whose runs are all finished (their evaluations on disk)."""
+    out = Path(out)
+    plan = load_plan(out)
+    missing = [f"{run_name(p)} seed {s}" for p, s in runs_of(plan) if finished(plan, out, p, s) is None]
+    if missing:
+        raise AblationError(f"{len(missing)} of {len(runs_of(plan))} runs are not finished ({', '.join(missing)})")
+    with DirectoryLock(out, ".lock-summary"):  # the last two jobs to finish may both collect
+        return _summarise(plan, out)
+
+
+def _summarise(plan: Plan, out: Path) -> AblationResult:
+    results: dict[str, dict[int, dict[str, Any]]] = {run_name(p): {} for p in plan.delay_patterns}
+    for pattern, seed in runs_of(plan):
+        result = finished(plan, out, pattern, seed)
+        if result is None:
+            raise AblationError(f"{run_name(pattern)} seed {seed} has no evaluation of its final checkpoint")
+        results[run_name(pattern)][seed] = result
+    rows = summarise(results, plan.reference, audio_channels=plan.audio_channels)
+    return AblationResult(out, write_summary(out, rows, plan, results), rows, list(results), results)
 
 
 DEMO_DIR = Path("runs/demo")

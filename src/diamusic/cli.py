@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 # the library's defaults are the CLI's: importing them here keeps one source for each
-from diamusic.ablate import DemoPlan, ablate, demo, demo_plan
+from diamusic.ablate import AblationError, DemoPlan, ablate, demo, demo_plan
 from diamusic.clap import CLAP_MODEL
 from diamusic.codecs import DAC_CODEBOOKS, DAC_FRAME_RATE, DAC_MODEL, DEFAULT_CODEC, SpectralConfig
 from diamusic.config import DEFAULT_PRESET, ModelConfig
@@ -23,6 +23,7 @@ from diamusic.data.sources import CORPUS_DEFAULTS
 from diamusic.eval import evaluate_run
 from diamusic.export import export_run
 from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, GenerationError, SamplingConfig
+from diamusic.launch import LAUNCHERS, SLURM_CPUS_PER_RUN, SLURM_TIME_MINUTES
 from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern, layout_name
 from diamusic.runs import load_run
 from diamusic.tagging import CAPTION_MODES
@@ -134,6 +135,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         captions=args.captions,
         tagger_clap=args.tagger_clap,
         text_column=args.text_column,
+        audio_column=args.audio_column,
         progress=not args.quiet,
     )
     if result.audio_seconds_encoded > 0:
@@ -286,6 +288,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from diamusic.launch import collect_if_finished, launcher, status
+
+    if args.status or args.collect:
+        return _ablation_status(args, status, collect_if_finished)
+    if args.data is None:
+        raise AblationError("ablate needs --data (a dataset directory from `diamusic prepare`)")
+    options = {"parallel": args.parallel, "gpus_per_run": args.gpus_per_run, "partition": args.partition,
+               "time_minutes": args.time, "cpus_per_run": args.cpus_per_run, "mem_gb": args.mem_gb,
+               "account": args.account, "sbatch": args.sbatch}  # fmt: skip
     overrides = {"steps": args.steps, "tracking.backends": args.tracker}
     result = ablate(
         args.data,
@@ -301,9 +312,29 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
         continuation=args.continuation or 0.0,
+        launcher=launcher(args.launcher, options),
     )
+    if result.summary is None:
+        print(f"the runs go on as SLURM jobs: `diamusic ablate --out {args.out} --status` shows them; the last to "
+              "finish writes the summary and report (or `--collect`)")  # fmt: skip
+        return 0
     print(result.summary.read_text())
     print(f"wrote {result.summary} and summary.json")
+    return 0
+
+
+def _ablation_status(args: argparse.Namespace, status: Callable, collect_if_finished: Callable) -> int:
+    out = Path(args.out)
+    states = status(out)
+    for s in states:
+        print(f"{s.key:<28} {s.state:<12} {s.job:<10} {s.last_line[:100]}")
+    counts = {state: sum(s.state == state for s in states) for state in dict.fromkeys(s.state for s in states)}
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    if args.collect:
+        if counts.get("done", 0) < len(states):
+            raise AblationError(f"{len(states) - counts.get('done', 0)} of {len(states)} runs are not done: "
+                                "nothing collected")  # fmt: skip
+        print(collect_if_finished(out))
     return 0
 
 
@@ -390,7 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_patterns_show)
 
     prep = sub.add_parser("prepare", help="encode audio + captions (or the built-in melodies) to codec tokens")
-    prep.add_argument("--source", required=True, help="'melodies' (built-in corpus) or a folder of audio")
+    prep.add_argument(
+        "--source",
+        required=True,
+        help="'melodies' (built-in corpus), a folder of audio, hf:NAME[:CONFIG][@SPLIT] (a Hugging Face dataset, "
+        "streamed; split 'train' unless given) or a folder from save_to_disk (PATH@SPLIT for a DatasetDict's)",
+    )
     prep.add_argument("--codec", default=DEFAULT_CODEC, help="dac | spectral-rvq (offline, not DAC quality)")
     prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
     prep.add_argument("--limit", type=_positive, help="use at most N inputs")
@@ -416,7 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--text-column",
         default=preparing["text_column"],
-        help="the metadata column with the captions (the file in 'file' or an audiofolder's 'file_name')",
+        help="the column with the captions: a metadata file's (the file in 'file' or an audiofolder's 'file_name') "
+        "or a Hugging Face dataset's",
+    )
+    prep.add_argument(
+        "--audio-column", default=preparing["audio_column"], help="a Hugging Face dataset's column with the audio"
     )
     prep.add_argument(
         "--skip-tags", help="leave out inputs whose caption has one of these comma-separated tags, e.g. vocals,speech"
@@ -563,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     ab = sub.add_parser("ablate", help="train and evaluate every pattern x seed on identical settings, then a table")
-    ab.add_argument("--data", required=True, help="dataset directory from `diamusic prepare`")
+    ab.add_argument("--data", help="dataset directory from `diamusic prepare` (not needed by --status, --collect)")
     ab.add_argument("--out", required=True, help="ablation directory (re-run to resume)")
     ab.add_argument("--config", default=ablating["config"], help="a preset in configs/ or a YAML file")
     ab.add_argument(
@@ -583,6 +623,18 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     ab.add_argument("--force", action="store_true", help="start over if the directory holds other settings")
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
+    where = ab.add_argument_group("where the runs execute (see README: Many runs)")
+    where.add_argument("--launcher", choices=LAUNCHERS, default=LAUNCHERS[0], help="this machine, or SLURM jobs")
+    where.add_argument("--parallel", type=_positive, help="local: runs at once (default 1, in this process)")
+    where.add_argument("--gpus-per-run", type=_count, help="GPUs each run trains on (several: through torchrun)")
+    where.add_argument("--partition", help="slurm: the partition")
+    where.add_argument("--time", type=_positive, help=f"slurm: minutes per job (default {SLURM_TIME_MINUTES})")
+    where.add_argument("--cpus-per-run", type=_positive, help=f"slurm: CPUs per run (default {SLURM_CPUS_PER_RUN})")
+    where.add_argument("--mem-gb", type=_positive, help="slurm: memory per job")
+    where.add_argument("--account", help="slurm: the account charged")
+    where.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="slurm: an extra sbatch option")
+    where.add_argument("--status", action="store_true", help="each run's state and its log's last line, then exit")
+    where.add_argument("--collect", action="store_true", help="the summary and report once every run is done")
     ab.set_defaults(func=cmd_ablate)
 
     rep = sub.add_parser("report", help="plots and an HTML listening report of an ablation directory")

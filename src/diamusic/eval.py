@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from diamusic import pitch
 from diamusic.audio_metrics import audio_scores, key_agreement, tempo_agreement
@@ -213,6 +214,7 @@ def generated_metrics(
             "gen/seconds": audio_seconds / len(prompts),
             "machine/load_average": os.getloadavg()[0],
             "machine/cores": len(os.sched_getaffinity(0)),
+            "machine/threads": torch.get_num_threads(),  # CPU results differ in their last digits with it
         }
     )
     if len(prompts) >= FRECHET_MIN_CLIPS:

@@ -57,7 +57,10 @@ def _upper(e: dict[str, float]) -> float:
 
 def _seed_dots(ax: Any, x: float, values: list[float], spread: float = 0.15) -> None:
     offsets = [spread * (i / max(len(values) - 1, 1) - 0.5) for i in range(len(values))]
-    ax.scatter([x + o for o in offsets], values, s=9, color="black", zorder=3)
+    # a seed that measured nothing (nan) has no dot; matplotlib refuses dots that are all nan on a named axis
+    dots = [(x + o, v) for o, v in zip(offsets, values, strict=True) if not math.isnan(v)]
+    if dots:
+        ax.scatter(*zip(*dots, strict=True), s=9, color="black", zorder=3)
 
 
 def _runs(out: Path, plan: dict[str, Any]) -> dict[str, dict[int, Path]]:

@@ -24,6 +24,7 @@ import numpy as np
 from diamusic.clap import Clap
 from diamusic.codecs import Codec, codec_class, encode_channels, load_codec
 from diamusic.data import CARD_FILE, FORMAT, DataError, fingerprint, read_json, shard_file
+from diamusic.data.hf import dataset_items
 from diamusic.data.sources import (
     MIN_CLIP_SECONDS,
     Rejected,
@@ -97,6 +98,7 @@ def prepare(
     captions: str = "keep",
     tagger_clap: str | None = None,
     text_column: str = "text",
+    audio_column: str = "audio",
     progress: bool = True,
 ) -> PrepareResult:
     """Encode a source once into a dataset directory; resumable and splittable with ``shard``.
@@ -106,7 +108,8 @@ def prepare(
     tags is left out, and with ``require_caption`` one without a caption of its own (else its path gives
     one). ``captions`` "auto" adds tags from the audio (`diamusic.tagging`) to every caption, "auto-missing"
     to those an input did not bring; ``tagger_clap`` (a CLAP model) adds instrument, genre and mood.
-    ``text_column``: the metadata column holding captions (an audiofolder's may be "caption")."""
+    ``text_column``: the metadata column holding captions (an audiofolder's may be "caption"); a Hugging
+    Face dataset's (`diamusic.data.hf`) too, its audio in ``audio_column``."""
     start = time.time()
     out = Path(out)
     index, count = shard
@@ -115,12 +118,13 @@ def prepare(
     codec_type = codec_class(codec)
     codec_type.check_options(codec_options or {})
     corpus = corpus_options(source, corpus)
-    items = source_items(source, limit, seed, corpus, audio_channels, require_caption, text_column)
+    items = _inputs(source, limit, seed, corpus, audio_channels, require_caption, (text_column, audio_column))
     job = {"source": source, "codec": codec, "limit": limit, "max_seconds": max_seconds, "seed": seed,
            "eval_fraction": eval_fraction, "codec_options": codec_options or {}}  # fmt: skip
     # later settings only when used, so an older dataset's job.json still matches
     later = {"corpus": corpus, "channels": channels if audio_channels > 1 else None, "skip_tags": skip,
              "require_caption": require_caption or None, "text_column": text_column if text_column != "text" else None,
+             "audio_column": audio_column if audio_column != "audio" else None,
              **({"captions": captions, "tagger_clap": tagger_clap} if captions != "keep" else {})}  # fmt: skip
     job |= {k: v for k, v in later.items() if v or k == "tagger_clap"}
     try:
@@ -154,6 +158,24 @@ def prepare(
         return PrepareResult.of(card, time.time() - start, audio_seconds, encode_seconds)
     finally:
         lock.release()
+
+
+def _inputs(
+    source: str,
+    limit: int | None,
+    seed: int,
+    corpus: dict[str, str] | None,
+    audio_channels: int,
+    require_caption: bool,
+    columns: tuple[str, str],
+) -> Sequence[SourceItem]:
+    """The built-in melodies (when ``corpus`` says how to render them), a Hugging Face dataset, or a
+    folder of audio; ``columns``: the (caption, audio) columns of a dataset or metadata file."""
+    text_column, audio_column = columns
+    items = None if corpus is not None else dataset_items(source, limit, require_caption, text_column, audio_column)
+    if items is None:
+        items = source_items(source, limit, seed, corpus, audio_channels, require_caption, text_column)
+    return items
 
 
 def _progress_bar(items: int, mine: list[int], todo: list[int], shown: bool) -> Any:
@@ -198,7 +220,7 @@ def _check_arguments(
 def _write_shard(
     out: Path,
     shard: int,
-    members: list[SourceItem],
+    members: Sequence[SourceItem],
     split: dict[str, str],
     codec: Codec,
     clipping: Clipping,
@@ -253,7 +275,7 @@ def _check_same_job(out: Path, job: dict[str, Any]) -> None:
 def _codec_for(
     codec_type: type,
     out: Path,
-    items: list[SourceItem],
+    items: Sequence[SourceItem],
     split: dict[str, str],
     options: dict[str, Any],
     clipping: Clipping,
@@ -306,7 +328,7 @@ def _codec_for(
 
 
 def _encode_shard(
-    shard: int, items: list[SourceItem], split: dict[str, str], codec: Codec, clipping: Clipping
+    shard: int, items: Sequence[SourceItem], split: dict[str, str], codec: Codec, clipping: Clipping
 ) -> tuple[np.ndarray, list[dict[str, Any]], float, float]:
     """A shard's codes, its rows (kept clips and rejections), the audio seconds kept and the
     seconds spent encoding them. Audio is encoded whenever ENCODE_BUFFER_BYTES of clips wait, so a

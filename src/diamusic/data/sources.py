@@ -1,10 +1,12 @@
-"""Inputs of `prepare`: the built-in melodies or a folder of audio with captions, the train/eval
-split, and the cutting of long audio into clips."""
+"""Inputs of `prepare`: the built-in melodies or a folder of audio with captions (Hugging Face
+datasets are `diamusic.data.hf`'s, read by the same rules), the train/eval split, and the cutting of
+long audio into clips."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import sys
@@ -115,6 +117,34 @@ def path_caption(relative: str) -> str:
     return ", ".join(tags)
 
 
+def caption_of(text: Any, path: str | None, require_caption: bool, where: str) -> tuple[str, bool]:
+    """An input's caption and whether it came from its ``path`` (it had none of its own, and captions
+    are not required); Rejected when there is none either way (``where``: where its own would be)."""
+    derived = text is None or not str(text).strip()
+    if derived:
+        text = "" if require_caption or not path else path_caption(path)
+    if not text:
+        raise Rejected(f"no caption ({where})" + ("" if require_caption else " and no words in its path"))
+    return str(text).strip(), derived
+
+
+def read_wave(audio: Path | bytes) -> tuple[np.ndarray, int]:
+    """A file's audio, or the bytes of one (as a Hugging Face dataset holds it): (samples,) for mono,
+    else (samples, audio channels), and its sample rate; Rejected when it cannot be used."""
+    if (len(audio) if isinstance(audio, bytes) else audio.stat().st_size) == 0:
+        raise Rejected("empty file")
+    import soundfile as sf
+
+    try:
+        wave, rate = sf.read(io.BytesIO(audio) if isinstance(audio, bytes) else str(audio), dtype="float32",
+                             always_2d=True)  # fmt: skip
+    except Exception as exc:  # libsndfile raises several types for non-audio input
+        raise Rejected(f"unreadable audio ({type(exc).__name__})") from exc
+    if not np.isfinite(wave).all():  # float files can hold NaN/inf: they would poison a codec fit
+        raise Rejected("non-finite samples (NaN or inf)")
+    return (wave if wave.shape[1] > 1 else wave[:, 0]), int(rate)
+
+
 def folder_items(folder: Path, require_caption: bool = False, text_column: str = "text") -> list[SourceItem]:
     """A folder's audio files (any depth), each with its caption: a metadata.jsonl/csv row (its
     ``text_column``; a Hugging Face audiofolder is one) or a sidecar .txt, else tags from its path
@@ -142,24 +172,9 @@ def folder_items(folder: Path, require_caption: bool = False, text_column: str =
                     text = sidecar.read_bytes().decode("utf-8").strip()
                 except UnicodeDecodeError as exc:
                     raise Rejected("caption file is not UTF-8") from exc
-            derived = text is None or not str(text).strip()
-            if derived:
-                text = "" if require_caption else path_caption(rel)
-            if not text:
-                raise Rejected("no caption (metadata.jsonl/csv entry or sidecar .txt)" + ("" if require_caption else
-                               " and no words in its path"))  # fmt: skip
-            if path.stat().st_size == 0:
-                raise Rejected("empty file")
-            import soundfile as sf
-
-            try:
-                wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
-            except Exception as exc:  # libsndfile raises several types for non-audio input
-                raise Rejected(f"unreadable audio ({type(exc).__name__})") from exc
-            if not np.isfinite(wave).all():  # float files can hold NaN/inf: they would poison a codec fit
-                raise Rejected("non-finite samples (NaN or inf)")
-            wave = wave if wave.shape[1] > 1 else wave[:, 0]
-            return Loaded(wave, int(rate), str(text).strip(), caption_derived=derived)
+            caption, derived = caption_of(text, rel, require_caption, "metadata.jsonl/csv entry or sidecar .txt")
+            wave, rate = read_wave(path)
+            return Loaded(wave, rate, caption, caption_derived=derived)
 
         return load
 
