@@ -254,17 +254,23 @@ def test_nan_free_table_for_one_seed():
 
 
 def test_demo_runs_its_plan_and_refuses_a_bad_pattern_first(tmp_path, monkeypatch):
+    from diamusic import demo
+    from diamusic.launch import Local
+
     calls = []
-    monkeypatch.setattr(ablate, "prepare", lambda **kwargs: calls.append(("prepare", kwargs)))
-    monkeypatch.setattr(ablate, "ablate", lambda **kwargs: calls.append(("ablate", kwargs)))
-    plan = ablate.demo_plan(tmp_path, ["dia", "musicgen"], 8, 30, 2, ["batch_size=4"])
-    ablate.demo(plan, progress=False)
-    assert calls == [("prepare", {**plan.prepare, "progress": False}), ("ablate", {**plan.ablate, "progress": False})]
+    monkeypatch.setattr(demo, "prepare", lambda **kwargs: calls.append(("prepare", kwargs)))
+    monkeypatch.setattr(demo, "ablate", lambda **kwargs: calls.append(("ablate", kwargs)))
+    plan = demo.demo_plan(tmp_path, ["dia", "musicgen"], 8, 30, 2, ["batch_size=4"], parallel=1)
+    demo.demo(plan, progress=False)
+    assert calls == [("prepare", {**plan.prepare, "progress": False}),
+                     ("ablate", {**plan.ablate, "progress": False, "launcher": None})]  # fmt: skip
     assert plan.prepare["limit"] == 8 and plan.prepare["codec"] == "spectral-rvq"
     assert plan.ablate["overrides"]["steps"] == 30 and plan.ablate["seeds"] == 2
     assert plan.report == plan.ablate["out"] == tmp_path / "ablation"
+    demo.demo(dataclasses.replace(plan, parallel=2), progress=False)  # two runs at once: the local launcher
+    assert isinstance(calls[-1][1]["launcher"], Local) and calls[-1][1]["launcher"].parallel == 2
     with pytest.raises(DiamusicError, match="has 3 delays but the codec has 9 codebooks"):
-        ablate.demo_plan(tmp_path, ["dia", "0,2,1"])
+        demo.demo_plan(tmp_path, ["dia", "0,2,1"])
 
 
 def test_a_stereo_plan_names_its_patterns_and_an_older_plan_file_still_resumes(tmp_path):

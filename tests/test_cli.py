@@ -173,9 +173,10 @@ def test_demo_commands_do_what_the_demo_does(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
     from diamusic import cli, report
-    from diamusic.ablate import ablate, demo_plan, parse_patterns
+    from diamusic.ablate import ablate, parse_patterns
     from diamusic.config import load_config, to_dict
     from diamusic.data.prepare import PrepareResult, prepare
+    from diamusic.demo import demo_plan
 
     calls = {}
 
@@ -209,6 +210,7 @@ def test_demo_commands_do_what_the_demo_does(tmp_path, monkeypatch, capsys):
     assert to_dict(configs[0]) == to_dict(configs[1]) and configs[0].eval.every == 7
     for key in ("seeds", "prompts", "seconds"):
         assert ran[key] == planned[key], key
+    assert (ran["launcher"].parallel if ran["launcher"] else 1) == plan.parallel
     assert calls["report"] == {"out": str(plan.report)}
 
 

@@ -226,3 +226,82 @@ def test_a_two_by_two_ablation_through_a_real_slurm_cluster(melody_dataset, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and set(summary["patterns"]) == {"musicgen", "dia"}
     assert main(["ablate", "--out", str(out), "--collect"]) == 0  # collecting again rewrites the same table
+
+
+def test_a_stop_signal_reaches_every_local_run_once_and_stops_the_ablation(small_ablation, tmp_path, monkeypatch):
+    """SIGTERM to `ablate` (a scheduler, `timeout`) is passed to each run it started, which saves its checkpoint
+    and exits 128 + 15; the ablation then stops with that status rather than starting the next run."""
+    import signal
+    import threading
+
+    from diamusic.train import Stopped
+
+    out = tmp_path / "ab"
+    shutil.copytree(small_ablation, out)
+    plan = load_plan(out)
+    runs = runs_of(plan)
+    for pattern, seed in runs:
+        (plan.run_dir(out, pattern, seed) / "eval.json").unlink()
+    # each "run" counts the stop signals it gets, then exits as a run that saved its checkpoint does
+    run = """import signal, sys, time
+n = 0
+def stop(s, f):
+    global n
+    n += 1
+signal.signal(signal.SIGTERM, stop)
+open(sys.argv[1] + ".started", "w").close()
+end = time.time() + 20  # a signal that never comes ends the run too, with 0 counted
+while not n and time.time() < end:
+    time.sleep(0.05)
+time.sleep(0.3)  # a second signal in this time would be counted
+open(sys.argv[1], "w").write(str(n))
+sys.exit(128 + 15)
+"""
+    monkeypatch.setattr(Local, "command", lambda self, o, p, s: [sys.executable, "-c", run, f"{tmp_path}/{p.name}{s}"])
+    started = [tmp_path / f"{p.name}{s}.started" for p, s in runs[:2]]
+
+    def terminate_once_both_run():
+        while not all(p.exists() for p in started):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_once_both_run, daemon=True).start()
+    with pytest.raises(Stopped) as stopped:
+        Local(parallel=2, gpus=[], cores=2).launch(plan, out, runs, progress=False)
+    assert stopped.value.signum == signal.SIGTERM
+    assert [(tmp_path / f"{p.name}{s}").read_text() for p, s in runs[:2]] == ["1", "1"]  # once each
+    assert not any((tmp_path / f"{p.name}{s}.started").exists() for p, s in runs[2:])  # nothing new started
+
+
+def test_status_and_collect_through_the_cli(small_ablation, tmp_path, capsys):
+    out = tmp_path / "ab"
+    shutil.copytree(small_ablation, out)
+    (out / "summary.json").unlink()
+    assert main(["ablate", "--out", str(out), "--status"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == "4 done" and printed[0].split()[:2] == ["dia/seed0", "done"], printed
+    (out / "runs" / "musicgen" / "seed1" / "eval.json").unlink()
+    assert main(["ablate", "--out", str(out), "--collect"]) == 2
+    assert "1 of 4 runs are not done: nothing collected" in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+    assert main(["ablate", "--out", str(tmp_path / "nothing"), "--status"]) == 2
+    assert "holds no ablation" in capsys.readouterr().err
+    assert main(["ablate", "--out", str(out)]) == 2  # training needs the data
+    assert "ablate needs --data" in capsys.readouterr().err
+
+
+def test_a_partition_sbatch_refuses_is_said_in_one_line_and_the_ablation_is_kept(small_ablation, tmp_path, monkeypatch):
+    out = tmp_path / "ab"
+    shutil.copytree(small_ablation, out)
+    (out / "runs" / "dia" / "seed1" / "eval.json").unlink()
+    fake_slurm(tmp_path / "bin", {})
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpux' >&2\n"
+                                             "exit 1\n")  # fmt: skip
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    before = (out / "ablation.json").read_bytes()
+    plan = load_plan(out)
+    with pytest.raises(AblationError) as refused:
+        Slurm(partition="gpux").launch(plan, out, runs_of(plan), progress=False)
+    assert str(refused.value) == "sbatch refused dia/seed1: sbatch: error: invalid partition specified: gpux"
+    assert (out / "ablation.json").read_bytes() == before and (out / "runs" / "dia" / "seed0" / "eval.json").exists()
+    assert launch.read_jobs(out) == {}  # nothing recorded as submitted

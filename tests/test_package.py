@@ -12,7 +12,7 @@ ORDER = [
     "codecs", "model", "flops", "metrics",
     "tracking", "data", "data.sources", "data.hf", "data.dataset", "data.prepare", "data.inspect",
     "checkpoints", "config", "teacher_forced", "runs", "optim", "generate", "export", "trainer", "train", "eval",
-    "ablate", "report", "launch", "cli",
+    "ablate", "report", "launch", "demo", "cli",
 ]  # fmt: skip
 ROOT = Path(diamusic.__file__).parent
 

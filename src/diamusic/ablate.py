@@ -5,7 +5,7 @@ Within a seed every pattern sees the same crops, batches, CFG drops and initial 
 functions of the seed alone), so a difference between two runs of one seed is the pattern's; a
 new seed changes both the initialisation and the data order. ``DIR/ablation.json`` fixes the runs
 and their settings: a re-run skips finished runs, resumes interrupted ones, and refuses other
-settings unless forced. The demo is this ablation on the built-in melodies with the offline codec.
+settings unless forced.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from diamusic.checkpoints import checkpoints_of, step_name, step_of
-from diamusic.codecs import SpectralConfig, SpectralRVQCodec
 from diamusic.config import DEFAULT_PRESET, TrainConfig, from_dict, load_config, to_dict
 from diamusic.data.dataset import CodesDataset
-from diamusic.data.prepare import prepare
 from diamusic.errors import DiamusicError
 from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
 from diamusic.locks import DirectoryLock
-from diamusic.patterns import AUDIO_CHANNELS, DelayPattern
+from diamusic.patterns import DelayPattern
 from diamusic.runs import EVAL_FILE, RUN_FILE, final_step
 from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
 from diamusic.teacher_forced import interior_edge
@@ -699,71 +697,3 @@ def _summarise(plan: Plan, out: Path) -> AblationResult:
         results[run_name(pattern)][seed] = result
     rows = summarise(results, plan.reference, audio_channels=plan.audio_channels)
     return AblationResult(out, write_summary(out, rows, plan, results), rows, list(results), results)
-
-
-DEMO_DIR = Path("runs/demo")
-DEMO_MELODIES = 80  # built-in melodies prepared
-DEMO_STEPS = 300  # optimizer steps per run
-# a small codebook so a few hundred CPU steps show real learning (1024 is the codec default); 3 prompts
-# of 3 s each keep the pitch tracking of 9 evaluations to a few minutes on 2 cores
-DEMO_PREPARE = {"max_seconds": 8.0, "eval_fraction": 0.1, "codec_options": {"codebook_size": 256}}
-DEMO_PROMPTS, DEMO_SECONDS = 3, 3.0  # generations per evaluated run, and their length cap
-DEMO_CONTINUATION = 1.0  # seconds of each eval clip the runs also continue
-
-
-@dataclass(frozen=True)
-class DemoPlan:
-    """The demo's steps as data: `demo` runs them, and a front end can show them as its own commands."""
-
-    prepare: dict[str, Any]  # the arguments of `diamusic.data.prepare.prepare`
-    ablate: dict[str, Any]  # the arguments of `ablate`
-    report: Path  # the ablation directory the listening report is written for
-
-
-def demo_plan(
-    out: Path = DEMO_DIR,
-    patterns: Sequence[str] = PATTERNS,
-    melodies: int = DEMO_MELODIES,
-    steps: int = DEMO_STEPS,
-    seeds: int = SEEDS,
-    sets: list[str] | None = None,
-    prompts: int = DEMO_PROMPTS,
-    seconds: float = DEMO_SECONDS,
-    channels: str = "mono",
-) -> DemoPlan:
-    """What `demo` does with these settings; a bad pattern is refused here, before anything is prepared."""
-    if channels not in AUDIO_CHANNELS:
-        raise AblationError(f"channels must be {' or '.join(AUDIO_CHANNELS)}, got {channels!r}")
-    parse_patterns(patterns, SpectralConfig.levels, AUDIO_CHANNELS[channels])
-    data, ablation = out / "data", out / "ablation"
-    return DemoPlan(
-        prepare={"source": "melodies", "codec": SpectralRVQCodec.name, "out": data, "limit": melodies,
-                 **DEMO_PREPARE, **({"channels": channels} if channels != "mono" else {})},  # fmt: skip
-        ablate={
-            "data": data,
-            "out": ablation,
-            "patterns": list(patterns),
-            "seeds": seeds,
-            "config": DEFAULT_PRESET,
-            "overrides": {"steps": steps, **_demo_overrides(steps)},
-            "sets": list(sets or []),
-            "prompts": prompts,
-            "seconds": seconds,
-            "continuation": DEMO_CONTINUATION,
-        },
-        report=ablation,
-    )
-
-
-def demo(plan: DemoPlan | None = None, progress: bool = True) -> AblationResult:
-    """The main job on the embedded default (`demo_plan`'s defaults unless given another plan): the
-    built-in melodies with the offline codec, then the ablation with the tiny model. The prepared
-    data is reused."""
-    plan = plan or demo_plan()
-    prepare(**plan.prepare, progress=progress)
-    return ablate(**plan.ablate, progress=progress)
-
-
-def _demo_overrides(steps: int) -> dict[str, Any]:
-    # evaluations cost no randomness, so three points on the eval curve change nothing else
-    return {"data.crop_frames": 86, "eval.every": max(1, steps // 3), "samples.every": max(1, steps // 2)}

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 # the library's defaults are the CLI's: importing them here keeps one source for each
-from diamusic.ablate import AblationError, DemoPlan, ablate, demo, demo_plan
+from diamusic.ablate import AblationError, ablate
 from diamusic.clap import CLAP_MODEL
 from diamusic.codecs import DAC_CODEBOOKS, DAC_FRAME_RATE, DAC_MODEL, DEFAULT_CODEC, SpectralConfig
 from diamusic.config import DEFAULT_PRESET, ModelConfig
 from diamusic.data.prepare import prepare
 from diamusic.data.sources import CORPUS_DEFAULTS
+from diamusic.demo import DEMO_PARALLEL, DemoPlan, demo, demo_plan
 from diamusic.eval import evaluate_run
 from diamusic.export import export_run
 from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, GenerationError, SamplingConfig
@@ -358,6 +359,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.prompts,
         args.seconds,
         args.channels,
+        args.parallel,
     )
     print("the demo runs, as commands:\n  " + "\n  ".join(demo_commands(plan)), file=sys.stderr)
     result = demo(plan, progress=not args.quiet)
@@ -376,6 +378,8 @@ def demo_commands(plan: DemoPlan) -> list[str]:
     overrides, sets = dict(ablating.pop("overrides")), ablating.pop("sets")
     ablating["patterns"] = ",".join(ablating["patterns"])
     ablating["steps"] = overrides.pop("steps")  # the one config key with an option of its own
+    if plan.parallel > 1:
+        ablating["parallel"] = plan.parallel
     # the demo's config keys before the user's, so that the user's win
     sets = [f"{key}={_word(value)}" for key, value in overrides.items()] + list(sets)
     return [
@@ -658,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--seconds", type=_seconds, default=demoing["seconds"], help="length cap of each generation")
     dem.add_argument(
         "--channels", choices=list(AUDIO_CHANNELS), default=demoing["channels"], help="render the melodies in stereo"
+    )
+    dem.add_argument(
+        "--parallel", type=_positive, help=f"runs at once (default: up to {DEMO_PARALLEL}, one per core or GPU)"
     )
     dem.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     dem.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -285,9 +285,14 @@ class Slurm:
         todo = [(p, s) for p, s in runs if finished(plan, out, p, s) is None and run_key(p, s) not in live]
         if not todo:
             return not live
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
         executor = self.executor(out)
         for pattern, seed in todo:
-            job = executor.submit(SlurmRun(), str(out), run_name(pattern), seed)
+            try:
+                job = executor.submit(SlurmRun(), str(out), run_name(pattern), seed)
+            except (FailedJobError, FailedSubmissionError) as exc:  # sbatch refused: a partition, account, limit
+                raise AblationError(f"sbatch refused {run_key(pattern, seed)}: {first_line(exc)}") from exc
             record_job(out, run_key(pattern, seed), {"launcher": "slurm", "job": str(job.job_id),
                                                      "log": str(job.paths.stderr), "started": time.time()})  # fmt: skip
             print(f"submitted {run_key(pattern, seed)} as SLURM job {job.job_id}", file=sys.stderr)
