@@ -81,6 +81,14 @@ def test_the_summary_names_runs_that_stopped_early():
     assert not any("Stopped early" in n for n in summary_of(results)["notes"])
 
 
+def test_the_summary_says_when_runs_used_different_thread_counts():
+    """On CPU the last digits of a run's numbers follow its thread count: a table mixing them says so."""
+    results = {n: {s: {"eval/loss": 3.0 + s, "machine/threads": 1} for s in (0, 1)} for n in ("dia", "musicgen")}
+    assert not any("threads" in n for n in summary_of(results)["notes"])
+    results["dia"][1]["machine/threads"] = 2
+    assert any(n.startswith("Runs used different numbers of CPU threads (1, 2)") for n in summary_of(results)["notes"])
+
+
 def test_pure_noise_over_28_primary_rows_declares_winners_at_most_at_the_family_wise_rate():
     rng = np.random.default_rng(0)
     metrics = [ablate.Metric(f"m{i}", f"metric {i}", True, primary=True) for i in range(28)]
@@ -208,7 +216,8 @@ def test_an_interrupted_run_stops_the_ablation_in_one_line_with_the_signals_stat
 
 def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [DIAMUSIC, "demo", "--out", str(out), "--melodies", "8", "--steps", "4", "--seeds", "2", "--quiet"]
-    args += ["--prompts", "1", "--seconds", "1"]
+    # one run at a time: four-step runs are over before their processes' imports would be (the launcher: test_launch)
+    args += ["--prompts", "1", "--seconds", "1", "--parallel", "1"]
     args += ["--set", "batch_size=2", "--set", "eval.clips=2", "--set", "samples.seconds=0.2", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
 

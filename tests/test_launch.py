@@ -161,10 +161,11 @@ def test_two_runs_at_once_give_the_sequential_numbers_and_a_killed_ablation_resu
     """The local launcher on CPU: each run a process with one thread of the two cores. kill -9 of the
     `ablate` process mid-way stops its runs at a checkpoint (they get SIGTERM when it dies); the same
     command resumes them, and the table equals a sequential ablation's with one thread, number for number."""
-    sequential = ablate(melody_dataset, tmp_path / "seq", "musicgen,dia", 2, overrides=OVERRIDES, prompts=1,
+    sequential = ablate(melody_dataset, tmp_path / "seq", "musicgen,dia", 1, overrides=OVERRIDES, prompts=1,
                         seconds=0.3, progress=False)  # fmt: skip
     out = tmp_path / "par"
     argv = [DIAMUSIC, "ablate", "--data", str(melody_dataset), "--out", str(out), "--parallel", "2", *TINY]
+    argv += ["--seeds", "1"]  # two runs, both at once
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not list(out.glob("runs/*/seed*/checkpoints/step_000002")) and time.time() < deadline:
@@ -176,8 +177,7 @@ def test_two_runs_at_once_give_the_sequential_numbers_and_a_killed_ablation_resu
     while any(launch.process_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.1)  # each run saves its last finished step and exits
     assert not any(launch.process_alive(pid) for pid in workers)
-    unfinished = [s.key for s in status(out) if s.state != "done"]
-    assert len(unfinished) >= 3, "the kill came after the runs finished: nothing was resumed"
+    assert any(s.state != "done" for s in status(out)), "the kill came after the runs finished: nothing to resume"
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     logs = [p.read_text() for p in (out / "logs").glob("*.log")]
@@ -204,7 +204,7 @@ def test_a_two_by_two_ablation_through_a_real_slurm_cluster(melody_dataset, tmp_
     monkeypatch.setenv("SLURM_CONF", str(local_slurm()))
     out = tmp_path / "ab"
     argv = ["ablate", "--data", str(melody_dataset), "--out", str(out), "--launcher", "slurm", "--gpus-per-run", "0",
-            "--cpus-per-run", "1", "--time", "20", *TINY]  # fmt: skip
+            "--cpus-per-run", "1", "--time", "20", *TINY, "--prompts", "0"]  # fmt: skip
     assert main(argv) == 0
     assert not (out / "summary.json").exists()
     jobs = launch.read_jobs(out)
