@@ -302,3 +302,31 @@ def test_a_stereo_plan_names_its_patterns_and_an_older_plan_file_still_resumes(t
     assert ablate.fix_plan(tmp_path, mono, force=False) == mono
     with pytest.raises(AblationError, match="other settings \\(patterns, reference, audio_channels\\)"):
         ablate.fix_plan(tmp_path, plan, force=False)
+
+
+def test_an_ablation_says_which_run_it_is_on_what_each_gave_and_how_long_is_left(melody_dataset, tmp_path, capsys):
+    """Output that is not a terminal (captured): a header per run with its place, a result line after each with
+    its losses and time, the time left from the runs so far, and no carriage-return redraws."""
+    settings = {"overrides": {**TINY, "eval.every": 4}, "prompts": 0, "progress": False}
+    ablate.ablate(melody_dataset, tmp_path / "ab", "musicgen,dia", 1, **settings)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("== run")]
+    assert lines[0] == "== run 1/2: training musicgen [0,1,2,3,4,5,6,7,8] seed 0 =="
+    assert lines[1].startswith("== run 1/2 done: musicgen seed 0, train loss ") and ", eval loss " in lines[1]
+    assert " left ==" in lines[1] and lines[2].startswith("== run 2/2: training dia")
+    assert lines[3].startswith("== run 2/2 done: dia seed 0") and "left" not in lines[3]
+    evaluation = json.loads((tmp_path / "ab" / "runs" / "dia" / "seed0" / "eval.json").read_text())
+    assert f"eval loss {evaluation['eval/loss']:.3f}" in lines[3]
+    ablate.ablate(melody_dataset, tmp_path / "ab", "musicgen,dia", 1, **settings)
+    assert not [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("== run")]  # nothing to run
+
+
+def test_the_time_left_counts_only_runs_trained_now_and_runs_at_once():
+    parsed = parse_patterns("dia,musicgen,compressed", 9)
+    plan = ablate.Plan("", [p.to_list() for p in parsed], [0, 1], {"steps": 4}, 0, 0.0, "dia")
+    clock = ablate.RunClock(plan, Path("/nonexistent"), ablate.runs_of(plan), at_once=2)
+    assert clock.place() == "run 1/6: "
+    # 65 s per run x 5 runs left / 2 at once = 162.5 s
+    assert clock.finish(parsed[0], 0, 65.0).endswith("no evaluation, 1 min 05 s; about 2 min 42 s left ==")
+    assert clock.place() == "run 2/6: "

@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,16 +222,17 @@ def finished(plan: Plan, out: Path, pattern: DelayPattern, seed: int) -> dict[st
 
 
 def run_one(
-    plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: bool, evaluate: bool = True
+    plan: Plan, out: Path, pattern: DelayPattern, seed: int, progress: bool, evaluate: bool = True, place: str = ""
 ) -> dict[str, Any] | None:
     """Train (skip if finished, resume if interrupted) and evaluate one run; its eval.json is kept.
-    ``evaluate`` False: train only (the other processes of a run trained on several GPUs)."""
+    ``evaluate`` False: train only (the other processes of a run trained on several GPUs); ``place``: where
+    the run stands in the ablation ("run 3/9: "), for its header."""
     run_dir = plan.run_dir(out, pattern, seed)
     config = run_config(plan, out, pattern, seed)
     done = [step_of(p) for p in checkpoints_of(run_dir)]
     if final_step(run_dir, config.steps) not in done:
         # a run killed before its first checkpoint is started over by the resume itself
-        print(f"\n== {'resuming' if done else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
+        print(f"\n== {place}{'resuming' if done else 'training'} {pattern} seed {seed} ==", file=sys.stderr)
         result = train(config, run_dir, resume=(run_dir / RUN_FILE).exists(), progress=progress)
         if result.interrupted:  # its checkpoint is saved: the next call resumes this run
             raise Stopped(
@@ -263,6 +265,38 @@ def load_plan(out: Path) -> Plan:
 def runs_of(plan: Plan) -> list[tuple[DelayPattern, int]]:
     """Every run, seed-major: an ablation stopped half-way already has whole seeds to compare."""
     return [(pattern, seed) for seed in plan.seeds for pattern in plan.delay_patterns]
+
+
+class RunClock:
+    """Where an ablation stands: each finished run in one line with its losses and time, and the time left
+    estimated from the runs this call trained (a run finished before it costs nothing now)."""
+
+    def __init__(self, plan: Plan, out: Path, runs: list[tuple[DelayPattern, int]], at_once: int = 1) -> None:
+        self.plan, self.out, self.at_once = plan, out, at_once
+        self.total, self.done = len(runs), sum(finished(plan, out, p, s) is not None for p, s in runs)
+        self.spent: list[float] = []  # seconds of each run this call trained and evaluated
+        self.started = time.monotonic()
+
+    def place(self) -> str:
+        return f"run {self.done + 1}/{self.total}: "
+
+    def finish(self, pattern: DelayPattern, seed: int, seconds: float) -> str:
+        """The line for a run that just ended (or failed: no evaluation to show)."""
+        self.done += 1
+        self.spent.append(seconds)
+        result = finished(self.plan, self.out, pattern, seed) or {}
+        losses = ", ".join(f"{label} {result[k]:.3f}" for k, label in (("train/loss", "train loss"),
+                           ("eval/loss", "eval loss")) if k in result)  # fmt: skip
+        left = self.total - self.done
+        eta = f"; about {_duration(sum(self.spent) / len(self.spent) * left / self.at_once)} left" if left else ""
+        return f"== run {self.done}/{self.total} done: {run_name(pattern)} seed {seed}, {losses or 'no evaluation'}, " \
+               f"{_duration(seconds)}{eta} =="
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 class Launcher(Protocol):
@@ -670,8 +704,13 @@ def ablate(
     with DirectoryLock(out):  # one ablation per directory, for as long as it trains, submits and writes
         fix_plan(out, plan, force)
         if launcher is None:
+            clock = RunClock(plan, out, runs_of(plan))
             for pattern, seed in runs_of(plan):
-                run_one(plan, out, pattern, seed, progress)
+                if finished(plan, out, pattern, seed) is not None:
+                    continue
+                started = time.monotonic()
+                run_one(plan, out, pattern, seed, progress, place=clock.place())
+                print(clock.finish(pattern, seed, time.monotonic() - started), file=sys.stderr)
         elif not launcher.launch(plan, out, runs_of(plan), progress):
             return AblationResult(out, None, [], names, {})
         return _summarise(plan, out)

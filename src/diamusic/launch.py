@@ -30,6 +30,7 @@ from diamusic.ablate import (
     AblationError,
     Launcher,
     Plan,
+    RunClock,
     collect,
     finished,
     load_plan,
@@ -161,7 +162,7 @@ class Local:
     def launch(self, plan: Plan, out: Path, runs: list[tuple[DelayPattern, int]], progress: bool) -> bool:
         todo = [(p, s) for p, s in runs if finished(plan, out, p, s) is None]
         (out / LOGS).mkdir(exist_ok=True)
-        failed = _Pool(self, out).run(todo, progress)
+        failed = _Pool(self, out).run(todo, RunClock(plan, out, runs, at_once=self.parallel))
         if failed:
             raise AblationError(
                 f"{len(failed)} of {len(todo)} runs failed: " + "; ".join(failed) + f" (logs in {out / LOGS}); "
@@ -175,28 +176,27 @@ class _Pool:
 
     def __init__(self, local: Local, out: Path) -> None:
         self.local, self.out = local, out
-        self.running: dict[int, tuple[subprocess.Popen, str, Path]] = {}  # slot -> process, run, log
+        # slot -> the run's process, pattern, seed, log and start time
+        self.running: dict[int, tuple[subprocess.Popen, DelayPattern, int, Path, float]] = {}
         self.stop: int | None = None
 
-    def run(self, todo: list[tuple[DelayPattern, int]], progress: bool) -> list[str]:
+    def run(self, todo: list[tuple[DelayPattern, int]], clock: RunClock) -> list[str]:
         failed: list[str] = []
         handlers = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            queue, total, done = list(todo), len(todo), 0
+            queue = list(todo)
             while (queue and self.stop is None) or self.running:
                 free = [s for s in range(self.local.parallel) if s not in self.running]
                 while queue and free and self.stop is None:
                     self._start(free.pop(0), *queue.pop(0))
                 time.sleep(0.2)
-                for slot, (process, key, log) in list(self.running.items()):
+                for slot, (process, pattern, seed, log, started) in list(self.running.items()):
                     if process.poll() is None:
                         continue
                     del self.running[slot]
-                    done += 1
                     if process.returncode != 0 and self.stop is None:
-                        failed.append(f"{key} (exit {process.returncode}: {last_line(log)})")
-                    if progress:
-                        print(f"== {key} ended ({done}/{total}, exit {process.returncode}) ==", file=sys.stderr)
+                        failed.append(f"{run_key(pattern, seed)} (exit {process.returncode}: {last_line(log)})")
+                    print(clock.finish(pattern, seed, time.monotonic() - started), file=sys.stderr)
         finally:
             for s, handler in handlers.items():
                 signal.signal(s, handler)
@@ -217,12 +217,13 @@ class _Pool:
                 start_new_session=True,  # a Ctrl-C reaches the runs once, through this process
                 preexec_fn=_die_with_parent,
             )
-        self.running[slot] = (process, key, log)
+        self.running[slot] = (process, pattern, seed, log, time.monotonic())
+        print(f"== started {key} (log: {log}) ==", file=sys.stderr)
         record_job(self.out, key, {"launcher": "local", "pid": process.pid, "log": str(log), "started": time.time()})
 
     def _forward(self, signum: int, frame: Any) -> None:
         self.stop = signum
-        for process, _, _ in self.running.values():
+        for process, *_ in self.running.values():
             process.send_signal(signum)  # each run checkpoints its last finished step and exits
 
 
