@@ -41,9 +41,10 @@ TrainingAudio = Callable[[float], tuple[list[np.ndarray], int]]
 
 def _one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run on one CPU thread. MKL's matmuls sum in an order that depends on how many threads they get,
-    so the offline codec's fit and decode gave other bits on one thread than on two, and now and then
-    in a process on a loaded machine; on one thread they are the same every time, for a fit about
-    1.5x slower (benchmarks/RESULTS.md section 12)."""
+    so the offline codec's fit gave other bits on one thread than on two, and now and then in a
+    process on a loaded machine; on one thread they are the same every time, for a fit about 1.5x
+    slower (benchmarks/RESULTS.md section 12). Decoding, where a last bit matters most, maps in
+    float64 instead (`SpectralRVQCodec.invert`)."""
 
     @functools.wraps(method)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -264,8 +265,10 @@ class SpectralRVQCodec:
         self.codebook_size = config.codebook_size
         mel_basis = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels)
         self._mel_basis_t = torch.from_numpy(mel_basis.T.copy())  # (n_fft // 2 + 1, n_mels)
-        # least-squares mel -> linear map; negative values from it are clipped before Griffin-Lim
-        self._mel_pinv = torch.from_numpy(np.linalg.pinv(mel_basis).T.copy())  # (n_mels, n_fft // 2 + 1)
+        # least-squares mel -> linear map; negative values from it are clipped before Griffin-Lim. In
+        # float64: Griffin-Lim blows a last-bit difference up to an audible one, and a float64 product
+        # rounded to float32 has the same bits whatever order a BLAS sums in
+        self._mel_pinv = np.linalg.pinv(mel_basis.astype(np.float64)).T.copy()  # (n_mels, n_fft // 2 + 1)
         self._window = torch.hann_window(config.n_fft).numpy()
 
     # -- features ----------------------------------------------------------------------------------
@@ -344,11 +347,10 @@ class SpectralRVQCodec:
         logmel = sum(self.codebooks[level][codes[:, level]] for level in range(codes.shape[1]))
         return self.invert(np.asarray(logmel))
 
-    @_one_thread
     def invert(self, logmel: np.ndarray) -> np.ndarray:
         """Log-mel dB frames (T, n_mels) -> wave. Pseudo-inverse of the mel filterbank, then Griffin-Lim."""
-        power = 10.0 ** (torch.from_numpy(np.asarray(logmel, dtype=np.float32)) / 10.0) @ self._mel_pinv
-        magnitude = power.clamp_min(0.0).sqrt().numpy()  # (T, F)
+        power = (10.0 ** (np.asarray(logmel, dtype=np.float64) / 10.0)) @ self._mel_pinv
+        magnitude = np.sqrt(power.clip(min=0.0)).astype(np.float32)  # (T, F)
         if len(magnitude) < 2:  # Griffin-Lim needs at least two frames to overlap-add
             return np.zeros(0, dtype=np.float32)
         wave = _griffin_lim(
