@@ -714,11 +714,12 @@ def test_a_lora_run_checkpoints_its_adapters_and_generates_from_them_on_its_base
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["dia", "musicgen"])
-def test_static_cache_and_compiled_step_give_the_same_tokens(name, monkeypatch):
+def test_static_cache_and_compiled_step_give_the_same_tokens(monkeypatch):
     from torch._dynamo.utils import counters, get_static_address_type
 
-    model, pattern = tiny(name), DelayPattern.parse(name)
+    # one pattern: the compiled decoder step never sees it (delays are applied around the step), and
+    # the static cache with every pattern is the default every other decoding test runs
+    model, pattern = tiny("dia"), DelayPattern.parse("dia")
     texts = ["a slow waltz in D minor", "a jig"]
     caches = []
     original = decoding.new_cache

@@ -756,24 +756,38 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def _train_cli(tmp_path, data, out: str, where: str = "none", at: int = 0, resume: bool = False):
-    script = tmp_path / "kill_train.py"
-    script.write_text(KILL_SCRIPT)
+def _train_argv(tmp_path, data, out: str) -> list[str]:
     argv = ["train", "--data", str(data), "--out", str(tmp_path / out), "--steps", "20", "--batch-size", "4", "--quiet"]
     for key, value in {**QUIET, "checkpoints.every": 10, "data.crop_frames": 32, "optim.warmup_steps": 5}.items():
         argv += ["--set", f"{key}={value}"]
-    return subprocess.run(
-        [sys.executable, str(script), where, str(at), *argv, *(["--resume"] if resume else [])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return argv
+
+
+def _train_cli(tmp_path, data, out: str, where: str, at: int) -> subprocess.CompletedProcess:
+    """A run that dies (or is signalled) at `where`/`at`: in a process of its own, so it can be killed."""
+    script = tmp_path / "kill_train.py"
+    script.write_text(KILL_SCRIPT)
+    argv = [sys.executable, str(script), where, str(at), *_train_argv(tmp_path, data, out)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+def _train_cli_here(tmp_path, data, out: str, *extra: str) -> int:
+    """`_train_cli`'s run without a kill, in this process (its imports would cost more than its steps),
+    on one thread as there."""
+    from diamusic.cli import main
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main([*_train_argv(tmp_path, data, out), *extra])
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
 def whole_cli_run(melody_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("whole")
-    assert _train_cli(tmp, melody_dataset, "run").returncode == 0
+    assert _train_cli_here(tmp, melody_dataset, "run") == 0
     return tmp / "run"
 
 
@@ -784,19 +798,19 @@ def whole_cli_run(melody_dataset, tmp_path_factory):
     ids=["step-before-first-checkpoint", "step", "checkpoint-write"],
 )
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(
-    melody_dataset, whole_cli_run, tmp_path, where, at, resumed_from
+    melody_dataset, whole_cli_run, tmp_path, capsys, where, at, resumed_from
 ):
     killed = _train_cli(tmp_path, melody_dataset, "run", where, at)
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpts = tmp_path / "run" / "checkpoints"
     if where == "checkpoint":
         assert (ckpts / "step_000020.tmp" / "model.safetensors").exists()  # died inside the write
-    resumed = _train_cli(tmp_path, melody_dataset, "run", resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = _train_cli_here(tmp_path, melody_dataset, "run", "--resume"), capsys.readouterr().err
+    assert resumed[0] == 0, resumed[1][-2000:]
     if resumed_from is None:
-        assert "starting it over" in resumed.stderr
+        assert "starting it over" in resumed[1]
     else:
-        assert f"from step {resumed_from}" in resumed.stderr
+        assert f"from step {resumed_from}" in resumed[1]
     assert not list(ckpts.glob("*.tmp"))
     for key in ("train/loss", "train/grad_norm", "eval/loss"):
         assert_same_curve(tmp_path / "run", whole_cli_run, key)
@@ -805,7 +819,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(
 @pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_a_signal_right_after_an_update_checkpoints_that_step_and_the_resume_is_exact(
-    melody_dataset, whole_cli_run, tmp_path, signum
+    melody_dataset, whole_cli_run, tmp_path, capsys, signum
 ):
     """Ctrl-C once saved step 11's number with step 12's update (resume then differed from step 12 on);
     SIGTERM (SLURM, `timeout`) killed the run with nothing saved since the last checkpoint."""
@@ -813,8 +827,8 @@ def test_a_signal_right_after_an_update_checkpoints_that_step_and_the_resume_is_
     assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
     assert f"{signal.Signals(signum).name}: saving a checkpoint at step 12" in stopped.stderr
     assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_000010", "step_000012"]
-    resumed = _train_cli(tmp_path, melody_dataset, "run", resume=True)
-    assert resumed.returncode == 0 and "from step 12" in resumed.stderr, resumed.stderr[-2000:]
+    resumed = _train_cli_here(tmp_path, melody_dataset, "run", "--resume"), capsys.readouterr().err
+    assert resumed[0] == 0 and "from step 12" in resumed[1], resumed[1][-2000:]
     for key in ("train/loss", "train/grad_norm", "eval/loss"):
         assert_same_curve(tmp_path / "run", whole_cli_run, key)
 
