@@ -227,7 +227,7 @@ def demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.integration
 def test_demo_trains_every_pattern_and_seed_and_writes_the_table(tmp_path, capsys):
-    first = demo(tmp_path / "demo", "--patterns", "musicgen", "dia")
+    first = demo(tmp_path / "demo", "--patterns", "musicgen,dia")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "fitting" in first.stderr and "training" in first.stderr  # what a re-run must not say
     out = tmp_path / "demo" / "ablation"
@@ -250,17 +250,22 @@ def test_demo_trains_every_pattern_and_seed_and_writes_the_table(tmp_path, capsy
     # the data and the finished runs: the same table, nothing refitted or retrained
     from diamusic.cli import main
 
-    assert main(demo_args(tmp_path / "demo", "--patterns", "musicgen", "dia")) == 0
+    assert main(demo_args(tmp_path / "demo", "--patterns", "musicgen,dia")) == 0
     again = capsys.readouterr()
     assert "| eval loss ↓ |" in again.out and "fitting" not in again.err and "training" not in again.err
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-@pytest.mark.integration
-def test_demo_refuses_a_bad_pattern_before_any_work(tmp_path):
-    result = demo(tmp_path / "demo", "--patterns", "musicgen", "0,2,1")
-    assert result.returncode == 2 and "has 3 delays but the codec has 9 codebooks" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize(
+    ("patterns", "message"),
+    [("musicgen,0,2,1", "the last custom pattern has 3 of 9 delays"), ("musicgen,dai", "did you mean 'dia'?")],
+)
+def test_demo_refuses_a_bad_pattern_before_any_work(tmp_path, capsys, patterns, message):
+    from diamusic.cli import main
+
+    assert main(demo_args(tmp_path / "demo", "--patterns", patterns)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "demo").exists()
 
 
@@ -273,8 +278,11 @@ def test_demo_runs_its_plan_and_refuses_a_bad_pattern_first(tmp_path, monkeypatc
     from diamusic import demo
     from diamusic.launch import Local
 
+    from diamusic.data.prepare import PrepareResult
+
     calls = []
-    monkeypatch.setattr(demo, "prepare", lambda **kwargs: calls.append(("prepare", kwargs)))
+    prepared = PrepareResult(8, 0.01, 0, 1.0, 30.0, 1.0, True)
+    monkeypatch.setattr(demo, "prepare", lambda **kwargs: calls.append(("prepare", kwargs)) or prepared)
     monkeypatch.setattr(demo, "ablate", lambda **kwargs: calls.append(("ablate", kwargs)))
     plan = demo.demo_plan(tmp_path, ["dia", "musicgen"], 8, 30, 2, ["batch_size=4"], parallel=1)
     demo.demo(plan, progress=False)
@@ -313,11 +321,14 @@ def test_a_stereo_plan_names_its_patterns_and_an_older_plan_file_still_resumes(t
 
 def test_an_ablation_says_which_run_it_is_on_what_each_gave_and_how_long_is_left(melody_dataset, tmp_path, capsys):
     """Output that is not a terminal (captured): a header per run with its place, a result line after each with
-    its losses and time, the time left from the runs so far, and no carriage-return redraws."""
-    settings = {"overrides": {**TINY, "eval.every": 4}, "prompts": 0, "progress": False}
+    its losses and time, the time left from the runs so far, a start and an end line for each evaluation, and the
+    bars as plain lines, no carriage-return redraws."""
+    settings = {"overrides": {**TINY, "eval.every": 4}, "prompts": 0, "progress": True}
     ablate.ablate(melody_dataset, tmp_path / "ab", "musicgen,dia", 1, **settings)
     err = capsys.readouterr().err
-    assert "\r" not in err
+    assert "\r" not in err and "\x1b" not in err
+    assert any("step/s" in ln for ln in err.splitlines())  # the bar, a line at a time
+    assert "evaluating musicgen seed 0...\n" in err and "evaluating dia seed 0: done in " in err
     lines = [ln for ln in err.splitlines() if ln.startswith("== run")]
     assert lines[0] == "== run 1/2: training musicgen [0,1,2,3,4,5,6,7,8] seed 0 =="
     assert lines[1].startswith("== run 1/2 done: musicgen seed 0, train loss ") and ", eval loss " in lines[1]

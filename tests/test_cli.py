@@ -149,7 +149,7 @@ def test_defaults_stay_and_help_shows_them(capsys, monkeypatch):
     )  # fmt: skip
     demo = parser.parse_args(["demo"])
     assert (str(demo.out), demo.patterns, demo.melodies, demo.steps, demo.seeds) == (
-        "runs/demo", ["dia", "musicgen", "compressed"], 80, 300, 3
+        "runs/demo", "dia,musicgen,compressed", 80, 300, 3
     )  # fmt: skip
     show = parser.parse_args(["patterns", "show", "dia"])
     assert (show.codebooks, show.decode_steps) == (9, 20)
@@ -158,7 +158,7 @@ def test_defaults_stay_and_help_shows_them(capsys, monkeypatch):
         ("generate", ["a grid with the other lists (default: 3.0)", "(default: 45)", "(default: static)"]),
         ("prepare", ["(default: 30.0)", "(default: 0.05)", "(default: 0/1)", "(default: 1024)"]),
         ("ablate", ["(default: dia,musicgen,compressed)", "(default: tiny-cpu)"]),
-        ("demo", ["(default: runs/demo)", "(default: dia musicgen compressed)", "(default: 300)"]),
+        ("demo", ["(default: runs/demo)", "(default: dia,musicgen,compressed)", "(default: 300)"]),
     ]:
         with pytest.raises(SystemExit):
             main([command, "--help"])
@@ -366,3 +366,23 @@ def test_a_stereo_folder_prepares_trains_generates_and_evaluates_in_stereo(stere
     odd = run("train", "--data", str(data), "--out", str(tmp_path / "odd"), "--delay-pattern", "0,1,2,3,4,5,6,7,8,9")
     assert odd.returncode == 2 and "(9 repeated per side, or 18)" in odd.stderr
     assert not (tmp_path / "odd").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggestion"),
+    [
+        (["patterns", "show", "musicgne"], "did you mean 'musicgen'?"),
+        (["patterns", "show", "middleout"], "did you mean 'middle-out'?"),
+        (["train", "--out", "{tmp}/run", "--config", "tiny-cpuu"], "did you mean 'tiny-cpu'?"),
+        (["train", "--out", "{tmp}/run", "--set", "optim.lrr=1e-3"], "did you mean 'optim.lr'?"),
+        (["train", "--out", "{tmp}/run", "--model", "smal"], "did you mean 'small'?"),
+        (["prepare", "--source", "melodies", "--out", "{tmp}/d", "--codec", "spectral-rv"], "'spectral-rvq'?"),
+    ],
+)
+def test_a_mistyped_name_is_one_line_that_suggests_the_closest(argv, suggestion, tmp_path, capsys):
+    from diamusic.cli import main
+
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert suggestion in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())  # refused before anything was written

@@ -57,7 +57,7 @@ def test_round_trip_through_dict():
         (["checkpoints.every=0"], "checkpoints.every must be > 0"),
         (["cfg_dropout=1.5"], "cfg_dropout must be in"),
         (["model.init=magic"], "model.init: expected one of scratch, pretrained, got 'magic'"),
-        (["model.preset=huge"], "model.preset must be one of tiny, small, research-log, dia-1.6b"),
+        (["model.preset=huge"], "model.preset 'huge' must be one of tiny, small, research-log, dia-1.6b"),
         (["precision=fp16"], "precision: expected one of auto, fp32, bf16"),
         (["tracking.backends=[mlflow]"], "tracking.backends[0]: expected one of wandb, tensorboard"),
         (["optim.lr=.nan"], "optim.lr must be a finite number"),

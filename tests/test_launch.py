@@ -43,7 +43,8 @@ def test_each_local_slot_gets_its_own_gpus_or_its_share_of_the_cores():
     assert one.gpus_per_run == 1 and one.slot_env(3) == {"CUDA_VISIBLE_DEVICES": "3"}
     assert "torch.distributed.run" not in one.command(Path("ab"), DIA, 1)
     cpu = Local(parallel=2, gpus=[], cores=8)
-    assert cpu.slot_env(1) == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
+    assert cpu.slot_env(1) == {"CUDA_VISIBLE_DEVICES": "", "DIAMUSIC_THREADS": "4", "OMP_NUM_THREADS": "4",
+                               "MKL_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "4"}  # fmt: skip
     with pytest.raises(AblationError, match="needs 6 GPUs; 4 are visible"):
         Local(parallel=3, gpus_per_run=2, gpus=["0", "1", "2", "3"])
     with pytest.raises(AblationError, match="--parallel 3 on 2 cores"):

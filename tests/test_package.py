@@ -7,8 +7,8 @@ import diamusic
 
 # each module may import only modules listed before it (lazy imports inside functions included)
 ORDER = [
-    "errors", "locks", "stats", "patterns", "tokens", "pitch", "audio_metrics", "clap", "tagging",
-    "seeding", "corpus", "synth", "instruments", "harmony", "captions", "arrangement", "playback", "render",
+    "errors", "threads", "progress", "locks", "stats", "patterns", "tokens", "pitch", "audio_metrics", "clap",
+    "tagging", "seeding", "corpus", "synth", "instruments", "harmony", "captions", "arrangement", "playback", "render",
     "codecs", "model", "flops", "metrics",
     "tracking", "data", "data.sources", "data.hf", "data.dataset", "data.prepare", "data.inspect",
     "checkpoints", "config", "teacher_forced", "runs", "optim", "generate", "export", "trainer", "train", "eval",

@@ -57,8 +57,9 @@ def test_output_format(excerpts):
 
 
 def test_bad_renderer_or_texture_is_a_one_line_user_error(excerpts):
-    with pytest.raises(DiamusicError, match=r"unknown renderer 'fluidsynth'; choose one of soundfont, synth$"):
-        render.render_piece(excerpts[0], 0, renderer="fluidsynth")
+    suggested = r"unknown renderer 'soundfnt' \(did you mean 'soundfont'\?\); choose one of soundfont, synth$"
+    with pytest.raises(DiamusicError, match=suggested):
+        render.render_piece(excerpts[0], 0, renderer="soundfnt")
     with pytest.raises(
         render.RenderOptionError, match=r"unknown texture 'duet'; choose one of solo, accompanied, mixed$"
     ):

@@ -31,6 +31,7 @@ from diamusic.errors import DiamusicError
 from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
 from diamusic.locks import DirectoryLock
 from diamusic.patterns import DelayPattern
+from diamusic.progress import duration, stage
 from diamusic.runs import EVAL_FILE, RUN_FILE, final_step
 from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
 from diamusic.teacher_forced import interior_edge
@@ -244,10 +245,12 @@ def run_one(
         return None
     if (result := finished(plan, out, pattern, seed)) is not None:
         return result
-    return evaluate_run(
-        run_dir, final_step(run_dir, config.steps), plan.prompts, plan.seconds, plan.edge, out=run_dir / EVAL_FILE,
-        audio_dir=run_dir / "generated", continuation=plan.continuation,
-    )  # fmt: skip
+    generating = f", generating {plan.prompts} clip(s) of {plan.seconds:g} s" if plan.prompts else ""
+    with stage(f"evaluating {run_name(pattern)} seed {seed}{generating}"):
+        return evaluate_run(
+            run_dir, final_step(run_dir, config.steps), plan.prompts, plan.seconds, plan.edge, out=run_dir / EVAL_FILE,
+            audio_dir=run_dir / "generated", continuation=plan.continuation,
+        )  # fmt: skip
 
 
 def load_plan(out: Path) -> Plan:
@@ -288,15 +291,9 @@ class RunClock:
         losses = ", ".join(f"{label} {result[k]:.3f}" for k, label in (("train/loss", "train loss"),
                            ("eval/loss", "eval loss")) if k in result)  # fmt: skip
         left = self.total - self.done
-        eta = f"; about {_duration(sum(self.spent) / len(self.spent) * left / self.at_once)} left" if left else ""
+        eta = f"; about {duration(sum(self.spent) / len(self.spent) * left / self.at_once)} left" if left else ""
         return f"== run {self.done}/{self.total} done: {run_name(pattern)} seed {seed}, {losses or 'no evaluation'}, " \
-               f"{_duration(seconds)}{eta} =="
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+               f"{duration(seconds)}{eta} =="
 
 
 class Launcher(Protocol):

@@ -28,7 +28,7 @@ from diamusic.launch import LAUNCHERS, SLURM_CPUS_PER_RUN, SLURM_TIME_MINUTES
 from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern, layout_name
 from diamusic.runs import load_run
 from diamusic.tagging import CAPTION_MODES
-from diamusic.tokens import MAX_TEXT_BYTES
+from diamusic.threads import THREADS_ENV, requested_threads, use_threads
 
 
 def cmd_patterns_list(args: argparse.Namespace) -> int:
@@ -99,6 +99,13 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        # on every command (and before one): where it is given last wins, absent it is not set at all
+        self.add_argument(
+            "--threads",
+            type=_positive,
+            default=argparse.SUPPRESS,
+            help=f"CPU threads for the work and the processes it starts (default: ${THREADS_ENV}, else one per core)",
+        )
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -139,26 +146,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         audio_column=args.audio_column,
         progress=not args.quiet,
     )
-    if result.audio_seconds_encoded > 0:
-        rate = result.audio_seconds_encoded / max(result.encode_seconds, 1e-9)
-        speed = (
-            f"encoded {result.audio_seconds_encoded:.1f} s of audio at {rate:.3g}x real time "
-            f"({result.seconds:.1f} s in all, with loading and the codec fit)"
-        )
-    else:
-        speed = "nothing left to encode"
-    if result.complete:
-        print(
-            f"{args.out}: {result.clips} clips, {result.hours:.2f} h, {result.rejected} rejected "
-            f"(see rejected.jsonl); {speed}"
-        )
-        if result.captions_truncated:
-            print(
-                f"warning: {result.captions_truncated} captions were longer than {MAX_TEXT_BYTES} bytes and were "
-                "truncated"
-            )
-    else:
-        print(f"shard {args.shard[0]}/{args.shard[1]} done ({speed}); other shards still to run")
+    print(result.describe(Path(args.out), args.shard))
     return 0
 
 
@@ -376,7 +364,6 @@ def demo_commands(plan: DemoPlan) -> list[str]:
     preparing |= preparing.pop("codec_options", {})
     ablating = dict(plan.ablate)
     overrides, sets = dict(ablating.pop("overrides")), ablating.pop("sets")
-    ablating["patterns"] = ",".join(ablating["patterns"])
     ablating["steps"] = overrides.pop("steps")  # the one config key with an option of its own
     if plan.parallel > 1:
         ablating["parallel"] = plan.parallel
@@ -648,10 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     dem = sub.add_parser("demo", help="offline end to end: built-in melodies -> codes -> the pattern ablation")
     dem.add_argument("--out", default=demoing["out"], help="demo directory (re-runs reuse its data and finished runs)")
     dem.add_argument(
-        "--patterns",
-        nargs="+",
-        default=list(demoing["patterns"]),
-        help=f"presets and delay lists (default: {' '.join(demoing['patterns'])})",
+        "--patterns", default=",".join(demoing["patterns"]), help="presets and delay lists, comma-separated"
     )
     dem.add_argument(
         "--melodies", type=_positive, default=demoing["melodies"], help="melodies from the built-in corpus"
@@ -705,6 +689,9 @@ def _run(args: argparse.Namespace) -> int:
     from diamusic.errors import DiamusicError, first_line
 
     try:
+        threads = requested_threads(getattr(args, "threads", None))
+        if threads is not None:
+            use_threads(threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C, or `Stopped` by a signal once the work was saved
         print(f"diamusic: {first_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)

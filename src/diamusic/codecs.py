@@ -27,7 +27,7 @@ import librosa
 import numpy as np
 import torch
 
-from diamusic.errors import DiamusicError, first_line
+from diamusic.errors import DiamusicError, did_you_mean, first_line
 
 CODEC_FILE = "codec.json"
 DAC_MODEL = "descript/dac_44khz"  # the DAC Dia was trained on
@@ -587,7 +587,7 @@ DEFAULT_CODEC = SpectralRVQCodec.name  # needs no downloaded weights; real work 
 
 def codec_class(name: str) -> type[DacCodec] | type[SpectralRVQCodec]:
     if name not in CODECS:
-        raise CodecError(f"unknown codec {name!r} (choose {' or '.join(CODECS)})")
+        raise CodecError(f"unknown codec {name!r}{did_you_mean(name, CODECS)} (choose {' or '.join(CODECS)})")
     return CODECS[name]
 
 

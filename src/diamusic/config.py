@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from diamusic.data import card_layout
-from diamusic.errors import DiamusicError
+from diamusic.errors import DiamusicError, did_you_mean
 from diamusic.model import MODEL_PRESETS
 from diamusic.patterns import AUDIO_CHANNELS, DelayPattern, PatternError, layout_name
 
@@ -223,7 +223,8 @@ def _build(cls: type, values: Any, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(key) for key in values if key not in names)  # YAML keys may be numbers too
     if unknown:
-        raise ConfigError(f"unknown config key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
+        hint = did_you_mean(prefix + unknown[0], [prefix + n for n in names])
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}{hint} (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -245,8 +246,9 @@ def resolve_preset(name_or_path: str) -> Path:
     preset = CONFIG_DIR / f"{name_or_path}.yaml"
     if preset.exists():
         return preset
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"no config file or preset named {name_or_path!r} (presets: {known})")
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    hint = did_you_mean(name_or_path, known)
+    raise ConfigError(f"no config file or preset named {name_or_path!r}{hint} (presets: {', '.join(known)})")
 
 
 def load_config(
@@ -302,7 +304,11 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
         (0.0 < o.grad_clip < math.inf, "optim.grad_clip must be a finite number > 0"),
         (o.skip_nonfinite_steps >= 0, "optim.skip_nonfinite_steps must be >= 0"),
-        (config.model.preset in MODEL_PRESETS, f"model.preset must be one of {', '.join(MODEL_PRESETS)}"),
+        (
+            config.model.preset in MODEL_PRESETS,
+            f"model.preset {config.model.preset!r}{did_you_mean(config.model.preset, MODEL_PRESETS)} must be one of "
+            f"{', '.join(MODEL_PRESETS)}",
+        ),
         (config.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 = full fine-tuning)"),
         (config.eval.every > 0, "eval.every must be > 0 (set it to steps to evaluate only at the end)"),
         (config.eval.clips >= 0, "eval.clips must be >= 0"),

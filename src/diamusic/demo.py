@@ -4,7 +4,7 @@ the machine has two cores (or GPUs) for them."""
 
 from __future__ import annotations
 
-import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from diamusic.config import DEFAULT_PRESET
 from diamusic.data.prepare import prepare
 from diamusic.launch import Local, visible_gpus
 from diamusic.patterns import AUDIO_CHANNELS
+from diamusic.threads import requested_threads, usable_cores
 
 DEMO_DIR = Path("runs/demo")
 DEMO_MELODIES = 80  # built-in melodies prepared
@@ -40,7 +41,7 @@ class DemoPlan:
 
 def demo_plan(
     out: Path = DEMO_DIR,
-    patterns: Sequence[str] = PATTERNS,
+    patterns: str | Sequence[str] = PATTERNS,
     melodies: int = DEMO_MELODIES,
     steps: int = DEMO_STEPS,
     seeds: int = SEEDS,
@@ -61,7 +62,7 @@ def demo_plan(
         ablate={
             "data": data,
             "out": ablation,
-            "patterns": list(patterns),
+            "patterns": patterns if isinstance(patterns, str) else ",".join(patterns),  # as `ablate --patterns`
             "seeds": seeds,
             "config": DEFAULT_PRESET,
             "overrides": {"steps": steps, **_demo_overrides(steps)},
@@ -80,7 +81,8 @@ def demo(plan: DemoPlan | None = None, progress: bool = True) -> AblationResult:
     built-in melodies with the offline codec, then the ablation with the tiny model. The prepared
     data is reused."""
     plan = plan or demo_plan()
-    prepare(**plan.prepare, progress=progress)
+    prepared = prepare(**plan.prepare, progress=progress)
+    print(prepared.describe(Path(plan.prepare["out"])), file=sys.stderr)
     launcher = Local(parallel=plan.parallel) if plan.parallel > 1 else None
     return ablate(**plan.ablate, progress=progress, launcher=launcher)
 
@@ -89,7 +91,7 @@ def demo_parallel() -> int:
     """Two runs at once where there are two cores (or GPUs) for them: on 2 cores, two runs of one thread
     each finish the demo's ablation sooner than one run of two threads (benchmarks/RESULTS.md section 17)."""
     gpus = visible_gpus()
-    return max(1, min(DEMO_PARALLEL, len(gpus) if gpus else os.cpu_count() or 1))
+    return max(1, min(DEMO_PARALLEL, len(gpus) if gpus else requested_threads() or usable_cores()))
 
 
 def _demo_overrides(steps: int) -> dict[str, Any]:

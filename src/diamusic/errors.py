@@ -7,9 +7,18 @@ dataset, checkpoint), never in terms of a CLI flag, so they read the same from P
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class DiamusicError(Exception):
     """Bad input or a state the user can fix; the message is one line."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'musicgen'?)' for the known name closest to a mistyped one; '' when none is close."""
+    close = difflib.get_close_matches(name.strip().lower(), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def first_line(exc: BaseException) -> str:

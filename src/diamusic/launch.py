@@ -42,6 +42,7 @@ from diamusic.checkpoints import checkpoints_of
 from diamusic.errors import DiamusicError, first_line
 from diamusic.locks import DirectoryBusy
 from diamusic.patterns import DelayPattern
+from diamusic.threads import requested_threads, thread_env, usable_cores, use_threads
 from diamusic.train import Stopped
 
 JOBS_FILE = "jobs.json"
@@ -73,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal stopped it (its checkpoint saved), 2 with one line on bad input."""
     out, name, seed = argv if argv is not None else sys.argv[1:]
     try:
+        threads = requested_threads()  # a CPU slot's share of the cores, or --threads of the ablation
+        if threads is not None:
+            use_threads(threads)
         run_in_process(Path(out), name, int(seed), evaluate=int(os.environ.get("RANK", "0")) == 0)
     except Stopped as exc:
         print(f"diamusic: {first_line(exc)}", file=sys.stderr)
@@ -128,7 +132,7 @@ class Local:
     parallel: int = 1
     gpus_per_run: int | None = None  # None: 1 where there are GPUs, 0 without
     gpus: list[str] = field(default_factory=visible_gpus)
-    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    cores: int = field(default_factory=lambda: requested_threads() or usable_cores())
 
     def __post_init__(self) -> None:
         if self.gpus_per_run is None:
@@ -148,9 +152,8 @@ class Local:
         if self.gpus_per_run:
             mine = self.gpus[slot * self.gpus_per_run : (slot + 1) * self.gpus_per_run]
             return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
-        threads = str(self.cores // self.parallel)
-        # torch takes its thread count from OMP_NUM_THREADS; no GPU is visible to a CPU slot
-        return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        # the run's share of the cores, for every library that reads one; no GPU is visible to a CPU slot
+        return {"CUDA_VISIBLE_DEVICES": "", **thread_env(self.cores // self.parallel)}
 
     def command(self, out: Path, pattern: DelayPattern, seed: int) -> list[str]:
         worker = ["-m", "diamusic.launch", str(out), run_name(pattern), str(seed)]

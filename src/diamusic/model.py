@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from diamusic.errors import DiamusicError
+from diamusic.errors import DiamusicError, did_you_mean
 from diamusic.patterns import DelayPattern
 from diamusic.tokens import MAX_TEXT_BYTES, TEXT_VOCAB, AudioVocab
 
@@ -294,7 +294,8 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 def _preset(name: str) -> ModelPreset:
     if name not in MODEL_PRESETS:
-        raise ModelError(f"unknown model preset {name!r}: use one of {', '.join(MODEL_PRESETS)}")
+        raise ModelError(f"unknown model preset {name!r}{did_you_mean(name, MODEL_PRESETS)}: use one of "
+                         f"{', '.join(MODEL_PRESETS)}")
     return MODEL_PRESETS[name]
 
 

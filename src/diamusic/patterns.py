@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diamusic.errors import DiamusicError
+from diamusic.errors import DiamusicError, did_you_mean
 
 PRESETS: dict[str, tuple[int, ...]] = {
     "dia": (0, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -97,8 +97,8 @@ class DelayPattern:
                 parts = [p for p in re.split(r"[,\s]+", body) if p]
                 if not parts or not all(re.fullmatch(r"[+-]?\d+", p) for p in parts):
                     raise PatternError(
-                        f"unknown delay pattern {spec!r}: use a preset ({', '.join(PRESETS)}) "
-                        "or comma-separated integers like 0,1,2,3,4,5,6,7,8"
+                        f"unknown delay pattern {spec!r}{did_you_mean(text, PRESETS)}: use a preset "
+                        f"({', '.join(PRESETS)}) or comma-separated integers like 0,1,2,3,4,5,6,7,8"
                     )
                 delays, name = tuple(int(p) for p in parts), None
         else:

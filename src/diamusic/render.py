@@ -27,7 +27,7 @@ import numpy as np
 from diamusic.arrangement import arrange
 from diamusic.captions import describe
 from diamusic.corpus import Melody
-from diamusic.errors import DiamusicError
+from diamusic.errors import DiamusicError, did_you_mean
 from diamusic.playback import SAMPLE_RATE, render_arrangement, stage_pans
 from diamusic.seeding import piece_rng
 
@@ -57,9 +57,11 @@ class Rendering:
 def check_options(renderer: str, texture: str) -> None:
     """Refuse an unknown renderer or texture, before any work."""
     if renderer not in RENDERERS:
-        raise RenderOptionError(f"unknown renderer {renderer!r}; choose one of {', '.join(RENDERERS)}")
+        hint = did_you_mean(renderer, RENDERERS)
+        raise RenderOptionError(f"unknown renderer {renderer!r}{hint}; choose one of {', '.join(RENDERERS)}")
     if texture not in TEXTURES:
-        raise RenderOptionError(f"unknown texture {texture!r}; choose one of {', '.join(TEXTURES)}")
+        hint = did_you_mean(texture, TEXTURES)
+        raise RenderOptionError(f"unknown texture {texture!r}{hint}; choose one of {', '.join(TEXTURES)}")
 
 
 def render_piece(

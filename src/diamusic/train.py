@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -31,8 +30,10 @@ from diamusic.errors import DiamusicError
 from diamusic.export import write_transformers_files
 from diamusic.flops import training_flops
 from diamusic.metrics import TokenStats, token_stats
+from diamusic.progress import bar as progress_bar
 from diamusic.runs import RUN_FILE, load_run, record_early_stop
 from diamusic.teacher_forced import teacher_forced
+from diamusic.threads import requested_threads, usable_cores
 from diamusic.tokens import IGNORE_INDEX
 from diamusic.trainer import StepOutput, Trainer, Window, due, setup
 
@@ -319,10 +320,12 @@ def data_loader(
 ) -> torch.utils.data.DataLoader:
     """One item per optimizer step: its micro-batches, built by ``data.num_workers`` processes, at
     most one per core this process may use (more only queue for the same cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = requested_threads()
+    cores = threads or usable_cores()
     workers, pin = min(data.num_workers, cores), data.pin_memory and device.type == "cuda"
     if workers < data.num_workers and main:
-        print(f"note: data.num_workers {data.num_workers} capped at {workers}, the cores here", file=sys.stderr)
+        limit = f"--threads {threads}" if threads else "the cores here"
+        print(f"note: data.num_workers {data.num_workers} capped at {workers}, {limit}", file=sys.stderr)
     return torch.utils.data.DataLoader(
         batches,
         batch_size=None,
@@ -343,9 +346,7 @@ def _ignore_stop_signals(worker: int) -> None:
 
 def _progress_bar(t: Trainer) -> Callable[[dict[str, float] | None], None]:
     """One tick per optimizer step showing the last logged loss; called with None to close."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=t.config.steps, initial=t.step, unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=t.config.steps, initial=t.step, unit="step")
 
     def tick(last: dict[str, float] | None) -> None:
         if last is None:

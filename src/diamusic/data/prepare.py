@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from diamusic.data.sources import (
 )
 from diamusic.locks import DirectoryLock
 from diamusic.patterns import AUDIO_CHANNELS
+from diamusic.progress import bar as progress_bar
+from diamusic.progress import duration
 from diamusic.tagging import CAPTION_MODES, Captioner
 from diamusic.tokens import MAX_TEXT_BYTES
 
@@ -79,6 +82,35 @@ class PrepareResult:
             return cls(0, 0.0, 0, seconds, audio, encoding, False)
         counts = card["clips"], card["hours"], card["rejected"]
         return cls(*counts, seconds, audio, encoding, True, card["captions_truncated"])
+
+    def describe(self, out: Path, shard: tuple[int, int] = (0, 1)) -> str:
+        """What `prepare` ends with: the clips written, the rejected ones by reason, the speed."""
+        if self.audio_seconds_encoded > 0:
+            rate = self.audio_seconds_encoded / max(self.encode_seconds, 1e-9)
+            speed = (
+                f"encoded {self.audio_seconds_encoded:.1f} s of audio at {rate:.3g}x real time "
+                f"({self.seconds:.1f} s in all, with loading and the codec fit)"
+            )
+        else:
+            speed = "nothing left to encode"
+        if not self.complete:
+            return f"shard {shard[0]}/{shard[1]} done ({speed}); other shards still to run"
+        reasons = _rejection_counts(out / "rejected.jsonl")
+        counted = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        why = f": {counted} (see rejected.jsonl)" if reasons else ""
+        lines = [f"{out}: {self.clips} clips, {self.hours:.2f} h, {self.rejected} rejected{why}; {speed}"]
+        if self.captions_truncated:
+            lines.append(f"warning: {self.captions_truncated} captions were longer than {MAX_TEXT_BYTES} bytes and "
+                         "were truncated")  # fmt: skip
+        return "\n".join(lines)
+
+
+def _rejection_counts(path: Path) -> Counter[str]:
+    """Rejected inputs by reason, the reason's details (a tag, a column) left out so that alike ones count together."""
+    if not path.exists():
+        return Counter()
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return Counter(str(row.get("rejected", "?")).split(" (")[0].split(":")[0] for row in rows)
 
 
 def prepare(
@@ -181,12 +213,10 @@ def _inputs(
 def _progress_bar(items: int, mine: list[int], todo: list[int], shown: bool) -> Any:
     """A bar over the inputs of this process's shards, the finished ones already counted (silent
     unless ``shown``)."""
-    from tqdm import tqdm
-
     size = [min(ITEMS_PER_SHARD, items - s * ITEMS_PER_SHARD) for s in range(max(mine, default=-1) + 1)]
     done = sum(size[s] for s in mine if s not in todo)
     total = sum(size[s] for s in mine)
-    return tqdm(total=total, initial=done, unit="input", desc="prepare", file=sys.stderr, disable=not shown)
+    return progress_bar(shown, total=total, initial=done, unit="input", desc="prepare")
 
 
 def _check_arguments(
@@ -284,9 +314,12 @@ def _codec_for(
     if (codec_dir / "codec.json").exists():
         return load_codec(codec_dir)
 
+    fitting: list[float] = []  # when the fit started, once its audio is loaded
+
     def training_audio(max_seconds: float) -> tuple[list[np.ndarray], int]:
         # training inputs only, so the eval split's reconstruction stays honest
         waves, rate, total = [], 0, 0.0
+        print("loading the codec's training audio...", file=sys.stderr, flush=True)
         for item in items:
             if split[item.id] != "train" or total >= max_seconds:
                 continue
@@ -308,10 +341,13 @@ def _codec_for(
                 waves.append(side)
                 total += len(side) / rate
         if waves:
-            print(f"fitting the codec on {total / 60:.1f} min of training audio...", file=sys.stderr)
+            print(f"fitting the codec on {total / 60:.1f} min of training audio...", file=sys.stderr, flush=True)
+            fitting.append(time.monotonic())
         return waves, rate
 
     codec = codec_type.from_options(options, training_audio)
+    if fitting:
+        print(f"fitting the codec: done in {duration(time.monotonic() - fitting[0])}", file=sys.stderr)
     # several shard processes may race here; the fit is deterministic, so any winner is correct
     tmp = out / f"codec.tmp{os.getpid()}"
     try:
