@@ -4,13 +4,16 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# `make demo` installs what running needs; `make test` (and `make setup`) the developer extras on top
+RUNTIME := $(VENV)/.runtime
+DEV     := $(VENV)/.dev
+PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: setup test test-fast lint browser slurm demo clean
 
-setup: $(STAMP)
+setup: $(DEV)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
 	    echo "setup: reusing the system torch"; $(PYTHON) -m venv --system-site-packages $(VENV); \
@@ -18,13 +21,20 @@ $(STAMP): pyproject.toml
 	    $(PYTHON) -m venv $(VENV); \
 	  fi; \
 	fi
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q --no-deps "tinysoundfont>=0.3,<0.4"
-	$(PY) -m pip install -q -e ".[dev]"
+	@echo "setup: torch, then diamusic and its runtime dependencies (quiet; a few minutes the first time)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
+	@$(PIP) --no-deps "tinysoundfont>=0.3,<0.4"
+	@$(PIP) -e .
 	@# librosa's pitch and beat trackers are numba code compiled on first use (benchmarks/RESULTS.md section 14) and
 	@# cached in the venv: compile them once here, not inside the first test or demo that analyses audio
-	$(PY) -c "from diamusic.audio_metrics import compile_kernels; compile_kernels()"
-	@touch $(STAMP)
+	@echo "setup: compiling librosa's audio kernels once"
+	@$(PY) -c "from diamusic.audio_metrics import compile_kernels; compile_kernels()"
+	@touch $(RUNTIME)
+
+$(DEV): $(RUNTIME)
+	@echo "setup: the developer extras (pytest, ruff, trackers, peft, datasets)"
+	@$(PIP) -e ".[dev]"
+	@touch $(DEV)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -47,7 +57,7 @@ browser:
 slurm:
 	@bash scripts/local-slurm.sh
 
-demo: setup
+demo: $(RUNTIME)
 	$(VENV)/bin/diamusic demo
 
 clean:

@@ -276,9 +276,8 @@ def test_nan_free_table_for_one_seed():
 
 def test_demo_runs_its_plan_and_refuses_a_bad_pattern_first(tmp_path, monkeypatch):
     from diamusic import demo
-    from diamusic.launch import Local
-
     from diamusic.data.prepare import PrepareResult
+    from diamusic.launch import Local
 
     calls = []
     prepared = PrepareResult(8, 0.01, 0, 1.0, 30.0, 1.0, True)

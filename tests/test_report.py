@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,18 @@ def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
     assert shot.stat().st_size > 20_000
     summary = json.loads((small_ablation / "summary.json").read_text())
     assert list(summary["patterns"]) == ["dia", "musicgen"]
+    # the header: what was run, as the run folders and the dataset's card record it
+    facts = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", dom.stdout))
+    assert facts["patterns"] == "dia [0,8,9,10,11,12,13,14,15]; musicgen [0,1,2,3,4,5,6,7,8]"
+    assert facts["seeds"] == "0, 1" and facts["optimizer steps"].startswith("4 per run, batch 2 x 1")
+    run = json.loads((small_ablation / "runs" / "dia" / "seed0" / "run.json").read_text())
+    assert facts["model"] == f"tiny, {run['parameters']['total'] / 1e6:.2f} M parameters, scratch"
+    card = json.loads((Path(run["dataset"]) / "card.json").read_text())
+    assert facts["data"] == f"{run['dataset']}: {card['clips']} clips, {card['hours']:.2f} h"
+    assert facts["codec"] == f"spectral-rvq, 9 codebooks x 32 codes, {card['codec']['frame_rate']:.1f} frames/s"
+    assert facts["diamusic"] == run["code_version"] and facts["evaluation"] == "2 generation(s) of 0.3 s per run"
+    for link in ("summary.md", "summary.json", "ablation.json", "runs/dia/seed0/", "runs/musicgen/seed1/"):
+        assert f'href="{link}"' in dom.stdout, link
 
 
 def test_a_metric_no_seed_of_a_pattern_measured_is_drawn_without_its_dots(tmp_path):

@@ -12,13 +12,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 from diamusic.ablate import PLAN_FILE, AblationError, run_name, sections
 from diamusic.checkpoints import step_of
 from diamusic.patterns import DelayPattern
-from diamusic.runs import SAMPLES
+from diamusic.runs import RUN_FILE, SAMPLES
 from diamusic.stats import Estimate, mean_ci
 from diamusic.tracking import read_metrics
 
@@ -169,11 +170,51 @@ td:first-child, th:first-child { text-align: left; }
 audio { width: 220px; height: 32px; }
 .prompt { font-size: 13px; color: #333; max-width: 260px; }
 img { max-width: 100%; }
+table.facts { margin-bottom: 1em; }
+table.facts th, table.facts td { text-align: left; }
+#selfcheck { display: none; }  /* for the browser test, not for readers */
 """
 
 
 def _e(text: Any) -> str:
     return html.escape(str(text))
+
+
+def _header(out: Path, plan: dict[str, Any], summary: dict[str, Any], runs: dict[str, dict[int, Path]]) -> str:
+    """What was run, as facts a reader can cite, and links to the tables and to every run folder."""
+    config = plan["config"]
+    first = next(p for seeds in runs.values() for p in seeds.values())
+    run = json.loads((first / RUN_FILE).read_text()) if (first / RUN_FILE).exists() else {}
+    card_path = Path(run.get("dataset", plan["data"])) / "card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    layout = run.get("codec") or card.get("codec")
+    codec = "?" if not layout else (
+        f"{layout['name']}, {layout['num_codebooks']} codebooks x {layout['codebook_size']} codes, "
+        f"{layout['frame_rate']:.1f} frames/s"
+    )  # fmt: skip
+    size = f": {card['clips']} clips, {card['hours']:.2f} h" if card else ""
+    parameters = run.get("parameters", {}).get("total")
+    model = config["model"]["preset"] + (f", {parameters / 1e6:.2f} M parameters" if parameters else "")
+    init = config["model"]["init"]
+    model += f", {init}" + (f" ({config['model']['pretrained']})" if init != "scratch" else "")
+    facts = [
+        ("patterns", "; ".join(f"{name} [{','.join(map(str, d))}]" for name, d in summary["patterns"].items())),
+        ("seeds", ", ".join(map(str, summary["seeds"]))),
+        ("optimizer steps", f"{config['steps']} per run, batch {config['batch_size']} x {config['grad_accum']}"),
+        ("model", model),
+        ("data", f"{run.get('dataset', plan['data'])}{size}"),
+        ("codec", codec),
+        ("evaluation", f"{plan['prompts']} generation(s) of {plan['seconds']:g} s per run"),
+        ("diamusic", run.get("code_version", "?")),
+        ("written", time.strftime("%Y-%m-%d %H:%M", time.localtime((out / "summary.json").stat().st_mtime))),
+    ]
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    links = ", ".join(
+        f"<a href='{_e(p.relative_to(out).as_posix())}/'>{_e(name)} seed {seed}</a>"
+        for name, seeds in runs.items() for seed, p in seeds.items()
+    )  # fmt: skip
+    files = ", ".join(f"<a href='{name}'>{name}</a>" for name in ("summary.md", "summary.json", PLAN_FILE))
+    return f"<table class='facts'>{rows}</table>\n<p>Tables: {files}. Runs: {links}.</p>"
 
 
 def _tables(summary: dict[str, Any]) -> str:
@@ -257,6 +298,7 @@ def write_report(out: str | Path) -> Path:
 <html><head><meta charset="utf-8"><title>Delay-pattern ablation</title><style>{STYLE}</style></head>
 <body>
 <h1>Delay-pattern ablation</h1>
+{_header(out, plan, summary, runs)}
 <p>{len(runs)} patterns x seeds {_e(seeds)}; differences against <b>{_e(summary["reference"])}</b>, paired by seed.
 Interior frames: at least {summary["edge_frames"]} frames from both ends of a crop. In the plots, bars are
 means over seeds with their 95% interval and the dots are the seeds.
