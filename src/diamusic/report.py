@@ -19,6 +19,7 @@ from typing import Any
 from diamusic.ablate import PLAN_FILE, AblationError, run_name, sections
 from diamusic.checkpoints import step_of
 from diamusic.patterns import DelayPattern
+from diamusic.progress import stage
 from diamusic.runs import RUN_FILE, SAMPLES
 from diamusic.stats import Estimate, mean_ci
 from diamusic.tracking import read_metrics
@@ -273,6 +274,11 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     if not (out / PLAN_FILE).exists() or not (out / "summary.json").exists():
         raise AblationError(f"{out} holds no finished ablation (no {PLAN_FILE} and summary.json)")
+    with stage(f"writing the report and its plots in {out}"):
+        return _write_page(out)
+
+
+def _write_page(out: Path) -> Path:
     plan = json.loads((out / PLAN_FILE).read_text())
     summary = json.loads((out / "summary.json").read_text())
     runs = _runs(out, plan)
