@@ -75,6 +75,11 @@ def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
     assert facts["diamusic"] == run["code_version"] and facts["evaluation"] == "2 generation(s) of 0.3 s per run"
     for link in ("summary.md", "summary.json", "ablation.json", "runs/dia/seed0/", "runs/musicgen/seed1/"):
         assert f'href="{link}"' in dom.stdout, link
+    # every row of the tables has a figure (named in its alt text), or a note of why it has none
+    shown = " | ".join(html.unescape(a) for a in re.findall(r'<img src="plots/[^"]*" alt="([^"]*)"', dom.stdout))
+    unplotted = re.search(r'<p class="note">No plot for ([^<]*):', dom.stdout)
+    for metric in summary["metrics"]:
+        assert metric["label"] in shown or (unplotted and metric["label"] in html.unescape(unplotted.group(1))), metric
 
 
 def test_a_metric_no_seed_of_a_pattern_measured_is_drawn_without_its_dots(tmp_path):
@@ -83,11 +88,11 @@ def test_a_metric_no_seed_of_a_pattern_measured_is_drawn_without_its_dots(tmp_pa
     from diamusic.report import plot_bars
 
     nan = float("nan")
-    metric = {"key": "gen/in_key_ratio", "lower_is_better": False,
+    metric = {"key": "gen/in_key_ratio", "label": "in-key ratio", "lower_is_better": False,
               "per_pattern": {"musicgen": {"mean": nan, "low": nan, "high": nan, "n": 0},
                               "dia": {"mean": 0.9, "low": 0.5, "high": 1.3, "n": 2}},
               "per_seed": {"musicgen": [nan, nan], "dia": [1.0, 0.8]}}  # fmt: skip
     summary = {"patterns": {"musicgen": [], "dia": []}, "metrics": [metric]}
     (tmp_path / "plots").mkdir()
-    path = plot_bars(tmp_path, summary, [("gen/in_key_ratio", "in-key ratio")], "bars.png")
+    path = plot_bars(tmp_path, summary, ["gen/in_key_ratio"], "bars.png")
     assert path is not None and path.stat().st_size > 1000

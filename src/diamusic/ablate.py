@@ -56,6 +56,10 @@ class Metric:
     lower_is_better: bool
     primary: bool = False  # a claim the ablation exists to test: Holm-corrected, may name a winner
     wall_clock: bool = False  # timed on a machine shared with other work: reported, never compared
+    bounds: tuple[float, float] = (0.0, math.inf)  # the values it can take: plots clip intervals to them
+
+
+SHARE = (0.0, 1.0)  # ratios, similarities and agreements
 
 
 METRICS: list[Metric] = [
@@ -68,32 +72,40 @@ METRICS: list[Metric] = [
     Metric("eval/edge/loss", "eval loss, edge frames", True),
     Metric("eval/entropy", "output entropy (eval)", True),
     Metric("train/loss_noise", "loss noise", True),
-    Metric("eval/gap", "eval gap (eval - train subset)", True),
-    Metric("gen/in_key_ratio", "in-key ratio", False),
-    Metric("gen/in_tune_ratio", "in-tune ratio", False),
+    Metric("eval/gap", "eval gap (eval - train subset)", True, bounds=(-math.inf, math.inf)),
+    Metric("gen/in_key_ratio", "in-key ratio", False, bounds=SHARE),
+    Metric("gen/in_tune_ratio", "in-tune ratio", False, bounds=SHARE),
     Metric("gen/pitch_stability", "pitch stability (semitones)", True),
-    Metric("gen/voiced_ratio", "voiced ratio", False),
+    Metric("gen/voiced_ratio", "voiced ratio", False, bounds=SHARE),
     Metric("gen/note_rate", "note rate (/s)", False),
-    Metric("gen/chroma_cosine", "chroma similarity to reference", False),
-    Metric("gen/melody_agreement", "melody agreement with reference", False),
-    Metric("gen/clipping_ratio", "clipping ratio", True),
-    Metric("gen/silence_ratio", "silence ratio", True),
+    Metric("gen/chroma_cosine", "chroma similarity to reference", False, bounds=SHARE),
+    Metric("gen/melody_agreement", "melody agreement with reference", False, bounds=SHARE),
+    Metric("gen/clipping_ratio", "clipping ratio", True, bounds=SHARE),
+    Metric("gen/silence_ratio", "silence ratio", True, bounds=SHARE),
     Metric("gen/dynamic_range_db", "dynamic range (dB, peak/RMS)", False),
     Metric("gen/beat_stability", "beat stability (spread of beat intervals)", True),
-    Metric("gen/key_consistency", "key consistency", False),
-    Metric("cont/chroma_cosine", "continuation: chroma similarity to the true one", False),
-    Metric("cont/key_agreement", "continuation: key agreement (MIREX)", False),
-    Metric("cont/tempo_agreement", "continuation: tempo within 8%", False),
-    Metric("cont/melody_agreement", "continuation: melody agreement", False),
-    Metric("gen/clap_score", "CLAP score (caption-audio cosine)", False),
+    Metric("gen/key_consistency", "key consistency", False, bounds=SHARE),
+    Metric("cont/chroma_cosine", "continuation: chroma similarity to the true one", False, bounds=SHARE),
+    Metric("cont/key_agreement", "continuation: key agreement (MIREX)", False, bounds=SHARE),
+    Metric("cont/tempo_agreement", "continuation: tempo within 8%", False, bounds=SHARE),
+    Metric("cont/melody_agreement", "continuation: melody agreement", False, bounds=SHARE),
+    Metric("gen/clap_score", "CLAP score (caption-audio cosine)", False, bounds=(-1.0, 1.0)),
     Metric("gen/fad_clap", "FAD (CLAP embeddings)", True),
     Metric("gen/frechet_features", "Fréchet distance (chroma+MFCC)", True),
-    Metric("gen/usage_js", "code usage divergence (JS)", True),
+    Metric("gen/usage_js", "code usage divergence (JS)", True, bounds=SHARE),
     Metric("gen/decode_steps", "decode steps", True),
     Metric("gen/frames_per_s", "decode frames/s", False, wall_clock=True),
     Metric("model/max_delay", "max delay (frames)", True),
     Metric("model/parameters", "parameters", True),
 ]
+
+
+def bounds_of(key: str) -> tuple[float, float]:
+    """The values a metric can take; a per-codebook loss is a loss (>= 0), a key unknown here is unbounded."""
+    known = {m.key: m.bounds for m in METRICS}
+    return known.get(key, (0.0, math.inf) if key.startswith("eval/loss/") else (-math.inf, math.inf))
+
+
 ALPHA = 0.05  # the family-wise error rate of the primary comparisons (and the intervals' 95%)
 
 

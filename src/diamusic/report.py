@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diamusic.ablate import PLAN_FILE, AblationError, run_name, sections
+from diamusic.ablate import PLAN_FILE, AblationError, bounds_of, run_name, sections
 from diamusic.checkpoints import step_of
 from diamusic.patterns import DelayPattern
 from diamusic.progress import stage
@@ -24,16 +24,9 @@ from diamusic.runs import RUN_FILE, SAMPLES
 from diamusic.stats import Estimate, mean_ci
 from diamusic.tracking import read_metrics
 
-BAR_METRICS = [
-    ("train/loss_noise", "loss noise"),
-    ("gen/decode_steps", "decode steps"),
-    ("gen/in_key_ratio", "in-key ratio"),
-    ("gen/in_tune_ratio", "in-tune ratio"),
-    ("gen/pitch_stability", "pitch stability"),
-    ("gen/chroma_cosine", "chroma similarity"),
-    ("gen/melody_agreement", "melody agreement"),
-    ("gen/usage_js", "code usage divergence"),
-]
+# what tells the patterns' lines apart where they overlap
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINES = ["-", "--", "-.", ":"]
 
 
 def _plt():
@@ -52,9 +45,12 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _upper(e: dict[str, float]) -> float:
-    """The error bar above a mean: none where one seed gives no interval."""
-    return 0.0 if math.isnan(e["high"]) else e["high"] - e["mean"]
+def _error_bar(e: dict[str, float], bounds: tuple[float, float]) -> tuple[float, float]:
+    """How far the 95% interval reaches below and above the mean, cut where the metric's values end (a
+    similarity never exceeds 1); none where one seed gives no interval."""
+    if math.isnan(e["low"]) or math.isnan(e["high"]):
+        return 0.0, 0.0
+    return e["mean"] - max(e["low"], bounds[0]), min(e["high"], bounds[1]) - e["mean"]
 
 
 def _seed_dots(ax: Any, x: float, values: list[float], spread: float = 0.15) -> None:
@@ -77,32 +73,44 @@ def _curve(runs: dict[int, Path], key: str) -> tuple[list[int], list[Estimate]]:
     return steps, [mean_ci([s[step] for s in by_seed]) for step in steps]
 
 
-def plot_curves(out: Path, runs: dict[str, dict[int, Path]], keys: list[tuple[str, str]], name: str) -> Path:
+def plot_curves(
+    out: Path, runs: dict[str, dict[int, Path]], keys: list[tuple[str, str]], name: str, chance: float | None = None
+) -> Path:
+    """One panel per key, a line per pattern (mean over seeds, band: 95% interval); ``chance``: the value of a
+    uniform guess over the codebook (ln codebook size, in nats), drawn as a line."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], keys, strict=True):
-        for pattern, by_seed in runs.items():
+        for i, (pattern, by_seed) in enumerate(runs.items()):
             steps, estimates = _curve(by_seed, key)
             if not steps:
                 continue
             means = [e.mean for e in estimates]
-            (line,) = ax.plot(steps, means, marker="o" if len(steps) < 8 else None, ms=3, label=pattern)
+            style = {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINES[i % len(LINES)], "ms": 4}
+            (line,) = ax.plot(steps, means, markevery=max(1, len(steps) // 8), label=pattern, **style)
             low = [e.low if not math.isnan(e.low) else e.mean for e in estimates]
             high = [e.high if not math.isnan(e.high) else e.mean for e in estimates]
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linewidth=1, linestyle=":", label=f"chance (ln {round(math.exp(chance))})")
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
+        ax.set_ylabel("nats per token")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("mean over seeds, band: 95% interval")
     return _save(fig, out / "plots" / name)
 
 
-def plot_bars(out: Path, summary: dict[str, Any], keys: list[tuple[str, str]], name: str) -> Path | None:
-    """Small multiples: one panel per metric, one bar per pattern, 95% interval as the error bar and
-    each seed's value as a dot beside it (three dots say more than a bar)."""
+def plot_bars(out: Path, summary: dict[str, Any], keys: list[str], name: str) -> Path | None:
+    """Small multiples: one panel per metric (titled with its label, which names its unit), one bar per
+    pattern, the 95% interval cut to the metric's possible values as the error bar and each seed's value
+    as a dot beside it (three dots say more than a bar). Metrics no run measured get no panel."""
     metrics = {m["key"]: m for m in summary["metrics"]}
-    present = [(k, t) for k, t in keys if k in metrics]
+    present = [k for k in keys if k in metrics and _measured(metrics[k])]
     if not present:
         return None
     plt = _plt()
@@ -110,17 +118,25 @@ def plot_bars(out: Path, summary: dict[str, Any], keys: list[tuple[str, str]], n
     cols = min(4, len(present))
     rows = math.ceil(len(present) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
-    for ax, (key, title) in zip(axes.flat, present, strict=False):
+    for ax, key in zip(axes.flat, present, strict=False):
         estimates = [metrics[key]["per_pattern"][n] for n in names]
-        errors = [_upper(e) for e in estimates]
-        ax.bar(names, [e["mean"] for e in estimates], yerr=errors, capsize=4, color=["C0", "C1", "C2", "C3", "C4"])
+        below, above = zip(*(_error_bar(e, bounds_of(key)) for e in estimates), strict=True)
+        colours = [f"C{i % 10}" for i in range(len(names))]
+        ax.bar(names, [e["mean"] for e in estimates], yerr=[below, above], capsize=4, color=colours)
         for i, n in enumerate(names):
             _seed_dots(ax, i, metrics[key]["per_seed"][n])
-        ax.set_title(title + (" ↓" if metrics[key]["lower_is_better"] else " ↑"), fontsize=10)
+        low, high = bounds_of(key)
+        if math.isfinite(low) and math.isfinite(high):
+            ax.set_ylim(low, high)
+        ax.set_title(metrics[key]["label"] + (" ↓" if metrics[key]["lower_is_better"] else " ↑"), fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
     for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
     return _save(fig, out / "plots" / name)
+
+
+def _measured(metric: dict[str, Any]) -> bool:
+    return any(not math.isnan(e["mean"]) for e in metric["per_pattern"].values())
 
 
 def plot_codebooks(out: Path, summary: dict[str, Any]) -> Path | None:
@@ -135,7 +151,7 @@ def plot_codebooks(out: Path, summary: dict[str, Any]) -> Path | None:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for i, n in enumerate(names):
         means = [m["per_pattern"][n]["mean"] for m in rows]
-        errors = [_upper(m["per_pattern"][n]) for m in rows]
+        errors = list(zip(*(_error_bar(m["per_pattern"][n], bounds_of(m["key"])) for m in rows), strict=True))
         ax.bar([c + i * width for c in range(len(rows))], means, width, yerr=errors, capsize=2, label=n)
         for c, m in enumerate(rows):
             _seed_dots(ax, c + i * width, m["per_seed"][n], spread=width / 3)
@@ -181,11 +197,15 @@ def _e(text: Any) -> str:
     return html.escape(str(text))
 
 
+def _first_run(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
+    """run.json of the ablation's first run (what every run shares: data, codec, model, version)."""
+    first = next(p for seeds in runs.values() for p in seeds.values())
+    return json.loads((first / RUN_FILE).read_text()) if (first / RUN_FILE).exists() else {}
+
+
 def _header(out: Path, plan: dict[str, Any], summary: dict[str, Any], runs: dict[str, dict[int, Path]]) -> str:
     """What was run, as facts a reader can cite, and links to the tables and to every run folder."""
-    config = plan["config"]
-    first = next(p for seeds in runs.values() for p in seeds.values())
-    run = json.loads((first / RUN_FILE).read_text()) if (first / RUN_FILE).exists() else {}
+    config, run = plan["config"], _first_run(runs)
     card_path = Path(run.get("dataset", plan["data"])) / "card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     layout = run.get("codec") or card.get("codec")
@@ -288,13 +308,23 @@ def _write_page(out: Path) -> Path:
         path = out / "plots" / f"pattern_{name}.png"
         DelayPattern.parse(delays, audio_channels=plan.get("audio_channels", 1)).plot(str(path), steps=24)
         grids.append(path)
-    loss = plot_curves(out, runs, [("train/loss", "train loss"), ("eval/loss", "eval loss")], "loss.png")
-    entropy = plot_curves(out, runs, [("train/entropy", "train entropy"), ("eval/entropy", "eval entropy")],
-                          "entropy.png")  # fmt: skip
-    bars = plot_bars(out, summary, BAR_METRICS, "metrics.png")
-    codebooks = plot_codebooks(out, summary)
-    images = [p for p in (loss, entropy, codebooks, bars) if p is not None]
-    img = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}'></p>" for p in images)
+    size = (_first_run(runs).get("codec") or {}).get("codebook_size")
+    chance = math.log(size) if size else None
+    losses = [("train/loss", "train loss"), ("eval/loss", "eval loss")]
+    entropies = [("train/entropy", "output entropy (train)"), ("eval/entropy", "output entropy (eval)")]
+    per_codebook = [m for m in summary["metrics"] if m["key"].startswith("eval/loss/cb")]
+    others = [m for m in summary["metrics"] if m not in per_codebook]  # every other row of the tables, as a bar
+    figures = [
+        (plot_curves(out, runs, losses, "loss.png", chance), "curves: final train loss, eval loss"),
+        (plot_curves(out, runs, entropies, "entropy.png", chance), "curves: output entropy (train), (eval)"),
+        (plot_codebooks(out, summary), "bars: " + ", ".join(m["label"] for m in per_codebook)),
+        (plot_bars(out, summary, [m["key"] for m in others], "metrics.png"),
+         "bars: " + ", ".join(m["label"] for m in others if _measured(m))),
+    ]  # fmt: skip
+    img = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}' alt='{_e(alt)}'></p>" for p, alt in figures if p)
+    unmeasured = [m["label"] for m in summary["metrics"] if not _measured(m)]
+    if unmeasured:
+        img += f"<p class='note'>No plot for {_e(', '.join(unmeasured))}: no run measured them (see the notes).</p>"
     grid_html = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}'></p>" for p in grids)
     seeds = ", ".join(map(str, summary["seeds"]))
     continued = _listening(out, runs, "cont", "cont_ref")
