@@ -386,3 +386,30 @@ def test_a_mistyped_name_is_one_line_that_suggests_the_closest(argv, suggestion,
     err = capsys.readouterr().err
     assert suggestion in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    import argparse
+
+    from diamusic.cli import build_parser
+
+    def parsers(parser, name="diamusic"):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    yield from parsers(child, f"{name} {sub}")
+
+    missing, hidden = [], []
+    for name, parser in parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            flag = f"{name} {action.option_strings[-1]}"
+            if not (action.help or "").strip():
+                missing.append(flag)
+            shown = formatter._get_help_string(action) or ""
+            if action.default not in (None, False, [], argparse.SUPPRESS) and "(default" not in shown:
+                hidden.append(flag)
+    assert (missing, hidden) == ([], [])

@@ -30,6 +30,12 @@ from diamusic.runs import load_run
 from diamusic.tagging import CAPTION_MODES
 from diamusic.threads import THREADS_ENV, requested_threads, use_threads
 
+DESCRIPTION = (
+    "Train the Dia codec language model on music, from scratch or from Dia-1.6B, and compare codebook delay "
+    "patterns. Audio and captions become codec tokens once (prepare); train, generate and eval work on one run, "
+    "ablate trains and scores every pattern x seed the same way and writes the table, report the page to listen."
+)
+
 
 def cmd_patterns_list(args: argparse.Namespace) -> int:
     print(f"{'name':<11} {'delays':<34} {'max delay':>9} {'extra steps':>11}")
@@ -392,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluating = _defaults(evaluate_run)
     ablating = _defaults(ablate)
     demoing = _defaults(demo_plan)
-    parser = _Parser(prog="diamusic", description=__doc__)
+    parser = _Parser(prog="diamusic", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -499,11 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", help=f"hub id or local directory for --init pretrained (default: {ModelConfig.pretrained})"
     )
     tr.add_argument("--delay-pattern", help="a preset name or comma-separated delays")
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--grad-accum", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--seed", type=int)
+    tr.add_argument("--steps", type=int, help="optimizer steps (default: the config's steps)")
+    tr.add_argument("--batch-size", type=int, help="clips per micro-batch (default: the config's batch_size)")
+    tr.add_argument(
+        "--grad-accum", type=int, help="micro-batches per optimizer step (default: the config's grad_accum)"
+    )
+    tr.add_argument("--lr", type=float, help="peak learning rate (default: the config's optim.lr)")
+    tr.add_argument("--seed", type=int, help="seed of the initial weights and data order (default: the config's seed)")
     tr.add_argument("--tracker", action="append", choices=["wandb", "tensorboard"], help="repeatable")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
