@@ -75,6 +75,11 @@ def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
     assert facts["diamusic"] == run["code_version"] and facts["evaluation"] == "2 generation(s) of 0.3 s per run"
     for link in ("summary.md", "summary.json", "ablation.json", "runs/dia/seed0/", "runs/musicgen/seed1/"):
         assert f'href="{link}"' in dom.stdout, link
+    # each generation says how long it is and how it ended, as its run's generated/clips.json records
+    endings = re.findall(r"(\d+\.\d) s, (stopped on EOS|cut at the length asked)", dom.stdout)
+    assert len(endings) == 2 * 2 * 2  # patterns x seeds x prompts
+    clips = json.loads((small_ablation / "runs" / "dia" / "seed0" / "generated" / "clips.json").read_text())
+    assert len(clips) == 2 and all(0 < c["seconds"] <= 0.3 + 0.05 for c in clips)
     # every row of the tables has a figure (named in its alt text), or a note of why it has none
     shown = " | ".join(html.unescape(a) for a in re.findall(r'<img src="plots/[^"]*" alt="([^"]*)"', dom.stdout))
     unplotted = re.search(r'<p class="note">No plot for ([^<]*):', dom.stdout)

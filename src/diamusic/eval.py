@@ -165,10 +165,11 @@ def generated_metrics(
     """Generate one clip per prompt (seed = its index) and score it; means over prompts.
 
     With ``audio_dir``, each generation and its reference are kept as ``gen_NN.wav`` / ``ref_NN.wav``
-    beside ``prompts.json`` (the captions), for listening. With ``clap``, the CLAP score of each
+    beside ``prompts.json`` (the captions) and ``clips.json`` (each generation's length and whether it
+    stopped on EOS), for listening. With ``clap``, the CLAP score of each
     generation and of each reference with its caption, and the FAD between the two sets (30+ clips).
     """
-    codec, rows = run.codec, []
+    codec, rows, clips = run.codec, [], []
     sampling_seconds = 0.0
     frames = decode_steps = 0
     generated_codes, generated_feats, real_feats, waves = [], [], [], []
@@ -195,12 +196,14 @@ def generated_metrics(
             row["reference_side_correlation"] = side_correlation(reference)
         wave, reference = _mid(wave), _mid(reference)
         row["stopped_on_eos"] = float(result.stopped_on_eos[0])
+        clips.append({"seconds": len(codes) / codec.frame_rate, "stopped_on_eos": bool(result.stopped_on_eos[0])})
         rows.append(row)
         generated_feats.append(audio_features(wave, codec.sample_rate))
         real_feats.append(audio_features(reference, codec.sample_rate))
         waves.append((wave, reference))
     if audio_dir is not None:
         (audio_dir / "prompts.json").write_text(json.dumps([p.text for p in prompts], indent=1))
+        (audio_dir / "clips.json").write_text(json.dumps(clips, indent=1))  # for the report's listening table
     keys = sorted(set().union(*rows))  # the in-key and reference metrics exist only where a prompt has them
     out = {f"gen/{k}": _nanmean([r.get(k, math.nan) for r in rows]) for k in keys}
     audio_seconds = frames / codec.frame_rate

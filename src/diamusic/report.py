@@ -186,6 +186,7 @@ td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 audio { width: 220px; height: 32px; }
 .prompt { font-size: 13px; color: #333; max-width: 260px; }
+.clip { font-size: 11px; color: #555; }
 img { max-width: 100%; }
 table.facts { margin-bottom: 1em; }
 table.facts th, table.facts td { text-align: left; }
@@ -249,8 +250,19 @@ def _tables(summary: dict[str, Any]) -> str:
     return "".join(out) + (f"<ul>{notes}</ul>" if notes else "")
 
 
-def _audio(out: Path, path: Path) -> str:
-    return f"<audio controls preload='auto' src='{_e(path.relative_to(out).as_posix())}'></audio>"
+def _audio(out: Path, path: Path, clip: dict[str, Any] | None = None) -> str:
+    """A player with the clip's length (and, for a generation, whether it stopped on EOS or at the length asked)."""
+    import soundfile as sf
+
+    seconds = sf.info(str(path)).duration
+    ending = "" if clip is None else ", stopped on EOS" if clip["stopped_on_eos"] else ", cut at the length asked"
+    player = f"<audio controls preload='auto' src='{_e(path.relative_to(out).as_posix())}'></audio>"
+    return f"{player}<br><span class='clip'>{seconds:.1f} s{ending}</span>"
+
+
+def _clips(run: Path) -> list[dict[str, Any]]:
+    path = run / "generated" / "clips.json"
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _listening(out: Path, runs: dict[str, dict[int, Path]], stem: str = "gen", ref: str = "ref") -> str:
@@ -266,8 +278,11 @@ def _listening(out: Path, runs: dict[str, dict[int, Path]], stem: str = "gen", r
             continue
         cells = [f"<td class='prompt'>{_e(text)}</td>", f"<td>{_audio(out, first / f'{ref}_{i:02d}.wav')}</td>"]
         for n in names:
-            players = [f"seed {s}<br>{_audio(out, r / 'generated' / f'{stem}_{i:02d}.wav')}"
-                       for s, r in runs[n].items() if (r / "generated" / f"{stem}_{i:02d}.wav").exists()]  # fmt: skip
+            players = []
+            for s, r in runs[n].items():
+                wav, clips = r / "generated" / f"{stem}_{i:02d}.wav", _clips(r) if stem == "gen" else []
+                if wav.exists():
+                    players.append(f"seed {s}<br>{_audio(out, wav, clips[i] if i < len(clips) else None)}")
             cells.append("<td>" + "<br>".join(players) + "</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else ""
