@@ -89,6 +89,19 @@ def test_the_summary_says_when_runs_used_different_thread_counts():
     assert any(n.startswith("Runs used different numbers of CPU threads (1, 2)") for n in summary_of(results)["notes"])
 
 
+def test_the_summary_counts_the_generations_with_no_pitch_to_score():
+    """Instead of a library warning per clip: one note that says how many, and what it does to the means."""
+    results = {n: {s: {"eval/loss": 3.0 + s, "gen/clips": 3, "gen/unvoiced_clips": 0} for s in (0, 1)}
+               for n in ("dia", "musicgen")}  # fmt: skip
+    assert not any("voiced" in n for n in summary_of(results)["notes"])
+    results["dia"][1]["gen/unvoiced_clips"], results["musicgen"][0]["gen/unvoiced_clips"] = 2, 1
+    notes = [n for n in summary_of(results)["notes"] if "voiced" in n]
+    assert notes == [
+        "No voiced frames in 3 of 12 generations: no pitch to score, so their in-key ratio, in-tune ratio and "
+        "pitch stability are left out of the means (their voiced ratio counts as 0)."
+    ]
+
+
 def test_pure_noise_over_28_primary_rows_declares_winners_at_most_at_the_family_wise_rate():
     rng = np.random.default_rng(0)
     metrics = [ablate.Metric(f"m{i}", f"metric {i}", True, primary=True) for i in range(28)]

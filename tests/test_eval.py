@@ -105,6 +105,23 @@ def test_evaluate_run_reports_every_metric(tiny_run, tmp_path):
     assert result["eval/targets"] == result["eval/interior/targets"] + result["eval/edge/targets"]
 
 
+def test_generations_with_no_pitch_are_counted_not_scored(tiny_run, monkeypatch):
+    """A generation pyin finds no voiced frame in has no pitch to score: counted (the summary's note), and its
+    pitch metrics are missing rather than a number; its voiced ratio is 0."""
+    from diamusic import pitch
+
+    def unvoiced(wave, rate):
+        times = np.arange(1 + len(wave) // 512) * 512 / rate
+        return times, np.zeros_like(times), np.zeros(len(times), dtype=bool)
+
+    monkeypatch.setattr(pitch, "pitch_track", unvoiced)
+    evaluation._track_of.cache_clear()
+    result = evaluation.evaluate_run(tiny_run, prompts=2, seconds=0.3, device="cpu")
+    evaluation._track_of.cache_clear()
+    assert result["gen/unvoiced_clips"] == 2 and result["gen/voiced_ratio"] == 0.0
+    assert math.isnan(result.get("gen/in_tune_ratio", math.nan))
+
+
 def test_a_continuation_is_scored_against_what_the_clip_does_after_the_prompt(tiny_run, tmp_path, monkeypatch):
     """An oracle that continues with the clip's own next frames scores 1 on chroma and key (and tempo
     where the clip has a pulse) and the clip's own melody agreement; the model's continuation is written

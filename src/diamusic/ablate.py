@@ -529,6 +529,13 @@ def _notes(results: dict[str, dict[int, dict[str, Any]]], plan: Plan) -> list[st
             f"Runs used different numbers of CPU threads ({', '.join(map(str, threads))}): on CPU their numbers "
             "differ in the last digits for that reason alone."
         )
+    unvoiced = sum(r.get("gen/unvoiced_clips", 0) for r in runs)
+    if unvoiced:
+        generated = sum(r.get("gen/clips", 0) for r in runs)
+        notes.append(
+            f"No voiced frames in {unvoiced} of {generated} generations: no pitch to score, so their in-key ratio, "
+            "in-tune ratio and pitch stability are left out of the means (their voiced ratio counts as 0)."
+        )
     clips = {r.get("gen/clips") for r in runs if "gen/clips" in r}
     if clips and max(clips) < FRECHET_MIN_CLIPS:
         notes.append(

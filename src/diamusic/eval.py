@@ -210,6 +210,8 @@ def generated_metrics(
     out.update(
         {
             "gen/clips": len(prompts),
+            # no pitch to score: their pitch metrics are left out of the means above, and the summary says how many
+            "gen/unvoiced_clips": sum(r.get("voiced_ratio", 1.0) == 0 for r in rows),
             "gen/decode_steps": decode_steps / len(prompts),
             # wall-clock: meaningful only on a quiet machine, so the load it ran under goes with it
             "gen/frames_per_s": frames / max(sampling_seconds, 1e-9),
