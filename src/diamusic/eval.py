@@ -29,6 +29,7 @@ from diamusic.errors import DiamusicError
 from diamusic.generate import SamplingConfig, generate_codes
 from diamusic.runs import LoadedRun, load_run
 from diamusic.teacher_forced import fixed_eval_batches, interior_edge, teacher_forced
+from diamusic.threads import usable_cores
 from diamusic.tracking import read_metrics
 
 IN_TUNE_CENTS = 25.0  # every pitch is within 50 cents of some semitone: a quarter of that is the test
@@ -218,7 +219,7 @@ def generated_metrics(
             "gen/real_time_factor": audio_seconds / max(sampling_seconds, 1e-9),
             "gen/seconds": audio_seconds / len(prompts),
             "machine/load_average": os.getloadavg()[0],
-            "machine/cores": len(os.sched_getaffinity(0)),
+            "machine/cores": usable_cores(),
             "machine/threads": torch.get_num_threads(),  # CPU results differ in their last digits with it
         }
     )

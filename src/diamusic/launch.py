@@ -312,9 +312,7 @@ class SlurmRun:
 
         environment = submitit.JobEnvironment()
         if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):  # the CPUs SLURM gave the task, not the node's
-            import torch
-
-            torch.set_num_threads(int(cpus))
+            use_threads(int(cpus))
         if environment.num_tasks > 1:  # a run on several GPUs: torch.distributed's variables, one process each
             submitit.helpers.TorchDistributedEnvironment().export()
         run_in_process(Path(out), name, seed, evaluate=environment.global_rank == 0)

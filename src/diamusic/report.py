@@ -74,10 +74,14 @@ def _curve(runs: dict[int, Path], key: str) -> tuple[list[int], list[Estimate]]:
 
 
 def plot_curves(
-    out: Path, runs: dict[str, dict[int, Path]], keys: list[tuple[str, str]], name: str, chance: float | None = None
+    out: Path,
+    runs: dict[str, dict[int, Path]],
+    keys: list[tuple[str, str]],
+    name: str,
+    codebook_size: int | None = None,
 ) -> Path:
-    """One panel per key, a line per pattern (mean over seeds, band: 95% interval); ``chance``: the value of a
-    uniform guess over the codebook (ln codebook size, in nats), drawn as a line."""
+    """One panel per key, a line per pattern (mean over seeds, band: 95% interval); with ``codebook_size``, a
+    line at chance: a uniform guess over the codebook, ln(codebook size) nats."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _plt()
@@ -93,8 +97,9 @@ def plot_curves(
             low = [e.low if not math.isnan(e.low) else e.mean for e in estimates]
             high = [e.high if not math.isnan(e.high) else e.mean for e in estimates]
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
-        if chance is not None:
-            ax.axhline(chance, color="grey", linewidth=1, linestyle=":", label=f"chance (ln {round(math.exp(chance))})")
+        if codebook_size:
+            chance = f"chance (ln {codebook_size})"
+            ax.axhline(math.log(codebook_size), color="grey", linewidth=1, linestyle=":", label=chance)
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("nats per token")
@@ -204,9 +209,12 @@ def _first_run(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
     return json.loads((first / RUN_FILE).read_text()) if (first / RUN_FILE).exists() else {}
 
 
-def _header(out: Path, plan: dict[str, Any], summary: dict[str, Any], runs: dict[str, dict[int, Path]]) -> str:
-    """What was run, as facts a reader can cite, and links to the tables and to every run folder."""
-    config, run = plan["config"], _first_run(runs)
+def _header(
+    out: Path, plan: dict[str, Any], summary: dict[str, Any], runs: dict[str, dict[int, Path]], run: dict[str, Any]
+) -> str:
+    """What was run, as facts a reader can cite (``run``: the first run's run.json), and links to the tables and
+    to every run folder."""
+    config = plan["config"]
     card_path = Path(run.get("dataset", plan["data"])) / "card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     layout = run.get("codec") or card.get("codec")
@@ -272,6 +280,7 @@ def _listening(out: Path, runs: dict[str, dict[int, Path]], stem: str = "gen", r
     prompts = json.loads((first / "prompts.json").read_text()) if (first / "prompts.json").exists() else []
     what = "reference (through the codec)" if stem == "gen" else "the clip: prompt and true continuation"
     head = "".join(f"<th>{_e(h)}</th>" for h in ["prompt", what, *names])
+    clips = {r: _clips(r) if stem == "gen" else [] for seeds in runs.values() for r in seeds.values()}
     rows = []
     for i, text in enumerate(prompts):
         if not (first / f"{ref}_{i:02d}.wav").exists():  # a clip too short to continue
@@ -280,9 +289,9 @@ def _listening(out: Path, runs: dict[str, dict[int, Path]], stem: str = "gen", r
         for n in names:
             players = []
             for s, r in runs[n].items():
-                wav, clips = r / "generated" / f"{stem}_{i:02d}.wav", _clips(r) if stem == "gen" else []
+                wav, clip = r / "generated" / f"{stem}_{i:02d}.wav", clips[r][i] if i < len(clips[r]) else None
                 if wav.exists():
-                    players.append(f"seed {s}<br>{_audio(out, wav, clips[i] if i < len(clips) else None)}")
+                    players.append(f"seed {s}<br>{_audio(out, wav, clip)}")
             cells.append("<td>" + "<br>".join(players) + "</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else ""
@@ -323,15 +332,15 @@ def _write_page(out: Path) -> Path:
         path = out / "plots" / f"pattern_{name}.png"
         DelayPattern.parse(delays, audio_channels=plan.get("audio_channels", 1)).plot(str(path), steps=24)
         grids.append(path)
-    size = (_first_run(runs).get("codec") or {}).get("codebook_size")
-    chance = math.log(size) if size else None
+    first = _first_run(runs)
+    size = (first.get("codec") or {}).get("codebook_size")
     losses = [("train/loss", "train loss"), ("eval/loss", "eval loss")]
     entropies = [("train/entropy", "output entropy (train)"), ("eval/entropy", "output entropy (eval)")]
     per_codebook = [m for m in summary["metrics"] if m["key"].startswith("eval/loss/cb")]
     others = [m for m in summary["metrics"] if m not in per_codebook]  # every other row of the tables, as a bar
     figures = [
-        (plot_curves(out, runs, losses, "loss.png", chance), "curves: final train loss, eval loss"),
-        (plot_curves(out, runs, entropies, "entropy.png", chance), "curves: output entropy (train), (eval)"),
+        (plot_curves(out, runs, losses, "loss.png", size), "curves: final train loss, eval loss"),
+        (plot_curves(out, runs, entropies, "entropy.png", size), "curves: output entropy (train), (eval)"),
         (plot_codebooks(out, summary), "bars: " + ", ".join(m["label"] for m in per_codebook)),
         (plot_bars(out, summary, [m["key"] for m in others], "metrics.png"),
          "bars: " + ", ".join(m["label"] for m in others if _measured(m))),
@@ -349,7 +358,7 @@ def _write_page(out: Path) -> Path:
 <html><head><meta charset="utf-8"><title>Delay-pattern ablation</title><style>{STYLE}</style></head>
 <body>
 <h1>Delay-pattern ablation</h1>
-{_header(out, plan, summary, runs)}
+{_header(out, plan, summary, runs, first)}
 <p>{len(runs)} patterns x seeds {_e(seeds)}; differences against <b>{_e(summary["reference"])}</b>, paired by seed.
 Interior frames: at least {summary["edge_frames"]} frames from both ends of a crop. In the plots, bars are
 means over seeds with their 95% interval and the dots are the seeds.
