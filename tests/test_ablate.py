@@ -177,8 +177,9 @@ def test_ablation_writes_every_file_resumes_and_refuses_other_settings(melody_da
     calls.clear()
     ablate.ablate(*args, **settings)  # everything finished: nothing is trained, the table is rewritten
     assert calls == []
-    with pytest.raises(AblationError, match="other settings \\(patterns"):
+    with pytest.raises(AblationError, match="other settings \\(patterns") as refused:
         ablate.ablate(melody_dataset, tmp_path / "ab", "musicgen,dia,compressed", 2, **settings)
+    assert refused.value.option == "force"  # the CLI's way out: --force
 
 
 @pytest.mark.integration

@@ -7,16 +7,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
-from diamusic.report import write_report
+from diamusic.report import spectrogram, write_report
 
 
 @pytest.mark.integration
 def test_report_writes_plots_and_links_every_file(small_ablation):
     page = write_report(small_ablation)
     text = page.read_text()
-    for name in ("loss.png", "entropy.png", "codebooks.png", "metrics.png", "pattern_dia.png", "pattern_musicgen.png"):
+    figures = ("loss.png", "entropy.png", "codebooks.png", "metrics_primary.png", "metrics_exploratory.png")
+    for name in (*figures, "pattern_dia.png", "pattern_musicgen.png"):
         assert (small_ablation / "plots" / name).stat().st_size > 5000, name
         assert f"plots/{name}" in text
     sources = re.findall(r"src='([^']+)'", text)
@@ -24,6 +27,11 @@ def test_report_writes_plots_and_links_every_file(small_ablation):
     assert "http://" not in text and "https://" not in text
     # 2 prompts x (reference + 2 patterns x 2 seeds), and 2 demo steps x 2 prompts per pattern
     assert len(re.findall(r"<audio ", text)) == 2 * (1 + 2 * 2) + 2 * 2 * 2
+    # each clip with its spectrogram; the references as long as the generations asked for (0.3 s), not the
+    # whole eval clip
+    assert len(re.findall(r"<img class='spec' ", text)) == len(re.findall(r"<audio ", text))
+    for ref in (small_ablation / "runs" / "dia" / "seed0" / "generated").glob("ref_*.wav"):
+        assert sf.info(str(ref)).duration == pytest.approx(0.3, abs=1e-3), ref
     # the summary's sections, as in summary.md: the primary claims first, decode steps exact (nothing
     # stopped on EOS in 0.3 s), and every cell of summary.md's tables on the page
     assert re.findall(r"<h3>([^<]*)</h3>", text)[:2] == ["Primary", "Exploratory"]
@@ -72,7 +80,10 @@ def test_report_loads_in_a_headless_browser(small_ablation, tmp_path):
     card = json.loads((Path(run["dataset"]) / "card.json").read_text())
     assert facts["data"] == f"{run['dataset']}: {card['clips']} clips, {card['hours']:.2f} h"
     assert facts["codec"] == f"spectral-rvq, 9 codebooks x 32 codes, {card['codec']['frame_rate']:.1f} frames/s"
-    assert facts["diamusic"] == run["code_version"] and facts["evaluation"] == "2 generation(s) of 0.3 s per run"
+    frames = round(0.3 * card["codec"]["frame_rate"])  # the length asked, in seconds and the frames it makes
+    asked = f"{frames / card['codec']['frame_rate']:.1f} s ({frames} frames)"
+    assert facts["diamusic"] == run["code_version"]
+    assert facts["evaluation"] == f"2 generation(s) of up to {asked} per run"
     for link in ("summary.md", "summary.json", "ablation.json", "runs/dia/seed0/", "runs/musicgen/seed1/"):
         assert f'href="{link}"' in dom.stdout, link
     # each generation says how long it is and how it ended, as its run's generated/clips.json records
@@ -101,3 +112,24 @@ def test_a_metric_no_seed_of_a_pattern_measured_is_drawn_without_its_dots(tmp_pa
     (tmp_path / "plots").mkdir()
     path = plot_bars(tmp_path, summary, ["gen/in_key_ratio"], "bars.png")
     assert path is not None and path.stat().st_size > 1000
+
+
+def test_a_spectrogram_puts_a_tone_in_its_band_and_compares_loudness_across_clips(tmp_path):
+    """Low notes at the bottom, high ones above them; one colour scale for every clip, so a tone 40 dB down is
+    darker than the same tone at full scale, and silence is the scale's bottom colour everywhere."""
+    from matplotlib.image import imread
+
+    rate, t = 44100, np.arange(44100) / 44100
+
+    def brightness(name: str, wave: np.ndarray) -> np.ndarray:
+        sf.write(tmp_path / f"{name}.wav", wave.astype(np.float32), rate)
+        image = imread(spectrogram(tmp_path / f"{name}.wav", tmp_path / f"{name}.png"))
+        return image[::-1, :, :3].sum(-1).mean(1)  # per band, lowest first
+
+    low = brightness("low", 0.9 * np.sin(2 * np.pi * 220 * t))
+    high = brightness("high", 0.9 * np.sin(2 * np.pi * 3520 * t))
+    quiet = brightness("quiet", 0.009 * np.sin(2 * np.pi * 220 * t))
+    silent = brightness("silent", np.zeros_like(t))
+    assert np.argmax(low) < np.argmax(high)
+    assert quiet.max() < low.max() - 0.5
+    assert np.ptp(silent) == 0 and silent.max() < quiet.min() + 1e-6

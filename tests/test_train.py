@@ -307,6 +307,11 @@ def test_a_run_that_stops_early_checkpoints_that_step_says_why_and_stays_stopped
     assert "stopped early at step 6 of 20" in err and "step 6 (stopped early" in out
     assert read_metrics(tmp_path / "run") == rows
     assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_000006"]
+    # started again without --resume: refused, and the message names the flag that resumes it
+    assert main(argv) == 2
+    refused = capsys.readouterr().err.strip()
+    assert refused.endswith("already holds a run: choose another run directory, or resume it (--resume)")
+    assert read_metrics(tmp_path / "run") == rows
 
 
 def test_early_stop_without_eval_losses_is_one_line(melody_dataset):

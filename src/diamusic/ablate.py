@@ -26,12 +26,13 @@ import numpy as np
 
 from diamusic.checkpoints import checkpoints_of, step_name, step_of
 from diamusic.config import DEFAULT_PRESET, TrainConfig, from_dict, load_config, to_dict
+from diamusic.data import read_card
 from diamusic.data.dataset import CodesDataset
 from diamusic.errors import DiamusicError
 from diamusic.eval import FRECHET_MIN_CLIPS, evaluate_run
 from diamusic.locks import DirectoryLock
 from diamusic.patterns import DelayPattern
-from diamusic.progress import duration, stage
+from diamusic.progress import duration, length, stage
 from diamusic.runs import EVAL_FILE, RUN_FILE, final_step
 from diamusic.stats import Estimate, effect_size, holm, mean_ci, paired_difference, paired_p
 from diamusic.teacher_forced import interior_edge
@@ -197,7 +198,8 @@ def fix_plan(out: Path, plan: Plan, force: bool) -> Plan:
         if changed:
             raise AblationError(
                 f"{out} holds an ablation with other settings ({', '.join(changed)}): use another directory, "
-                "or force it to start over with these"
+                "or force it to start over with these",
+                "force",
             )
         return plan
     if force and (out / "runs").exists():
@@ -257,7 +259,9 @@ def run_one(
         return None
     if (result := finished(plan, out, pattern, seed)) is not None:
         return result
-    generating = f", generating {plan.prompts} clip(s) of {plan.seconds:g} s" if plan.prompts else ""
+    rate = read_card(config.data.path)["codec"]["frame_rate"]
+    asked = length(round(plan.seconds * rate), rate)
+    generating = f", generating {plan.prompts} clip(s) of up to {asked}" if plan.prompts else ""
     with stage(f"evaluating {run_name(pattern)} seed {seed}{generating}"):
         return evaluate_run(
             run_dir, final_step(run_dir, config.steps), plan.prompts, plan.seconds, plan.edge, out=run_dir / EVAL_FILE,

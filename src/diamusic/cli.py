@@ -26,6 +26,7 @@ from diamusic.export import export_run
 from diamusic.generate import DEFAULT_SECONDS, DecodeOptions, GenerationError, SamplingConfig
 from diamusic.launch import LAUNCHERS, SLURM_CPUS_PER_RUN, SLURM_TIME_MINUTES
 from diamusic.patterns import AUDIO_CHANNELS, PRESETS, DelayPattern, layout_name
+from diamusic.progress import length
 from diamusic.runs import load_run
 from diamusic.tagging import CAPTION_MODES
 from diamusic.threads import THREADS_ENV, requested_threads, use_threads
@@ -242,8 +243,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )  # fmt: skip
         audio_seconds = sum(result.frames) / run.codec.frame_rate
         print(
-            f"wrote {len(paths)} clips to {out}{' as ' + stem + '_*' if len(grid) > 1 else ''} ({audio_seconds:.1f} s "
-            f"of audio, {sum(result.stopped_on_eos)} ended on EOS) from {run.checkpoint.name}"
+            f"wrote {len(paths)} clips to {out}{' as ' + stem + '_*' if len(grid) > 1 else ''} from "
+            f"{run.checkpoint.name}: {length(sum(result.frames), run.codec.frame_rate)} of audio, "
+            f"{sum(result.stopped_on_eos)} ended on EOS"
         )
         print(
             f"speed: {result.frames_per_second:.0f} frames/s, {audio_seconds / result.seconds:.2f}x real time; "
@@ -707,7 +709,9 @@ def _run(args: argparse.Namespace) -> int:
     except (DiamusicError, OSError) as exc:  # bad input, or a file system that refused: one line
         if args.debug:
             traceback.print_exc()
-        print(f"diamusic: error: {first_line(exc)}", file=sys.stderr)
+        option = getattr(exc, "option", None)  # the way out the message ends on, as its flag
+        flag = f" (--{option.replace('_', '-')})" if option else ""
+        print(f"diamusic: error: {first_line(exc)}{flag}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug: say so, so it never reads as the user's mistake
         if args.debug:

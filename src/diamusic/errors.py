@@ -2,7 +2,9 @@
 
 The CLI prints a ``DiamusicError`` as one line and exits non-zero; anything else is a bug and is
 reported as an internal error. Messages say what is wrong in the library's terms (run directory,
-dataset, checkpoint), never in terms of a CLI flag, so they read the same from Python.
+dataset, checkpoint), never in terms of a CLI flag, so they read the same from Python. A message whose
+last words offer a way out that is an argument of the call (``force``, ``overwrite``, ``resume``) names it
+in ``option``, and the CLI shows it as its flag.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from collections.abc import Iterable
 
 class DiamusicError(Exception):
     """Bad input or a state the user can fix; the message is one line."""
+
+    def __init__(self, message: str = "", option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -165,8 +165,8 @@ def generated_metrics(
 ) -> dict[str, float]:
     """Generate one clip per prompt (seed = its index) and score it; means over prompts.
 
-    With ``audio_dir``, each generation and its reference are kept as ``gen_NN.wav`` / ``ref_NN.wav``
-    beside ``prompts.json`` (the captions) and ``clips.json`` (each generation's length and whether it
+    With ``audio_dir``, each generation and its reference (its first ``seconds``) are kept as ``gen_NN.wav`` /
+    ``ref_NN.wav`` beside ``prompts.json`` (the captions) and ``clips.json`` (each generation's length and whether it
     stopped on EOS), for listening. With ``clap``, the CLAP score of each
     generation and of each reference with its caption, and the FAD between the two sets (30+ clips).
     """
@@ -185,8 +185,8 @@ def generated_metrics(
         channels = run.vocab.audio_channels
         wave = decode_channels(codec, codes, channels) if len(codes) > 1 else _silence(codec.sample_rate, channels)
         reference = decode_channels(codec, prompt.reference, channels)
-        if audio_dir is not None:
-            _write_wavs(audio_dir, i, wave, reference, codec.sample_rate)
+        if audio_dir is not None:  # the reference as long as a generation asked for, to listen to side by side
+            _write_wavs(audio_dir, i, wave, reference[: round(seconds * codec.sample_rate)], codec.sample_rate)
         # the mid signal (L+R)/2 is scored under the mono names, so tables compare across layouts
         row = _audio_scores(_mid(wave), _mid(reference), prompt, codec.sample_rate)
         if channels == 2:

@@ -489,7 +489,9 @@ def longest_cap(model: DiaForConditionalGeneration, pattern: DelayPattern) -> in
 def check_output(out: Path, stem: str, overwrite: bool) -> None:
     """Refuse an output directory that already holds generations, unless told to overwrite them."""
     if not overwrite and out.is_dir() and any(out.glob(f"{stem}_*")):
-        raise GenerationError(f"{out} already holds {stem}_* files: choose another output directory or overwrite")
+        raise GenerationError(
+            f"{out} already holds {stem}_* files: choose another output directory, or overwrite them", "overwrite"
+        )
 
 
 MIN_PROMPT_RATE = 0.5  # of the codec's rate: a prompt below it lacks the top half of the band, so it is refused

@@ -20,6 +20,11 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def length(frames: int, frame_rate: float) -> str:
+    """A clip's length as a listener thinks of it, and as the model counts it: '3.0 s (258 frames)'."""
+    return f"{frames / frame_rate:.1f} s ({frames} frame{'s' if frames != 1 else ''})"
+
+
 @contextlib.contextmanager
 def stage(what: str, shown: bool = True) -> Iterator[None]:
     """'what...' now and 'what: done in 12 s' when the block ends (nothing when it raises)."""

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diamusic.ablate import PLAN_FILE, AblationError, bounds_of, run_name, sections
 from diamusic.checkpoints import step_of
 from diamusic.patterns import DelayPattern
-from diamusic.progress import stage
+from diamusic.progress import length, stage
 from diamusic.runs import RUN_FILE, SAMPLES
 from diamusic.stats import Estimate, mean_ci
 from diamusic.tracking import read_metrics
@@ -27,6 +29,11 @@ from diamusic.tracking import read_metrics
 # what tells the patterns' lines apart where they overlap
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINES = ["-", "--", "-.", ":"]
+# the bar figures, one per table of the summary (its rows' kinds), so the primary claims are not lost among 30 panels
+BAR_FIGURES = {"primary": ("primary",), "exploratory": ("exploratory",), "other": ("exact", "wall-clock", "no signal")}
+SPECTROGRAM_FFT = 2048  # 46 ms at 44.1 kHz: notes a semitone apart separate above the bass
+SPECTROGRAM_BANDS = 64
+SPECTROGRAM_DB = 80.0
 
 
 def _plt():
@@ -110,7 +117,7 @@ def plot_curves(
     return _save(fig, out / "plots" / name)
 
 
-def plot_bars(out: Path, summary: dict[str, Any], keys: list[str], name: str) -> Path | None:
+def plot_bars(out: Path, summary: dict[str, Any], keys: list[str], name: str, title: str = "metrics") -> Path | None:
     """Small multiples: one panel per metric (titled with its label, which names its unit), one bar per
     pattern, the 95% interval cut to the metric's possible values as the error bar and each seed's value
     as a dot beside it (three dots say more than a bar). Metrics no run measured get no panel."""
@@ -133,10 +140,13 @@ def plot_bars(out: Path, summary: dict[str, Any], keys: list[str], name: str) ->
         low, high = bounds_of(key)
         if math.isfinite(low) and math.isfinite(high):
             ax.set_ylim(low, high)
+        elif math.isfinite(low):  # from where the metric's values start (0 for a rate), not centred on all-zero bars
+            ax.set_ylim(low, max(ax.get_ylim()[1], low + 1.0))
         ax.set_title(metrics[key]["label"] + (" ↓" if metrics[key]["lower_is_better"] else " ↑"), fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
     for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
+    fig.suptitle(f"{title}: bars the mean over seeds with its 95% interval, dots the seeds")
     return _save(fig, out / "plots" / name)
 
 
@@ -193,6 +203,7 @@ audio { width: 220px; height: 32px; }
 .prompt { font-size: 13px; color: #333; max-width: 260px; }
 .clip { font-size: 11px; color: #555; }
 img { max-width: 100%; }
+img.spec { width: 220px; height: 48px; image-rendering: auto; }
 table.facts { margin-bottom: 1em; }
 table.facts th, table.facts td { text-align: left; }
 #selfcheck { display: none; }  /* for the browser test, not for readers */
@@ -223,6 +234,8 @@ def _header(
         f"{layout['frame_rate']:.1f} frames/s"
     )  # fmt: skip
     size = f": {card['clips']} clips, {card['hours']:.2f} h" if card else ""
+    rate = layout["frame_rate"] if layout else None
+    asked = length(round(plan["seconds"] * rate), rate) if rate else f"{plan['seconds']:g} s"
     parameters = run.get("parameters", {}).get("total")
     model = config["model"]["preset"] + (f", {parameters / 1e6:.2f} M parameters" if parameters else "")
     init = config["model"]["init"]
@@ -234,7 +247,7 @@ def _header(
         ("model", model),
         ("data", f"{run.get('dataset', plan['data'])}{size}"),
         ("codec", codec),
-        ("evaluation", f"{plan['prompts']} generation(s) of {plan['seconds']:g} s per run"),
+        ("evaluation", f"{plan['prompts']} generation(s) of up to {asked} per run"),
         ("diamusic", run.get("code_version", "?")),
         ("written", time.strftime("%Y-%m-%d %H:%M", time.localtime((out / "summary.json").stat().st_mtime))),
     ]
@@ -258,14 +271,37 @@ def _tables(summary: dict[str, Any]) -> str:
     return "".join(out) + (f"<ul>{notes}</ul>" if notes else "")
 
 
-def _audio(out: Path, path: Path, clip: dict[str, Any] | None = None) -> str:
-    """A player with the clip's length (and, for a generation, whether it stopped on EOS or at the length asked)."""
+def spectrogram(wav: Path, png: Path) -> Path:
+    """A small log-mel picture of a clip (its audio channels mixed), low notes at the bottom. One colour scale
+    for every clip, SPECTROGRAM_DB below full scale to full scale, so a quiet clip looks dark beside a loud one."""
+    import librosa
+    import matplotlib.image
     import soundfile as sf
 
+    wave, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    mixed = wave.mean(1) if len(wave) else np.zeros(SPECTROGRAM_FFT, np.float32)
+    window = np.hanning(SPECTROGRAM_FFT + 1)[:-1]
+    # scaled so that a full-scale sine reaches 1 (0 dB) in the band that holds it
+    stft = np.abs(librosa.stft(mixed, n_fft=SPECTROGRAM_FFT, window=window, center=True)) / (window.sum() / 2)
+    bands = librosa.filters.mel(sr=rate, n_fft=SPECTROGRAM_FFT, n_mels=SPECTROGRAM_BANDS, norm=None) @ stft**2
+    db = 10 * np.log10(np.maximum(bands, 1e-12))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.image.imsave(png, db, cmap="magma", vmin=-SPECTROGRAM_DB, vmax=0.0, origin="lower")
+    return png
+
+
+def _audio(out: Path, path: Path, clip: dict[str, Any] | None = None) -> str:
+    """A player with the clip's spectrogram and length (and, for a generation, whether it stopped on EOS or at the
+    length asked)."""
+    import soundfile as sf
+
+    where = path.relative_to(out)
     seconds = sf.info(str(path)).duration
+    picture = spectrogram(path, out / "plots" / "spectrograms" / f"{'__'.join(where.with_suffix('').parts)}.png")
     ending = "" if clip is None else ", stopped on EOS" if clip["stopped_on_eos"] else ", cut at the length asked"
-    player = f"<audio controls preload='auto' src='{_e(path.relative_to(out).as_posix())}'></audio>"
-    return f"{player}<br><span class='clip'>{seconds:.1f} s{ending}</span>"
+    player = f"<audio controls preload='auto' src='{_e(where.as_posix())}'></audio>"
+    image = f"<img class='spec' src='{_e(picture.relative_to(out).as_posix())}' alt='spectrogram of {_e(where)}'>"
+    return f"{player}<br>{image}<br><span class='clip'>{seconds:.1f} s{ending}</span>"
 
 
 def _clips(run: Path) -> list[dict[str, Any]]:
@@ -278,7 +314,8 @@ def _listening(out: Path, runs: dict[str, dict[int, Path]], stem: str = "gen", r
     names = list(runs)
     first = next(iter(runs[names[0]].values())) / "generated"
     prompts = json.loads((first / "prompts.json").read_text()) if (first / "prompts.json").exists() else []
-    what = "reference (through the codec)" if stem == "gen" else "the clip: prompt and true continuation"
+    what = "the clip: prompt and true continuation"
+    what = "reference (through the codec, cut to the length asked)" if stem == "gen" else what
     head = "".join(f"<th>{_e(h)}</th>" for h in ["prompt", what, *names])
     clips = {r: _clips(r) if stem == "gen" else [] for seeds in runs.values() for r in seeds.values()}
     rows = []
@@ -337,14 +374,15 @@ def _write_page(out: Path) -> Path:
     losses = [("train/loss", "train loss"), ("eval/loss", "eval loss")]
     entropies = [("train/entropy", "output entropy (train)"), ("eval/entropy", "output entropy (eval)")]
     per_codebook = [m for m in summary["metrics"] if m["key"].startswith("eval/loss/cb")]
-    others = [m for m in summary["metrics"] if m not in per_codebook]  # every other row of the tables, as a bar
     figures = [
         (plot_curves(out, runs, losses, "loss.png", size), "curves: final train loss, eval loss"),
         (plot_curves(out, runs, entropies, "entropy.png", size), "curves: output entropy (train), (eval)"),
         (plot_codebooks(out, summary), "bars: " + ", ".join(m["label"] for m in per_codebook)),
-        (plot_bars(out, summary, [m["key"] for m in others], "metrics.png"),
-         "bars: " + ", ".join(m["label"] for m in others if _measured(m))),
-    ]  # fmt: skip
+    ]
+    for part, kinds in BAR_FIGURES.items():  # every other row of the tables as a bar, a figure per table
+        rows = [m for m in summary["metrics"] if m not in per_codebook and m["kind"] in kinds]
+        path = plot_bars(out, summary, [m["key"] for m in rows], f"metrics_{part}.png", f"{part} metrics")
+        figures.append((path, f"bars ({part}): " + ", ".join(m["label"] for m in rows if _measured(m))))
     img = "".join(f"<p><img src='{_e(p.relative_to(out).as_posix())}' alt='{_e(alt)}'></p>" for p, alt in figures if p)
     unmeasured = [m["label"] for m in summary["metrics"] if not _measured(m)]
     if unmeasured:

@@ -116,7 +116,7 @@ def check_run_dir(
     run_file = run_dir / RUN_FILE
     if not resume:
         if run_file.exists():
-            raise RunError(f"{run_dir} already holds a run: resume it or choose another run directory")
+            raise RunError(f"{run_dir} already holds a run: choose another run directory, or resume it", "resume")
         return None
     if not run_file.exists():
         raise RunError(f"cannot resume: {run_dir} holds no run (no {RUN_FILE})")
@@ -129,7 +129,9 @@ def check_run_dir(
     ]
     for what, was, now in checks:
         if str(was) != str(now) and not force:
-            raise RunError(f"cannot resume: the run used {what} {was}, not {now} (force it to override)")
+            raise RunError(
+                f"cannot resume: the run used {what} {was}, not {now}: start a new run, or force it", "force"
+            )
     run, data = AudioVocab.of_codec(previous["codec"]), AudioVocab.of_codec(codec)
     if run != data:
         raise RunError(

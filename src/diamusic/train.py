@@ -303,10 +303,12 @@ def skipped(t: Trainer, out: StepOutput) -> None:
     what = f"loss {out.loss:.4g}, grad norm {out.grad_norm:.4g}"
     if t.skipped_steps > allowed:
         newest = checkpoints_of(t.run_dir)
-        since = f"; the newest checkpoint is {newest[-1].name}" if newest else "; no checkpoint was written yet"
+        since = f"the newest checkpoint is {newest[-1].name}" if newest else "no checkpoint was written yet"
+        again = "lower optim.lr and resume" if newest else "lower optim.lr and start again"
         raise TrainingDiverged(
-            f"training diverged at step {t.step} ({what}){since} (lower optim.lr and resume, "
-            "or allow skipped steps with optim.skip_nonfinite_steps)"
+            f"training diverged at step {t.step} ({what}) and {since}: allow skipped steps with "
+            f"optim.skip_nonfinite_steps, or {again}",
+            "resume" if newest else None,
         )
     if t.main:
         print(

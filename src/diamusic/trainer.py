@@ -29,6 +29,7 @@ from diamusic.metrics import LossNoise, TokenStats
 from diamusic.model import add_lora, build_model, count_parameters, load_pretrained, weights_fingerprint
 from diamusic.optim import build_optimizer
 from diamusic.patterns import DelayPattern
+from diamusic.progress import length
 from diamusic.runs import check_run_dir, default_device, record_dataset_switch, write_run_files
 from diamusic.teacher_forced import fixed_eval_batches
 from diamusic.tokens import AudioVocab
@@ -340,9 +341,10 @@ def _announce(t: Trainer, data: RunData, sizes: dict[str, int], notes: list[str]
     total, trainable = sizes["total"], sizes["trainable"]
     size = f"{total / 1e6:.2f}M params" + (f" ({trainable / 1e6:.2f}M trainable)" if trainable < total else "")
     acc = t.accelerator
+    crop = length(t.config.data.crop_frames, data.train.card["codec"]["frame_rate"])
     print(
         f"run {t.run_dir}: {size}, pattern {data.pattern}, {len(data.train)} train / {len(data.eval)} eval clips, "
-        f"{acc.num_processes} process(es), {'bf16' if bf16 else 'fp32'} on {acc.device}",
+        f"crops of {crop}, {acc.num_processes} process(es), {'bf16' if bf16 else 'fp32'} on {acc.device}",
         file=sys.stderr,
     )
     for note in notes:
@@ -375,9 +377,11 @@ def check_samples_length(config: TrainConfig, model: torch.nn.Module, pattern: D
     from diamusic.generate import longest_cap
 
     d = config.samples
-    frames, most = d.seconds * frame_rate, longest_cap(model, pattern)
+    frames, most = round(d.seconds * frame_rate), longest_cap(model, pattern)
     if d.every > 0 and frames > most:
-        raise DiamusicError(f"samples.seconds {d.seconds:g} is {frames:.0f} frames; the model generates at most {most}")
+        raise DiamusicError(
+            f"samples.seconds {d.seconds:g} is {frames} frames; the model generates at most {length(most, frame_rate)}"
+        )
 
 
 def check_memory(
