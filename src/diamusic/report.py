@@ -203,7 +203,7 @@ audio { width: 220px; height: 32px; }
 .prompt { font-size: 13px; color: #333; max-width: 260px; }
 .clip { font-size: 11px; color: #555; }
 img { max-width: 100%; }
-img.spec { width: 220px; height: 48px; image-rendering: auto; }
+img.spec { width: 220px; height: 48px; }
 table.facts { margin-bottom: 1em; }
 table.facts th, table.facts td { text-align: left; }
 #selfcheck { display: none; }  /* for the browser test, not for readers */
