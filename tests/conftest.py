@@ -210,3 +210,12 @@ def arrangements():
                 yield m, seed, arrangement.arrange(m, seed, texture, renderer)
 
     return arranged
+
+
+@pytest.fixture
+def eager_torchao(monkeypatch):
+    """torchao's 8-bit AdamW compiles its update per weight shape, minutes on a CPU; the same update
+    uncompiled (the library's own code) is what a CPU test can afford."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kwargs: fn if fn is not None else (lambda f: f))

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from diamusic.config import TrainConfig
+from diamusic.config import ConfigError, TrainConfig
 from diamusic.runs import default_device
 
 
@@ -33,10 +33,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 def build_optimizer(
     config: TrainConfig, model: torch.nn.Module
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW (fused on a GPU) over the trainable parameters, with `lr_at`'s schedule."""
+    """AdamW (fused on a GPU) over the trainable parameters, or torchao's 8-bit AdamW (``optim.name``), with
+    `lr_at`'s schedule."""
     o = config.optim
-    fused = default_device() == "cuda" or None
-    optimizer = torch.optim.AdamW(
-        param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), fused=fused
-    )
+    groups = param_groups(model, o.weight_decay)
+    if o.name == "adamw8bit":
+        try:
+            from torchao.optim import AdamW8bit
+        except ImportError:
+            raise ConfigError("optim.name adamw8bit needs torchao: pip install 'diamusic[optim8bit]'") from None
+        optimizer: torch.optim.Optimizer = AdamW8bit(groups, lr=o.lr, betas=(o.beta1, o.beta2))
+    else:
+        fused = default_device() == "cuda" or None
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))

@@ -230,7 +230,7 @@ def train(
                     last_train = {
                         **t.window.summary(t.peak_tflops),
                         "train/loss_noise": t.noise.value,
-                        "train/lr": t.scheduler.get_last_lr()[0],
+                        "train/lr": float(t.scheduler.get_last_lr()[0]),  # a tensor under torchao
                         "train/grad_norm": out.grad_norm,
                     }
                     if torch.cuda.is_available():
