@@ -17,6 +17,7 @@ names=(
   librosa audioread pooch platformdirs soxr decorator soundfile cffi pycparser
   music21 chardet jsonpickle more-itertools webcolors
   mir_eval pretty_midi mido importlib_resources tinysoundfont
+  torchao
 )
 platforms=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 for n in 17 24 27 28 31 34 35; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
@@ -28,4 +29,6 @@ for name in "${names[@]}"; do
 done
 [ -f .gpu/melodies-1024/card.json ] || PYTHONPATH=src:benchmarks $PY -c \
   "from pathlib import Path; from train_speed import dataset; dataset(Path('.gpu/melodies-1024'), 60)"
-du -sh .gpu/wheels .gpu/melodies-1024
+[ -f .gpu/melodies-1024-stereo/card.json ] || PYTHONPATH=src:benchmarks $PY -c \
+  "from pathlib import Path; from train_speed import dataset; dataset(Path('.gpu/melodies-1024-stereo'), 30, 'stereo')"
+du -sh .gpu/wheels .gpu/melodies-1024 .gpu/melodies-1024-stereo

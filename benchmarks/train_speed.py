@@ -41,23 +41,26 @@ from diamusic.patterns import DelayPattern
 from diamusic.train import data_loader, train
 from diamusic.trainer import batch_plan
 
-VARIANTS = {  # name: (compile, activation checkpointing)
-    "plain": (False, False),
-    "compile": (True, False),
-    "checkpointing": (False, True),
-    "compile+checkpointing": (True, True),
+CHECKPOINTING = {"model.gradient_checkpointing": True}
+VARIANTS = {  # name: what it sets
+    "plain": {},
+    "compile": {"compile": True},
+    "checkpointing": CHECKPOINTING,
+    "compile+checkpointing": {"compile": True, **CHECKPOINTING},
+    "lora+checkpointing": {"model.lora_rank": 16, **CHECKPOINTING},  # adapters on every attention projection
+    "adamw8bit+checkpointing": {"optim.name": "adamw8bit", **CHECKPOINTING},  # torchao's 8-bit moments
 }
 
 
-def dataset(path: Path, melodies: int) -> Path:
+def dataset(path: Path, melodies: int, channels: str = "mono") -> Path:
     if not (path / "card.json").exists():  # encoded once, then reused by later calls
-        prepare("melodies", "spectral-rvq", path, limit=melodies, max_seconds=30.0,
+        prepare("melodies", "spectral-rvq", path, limit=melodies, max_seconds=30.0, channels=channels,
                 codec_options={"codebook_size": 1024}, progress=False)  # fmt: skip
     return path
 
 
 def config_for(data: Path, preset: str, variant: str, args: argparse.Namespace):
-    compile_, checkpointing = VARIANTS[variant]
+    """``args.config``'s settings (the research log's, say), with the preset, batch and variant measured."""
     overrides = {
         "data.path": str(data),
         "model.preset": preset,
@@ -66,17 +69,17 @@ def config_for(data: Path, preset: str, variant: str, args: argparse.Namespace):
         # checkpoint (20 GB of weights and optimizer state for Dia-1.6B) are never reached
         "steps": args.steps + 1,
         "batch_size": args.batch_size,
-        "grad_accum": 1,
+        "grad_accum": args.grad_accum,
         "data.crop_frames": args.frames,
         "data.num_workers": args.workers,
         "precision": args.precision,
-        "compile": compile_,
-        "model.gradient_checkpointing": checkpointing,
+        **VARIANTS[variant],
         "logging.every": 1,
         "eval.every": args.steps + 1,
         "checkpoints.every": args.steps + 1,
+        "samples.every": 0,
     }
-    return load_config("tiny-cpu", overrides=overrides)
+    return load_config(args.config, overrides=overrides)
 
 
 def measure(config, out: Path, warmup: int) -> dict[str, float]:
@@ -126,17 +129,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="first logged steps left out (compilation)")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
     parser.add_argument("--pattern", default="musicgen")
+    parser.add_argument("--config", default="tiny-cpu", help="the settings measured (a preset or YAML)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--channels", choices=["mono", "stereo"], default="mono", help="of the benchmark's dataset")
     parser.add_argument("--workers", type=int, default=0, help="loader processes (data.num_workers)")
     parser.add_argument("--peak-tflops", type=float, help="the reference for MFU (default: see above)")
     parser.add_argument("--melodies", type=int, default=60, help="melodies to encode for the dataset")
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "diamusic-bench-melodies-1024")
+    parser.add_argument("--data", type=Path, help="the encoded dataset (default: made once under the temp folder)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     add_results_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data = dataset(args.data, args.melodies)
+    name = "diamusic-bench-melodies-1024" + ("-stereo" if args.channels == "stereo" else "")
+    default = Path(tempfile.gettempdir()) / name
+    data = dataset(args.data or default, args.melodies, args.channels)
     prepared = CodesDataset(data)
     vocab, frame_rate = prepared.vocab, prepared.card["codec"]["frame_rate"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,16 +157,18 @@ def main() -> None:
         reference = f"bf16 peak {peak:g} TFLOP/s"
 
     lines = [
-        f"Batch {args.batch_size} x up to {args.frames} frames, pattern {args.pattern}, "
+        f"{args.config}: batch {args.batch_size} x {args.grad_accum} x up to {args.frames} frames, {args.channels}, "
+        f"pattern {args.pattern}, "
         f"{'bf16' if bf16 else 'fp32'}, {args.workers} loader worker(s); MFU against {reference}.",
         "",
         "| preset | params | variant | s/step | loss targets/s | audio s/s | model TFLOP/s | MFU | peak memory "
         "| loader x |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    pattern = DelayPattern.parse(args.pattern, audio_channels=vocab.audio_channels)
     for preset in args.presets:
         with torch.device("meta"):
-            params = count_parameters(build_model(preset, DelayPattern.parse(args.pattern), vocab))
+            params = count_parameters(build_model(preset, pattern, vocab))
         loader_rate = None
         for variant in args.variants:
             config = config_for(data, preset, variant, args)
@@ -176,7 +186,7 @@ def main() -> None:
                 print(lines[-1], flush=True)
                 continue
             memory = "-" if row["memory_gib"] != row["memory_gib"] else f"{row['memory_gib']:.1f} GiB"
-            audio_per_s = row["tokens_per_s"] / vocab.num_codebooks / frame_rate  # a frame: one target per codebook
+            audio_per_s = row["tokens_per_s"] / vocab.num_streams / frame_rate  # a frame: a target per stream
             lines.append(
                 f"| {preset} | {params / 1e6:.1f}M | {variant} | {row['step_s']:.3f} | {row['tokens_per_s']:,.0f} | "
                 f"{audio_per_s:,.1f} | {row['tflops']:.3f} | {row['tflops'] / peak:.1%} | {memory} | "
