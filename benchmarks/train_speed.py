@@ -78,6 +78,7 @@ def config_for(data: Path, preset: str, variant: str, args: argparse.Namespace):
         "eval.every": args.steps + 1,
         "checkpoints.every": args.steps + 1,
         "samples.every": 0,
+        "tracking.backends": [],  # metrics.jsonl only: what a preset sends to TensorBoard or W&B is not timed
     }
     return load_config(args.config, overrides=overrides)
 
