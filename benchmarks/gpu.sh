@@ -32,7 +32,7 @@ quick() {
   # batch 1 with CFG 3, every loop and transformers' generate; (c) the research log's own model and
   # batch, stereo from scratch. Each part has a time limit, so one that stalls leaves the rest their time.
   local big=dia-1.6b batch=20 frames=860 steps=8 warmup=3 decode_frames=258 log_preset=research-log
-  local log_batch=4 log_frames=600 limit_a=270 limit_b=150 limit_c=60 results=() melodies=()
+  local log_batch=4 log_frames=600 limit_a=240 limit_b=180 limit_c=60 results=() melodies=()
   if [ "${QUICK_SIZES:-}" = small ]; then  # a check of the path, not figures: nothing is added to RESULTS.md
     results=(--results -) melodies=(--melodies 8)
     big=tiny batch=2 frames=64 steps=3 warmup=1 decode_frames=16 log_preset=tiny log_batch=2 log_frames=64

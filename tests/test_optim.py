@@ -52,7 +52,7 @@ def test_adamw8bit_holds_its_moments_in_8_bits_and_follows_adamw(eager_torchao):
 def test_adamw8bit_without_torchao_is_one_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao.optim", None)  # what `import` meets where torchao is not installed
     model, _ = model_and_loss()
-    with pytest.raises(ConfigError, match=r"optim.name adamw8bit needs torchao: pip install 'diamusic\[optim8bit\]'"):
+    with pytest.raises(ConfigError, match="optim.name adamw8bit needs the torchao package: pip install torchao"):
         build_optimizer(load_config("tiny-cpu", overrides={"optim.name": "adamw8bit"}), model)
 
 

@@ -68,7 +68,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     # adamw | adamw8bit: torchao's AdamW with its two moments in 8 bits (2 bytes per trained weight instead of 8;
-    # `pip install 'diamusic[optim8bit]'`), for a full fine-tune on a smaller GPU
+    # `pip install torchao`, or the optim8bit extra), for a full fine-tune on a smaller GPU
     name: str = "adamw"
     lr: float = 3e-4
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio

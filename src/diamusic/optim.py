@@ -41,7 +41,7 @@ def build_optimizer(
         try:
             from torchao.optim import AdamW8bit
         except ImportError:
-            raise ConfigError("optim.name adamw8bit needs torchao: pip install 'diamusic[optim8bit]'") from None
+            raise ConfigError("optim.name adamw8bit needs the torchao package: pip install torchao") from None
         optimizer: torch.optim.Optimizer = AdamW8bit(groups, lr=o.lr, betas=(o.beta1, o.beta2))
     else:
         fused = default_device() == "cuda" or None
