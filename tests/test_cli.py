@@ -35,9 +35,7 @@ def run(*args: str) -> SimpleNamespace:
 
 @pytest.mark.integration
 def test_console_script_shows_a_pattern_and_debug_shows_a_traceback():
-    result = console("patterns", "show", "musicgen")
-    assert result.returncode == 0
-    assert "max delay 8" in result.stdout and "extra decode steps vs parallel: 8" in result.stdout
+    # the installed entry point, in a process of its own (a shown pattern: test_patterns_show_musicgen)
     result = console("--debug", "patterns", "show", "0,2,1")
     assert result.returncode == 2 and "Traceback" in result.stderr
     result = console("patterns", "show", "0,2,1")
