@@ -144,6 +144,8 @@ def plot_bars(out: Path, summary: dict[str, Any], keys: list[str], name: str, ti
             ax.set_ylim(low, max(ax.get_ylim()[1], low + 1.0))
         ax.set_title(metrics[key]["label"] + (" ↓" if metrics[key]["lower_is_better"] else " ↑"), fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
+        if "loss" in key or "entropy" in key:  # the other labels name their unit, or have none (shares)
+            ax.set_ylabel("nats per token", fontsize=8)
     for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
     fig.suptitle(f"{title}: bars the mean over seeds with its 95% interval, dots the seeds")
