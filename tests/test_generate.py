@@ -589,9 +589,7 @@ def test_generate_cli_writes_playable_wavs_deterministically(tiny_run, tmp_path)
     assert cli(*args, "--out", str(tmp_path / "b")).returncode == 0
     made = sorted(p.name for p in (tmp_path / "a").iterdir() if p.suffix in (".npy", ".wav"))
     assert [n for n in made if (tmp_path / "a" / n).read_bytes() != (tmp_path / "b" / n).read_bytes()] == []
-    again = cli(*args, "--out", str(tmp_path / "a"))  # would overwrite: refused, files untouched
-    assert again.returncode == 2 and "overwrite" in again.stderr and "Traceback" not in again.stderr
-    assert (tmp_path / "a" / "gen_00.npy").read_bytes() == (tmp_path / "b" / "gen_00.npy").read_bytes()
+    # a second call into "a" is refused with the files untouched: test_generate_cli_refuses_a_used_output_directory...
 
 
 def test_generate_cli_continues_an_audio_prompt_and_keeps_it_on_request(tiny_run, tmp_path, capsys):

@@ -201,17 +201,17 @@ def local_slurm() -> Path | None:
 
 @pytest.mark.integration
 @pytest.mark.skipif(local_slurm() is None, reason="no local SLURM cluster (scripts/local-slurm.sh needs root and apt)")
-def test_a_two_by_two_ablation_through_a_real_slurm_cluster(melody_dataset, tmp_path, monkeypatch):
-    """Four jobs on the single-node cluster: a pre-empted one (requeued by SLURM mid-way) resumes from its
-    checkpoint, and the last job to finish writes the summary and report."""
+def test_an_ablation_through_a_real_slurm_cluster(melody_dataset, tmp_path, monkeypatch):
+    """Two jobs at once on the single-node cluster (one seed of two patterns): a pre-empted one (requeued by
+    SLURM mid-way) resumes from its checkpoint, and the last job to finish writes the summary and report."""
     monkeypatch.setenv("SLURM_CONF", str(local_slurm()))
     out = tmp_path / "ab"
     argv = ["ablate", "--data", str(melody_dataset), "--out", str(out), "--launcher", "slurm", "--gpus-per-run", "0",
-            "--cpus-per-run", "1", "--time", "20", *TINY, "--prompts", "0"]  # fmt: skip
+            "--cpus-per-run", "1", "--time", "20", *TINY, "--prompts", "0", "--seeds", "1"]  # fmt: skip
     assert main(argv) == 0
     assert not (out / "summary.json").exists()
     jobs = launch.read_jobs(out)
-    assert len(jobs) == 4 and all(j["launcher"] == "slurm" for j in jobs.values())
+    assert len(jobs) == 2 and all(j["launcher"] == "slurm" for j in jobs.values())
     first = jobs["musicgen/seed0"]
     deadline = time.time() + 600
     while not (out / "runs/musicgen/seed0/checkpoints/step_000002").exists() and time.time() < deadline:
@@ -227,7 +227,7 @@ def test_a_two_by_two_ablation_through_a_real_slurm_cluster(melody_dataset, tmp_
     assert {s.state for s in status(out)} == {"done"}
     assert "== resuming" in Path(first["log"]).read_text()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["seeds"] == [0, 1] and set(summary["patterns"]) == {"musicgen", "dia"}
+    assert summary["seeds"] == [0] and set(summary["patterns"]) == {"musicgen", "dia"}
     assert main(["ablate", "--out", str(out), "--collect"]) == 0  # collecting again rewrites the same table
 
 
